@@ -52,8 +52,8 @@ pub fn classify(status: u16, problem_type: Option<&str>) -> Class {
         },
         401 | 403 | 404 | 405 | 501 => Class::Hold,
         408 | 429 | 500 | 502 | 503 | 504 | 507 => Class::Transient,
-        100..=299 | 300..=399 => Class::Hold,
-        400..=499 => Class::Fatal,
+        _ if status < 400 => Class::Hold,
+        _ if status < 500 => Class::Fatal,
         _ => Class::Transient,
     }
 }

@@ -2,14 +2,17 @@
 //!
 //! Owns the identifiers (`HostId`, `EpisodeId`), the digest type and its RFC 9530
 //! field form, the RFC 9457 problem body and its slugs, the pure response
-//! classifier, config primitives (durations, sizes, TOML reading), PEM/TLS loading
-//! and the wire types. It does no network I/O, spawns nothing and has no async
-//! runtime; the only files it reads are the ones a caller names (PEM files).
+//! classifier, config primitives (durations, sizes, TOML reading), PEM/TLS loading,
+//! the durable filesystem steps both daemons publish with, and the wire types. It
+//! does no network I/O, spawns nothing and has no async runtime; it touches only
+//! the paths a caller passes.
 
 pub mod classify;
 pub mod config;
 pub mod digest;
+pub mod fsx;
 pub mod id;
+pub mod logging;
 pub mod problem;
 pub mod tls;
 pub mod wire;

@@ -265,20 +265,16 @@ pub fn explain_tls_failure(err: &(dyn StdError + 'static)) -> Option<String> {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(explain_rustls(tls));
         }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if let Some(inner) = io.get_ref() {
-                if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
-                    return Some(explain_rustls(tls));
-                }
-                let text = inner.to_string();
-                if text.contains("CertificateRequired") || text.contains("BadCertificate")
-                    || text.contains("UnknownCA")
-                {
-                    return Some(format!("receiver refused the client certificate ({text})"));
-                }
-                current = Some(inner);
-                continue;
+        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+                return Some(explain_rustls(tls));
             }
+            let text = inner.to_string();
+            if ["CertificateRequired", "BadCertificate", "UnknownCA"].iter().any(|a| text.contains(a)) {
+                return Some(format!("receiver refused the client certificate ({text})"));
+            }
+            current = Some(inner);
+            continue;
         }
         current = e.source();
     }

@@ -1,1 +1,144 @@
-//! placeholder
+//! episode-receiver: the central collector of episode archives.
+//!
+//! `open` prepares everything that must be true before serving (directories, the
+//! index loaded and reconciled with the store, `incoming_root` emptied, the index
+//! writer running) and returns the shared `AppState`; `app` is the HTTP router over
+//! it; `server` runs listeners and the drain. The order of decisions for a request
+//! lives in `admission` (pure), durability in `index` (the single publisher).
+//!
+//! Invariant: an archive is visible under `store_root` only after it was fsynced in
+//! `incoming_root`, and a 201 is sent only after its directory and index row are
+//! durable as well.
+
+pub mod admission;
+pub mod check;
+pub mod config;
+pub mod credentials;
+pub mod index;
+pub mod metrics;
+pub mod reconcile;
+pub mod routes;
+pub mod server;
+pub mod slots;
+pub mod upload;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use episode_common::{EpisodeId, HostId};
+
+use crate::admission::Limits;
+use crate::config::Config;
+use crate::credentials::Credentials;
+use crate::index::{Committer, Index};
+use crate::metrics::Metrics;
+use crate::slots::Slots;
+
+pub use routes::app;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Everything a request handler needs.
+pub struct AppState {
+    pub config: Config,
+    pub index: Arc<Index>,
+    pub committer: Committer,
+    pub credentials: Arc<Credentials>,
+    pub slots: Arc<Slots>,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    draining: AtomicBool,
+    temp_seq: AtomicU64,
+}
+
+impl AppState {
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// A fresh temp path for one upload. `+` cannot occur in ids, so names never clash.
+    pub fn temp_path(&self, host_id: &HostId, episode_id: &EpisodeId) -> PathBuf {
+        let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
+        self.config.incoming_root.join(format!("{host_id}+{episode_id}+{}-{seq}.part", std::process::id()))
+    }
+}
+
+/// Why the receiver cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Exit 78: the message names the file and key.
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+/// What start-up found and repaired, for the log.
+#[derive(Debug, Default)]
+pub struct StartReport {
+    pub rows: u64,
+    pub reconciled: Vec<(HostId, EpisodeId)>,
+    pub missing: Vec<(HostId, EpisodeId)>,
+    pub incoming_removed: u64,
+    pub torn_tail_repaired: bool,
+    pub bad_lines: usize,
+}
+
+/// Prepares the store and index and starts the index writer. Blocking; call it
+/// before serving (from `spawn_blocking` inside a runtime).
+pub fn open(config: Config, config_path: &std::path::Path) -> Result<(Arc<AppState>, StartReport), StartError> {
+    config.prepare_dirs(config_path).map_err(|e| StartError::Config(e.to_string()))?;
+    let credentials = Credentials::load(&config)
+        .map_err(|e| StartError::Config(format!("config {}: {e}", config_path.display())))?;
+    let runtime = |what: &str, path: &std::path::Path, e: std::io::Error| {
+        StartError::Runtime(format!("{what} {}: {e}", path.display()))
+    };
+    let incoming_removed = reconcile::empty_incoming(&config.incoming_root)
+        .map_err(|e| runtime("emptying", &config.incoming_root, e))?;
+    let mut report = StartReport { incoming_removed, ..StartReport::default() };
+    let (index, load) = index::load(&config.index_path).map_err(|e| runtime("reading", &config.index_path, e))?;
+    if load.torn_tail.is_some() {
+        index::repair_tail(&config.index_path, &load).map_err(|e| runtime("repairing", &config.index_path, e))?;
+        report.torn_tail_repaired = true;
+    }
+    for (line, error) in &load.bad_lines {
+        tracing::error!(line, error = %error, index = %config.index_path.display(), "index_bad_line: kept in the file, ignored");
+    }
+    report.bad_lines = load.bad_lines.len();
+    let scan = reconcile::scan_store(&config.store_root, &index).map_err(|e| runtime("scanning", &config.store_root, e))?;
+    let mut rows = Vec::with_capacity(scan.orphans.len());
+    for (host_id, episode_id, path) in &scan.orphans {
+        let row = reconcile::row_for_archive(host_id, episode_id, path).map_err(|e| runtime("reading", path, e))?;
+        rows.push(row);
+    }
+    index::append_reconciled(&index, &config.index_path, &rows)
+        .map_err(|e| runtime("appending to", &config.index_path, e))?;
+    report.reconciled = scan.orphans.into_iter().map(|(h, e, _)| (h, e)).collect();
+    report.missing = scan.missing;
+    report.rows = index.len();
+    let index = Arc::new(index);
+    let committer = Committer::spawn(index.clone(), config.store_root.clone(), &config.index_path)
+        .map_err(|e| runtime("opening", &config.index_path, e))?;
+    let limits = Limits {
+        max_episode_bytes: config.max_episode_bytes,
+        free_space_reserve: config.free_space_reserve,
+        window: config.window.map(|w| (w.max_age, w.max_future)),
+    };
+    let state = AppState {
+        slots: Slots::new(config.max_concurrent_uploads, config.max_uploads_per_host),
+        config,
+        index,
+        committer,
+        credentials: Arc::new(credentials),
+        metrics: Metrics::default(),
+        limits,
+        draining: AtomicBool::new(false),
+        temp_seq: AtomicU64::new(0),
+    };
+    Ok((Arc::new(state), report))
+}

@@ -1,0 +1,473 @@
+//! The receiver's decisions before it reads a body (protocol.md steps 1–3).
+//!
+//! Pure functions over plain values: the request's headers, the caller's identity,
+//! the configured limits, `now`, the free bytes and the stored entry are all passed
+//! in. The route handler calls them in protocol order (authenticate, bind identity,
+//! validate, admit, dedupe) and only acts on their answers; nothing here touches the
+//! clock, the disk or the network.
+
+use std::time::Duration;
+
+use episode_common::problem::{Problem, Slug};
+use episode_common::wire::{self, header, parse_started_at};
+use episode_common::{ByteSize, Dur, EpisodeId, HostId, Sha256};
+use http::HeaderMap;
+use time::OffsetDateTime;
+
+use crate::index::Entry;
+
+/// Who is calling, as the TLS layer established it. Absent without mTLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The certificate's DNS SANs and subject CN.
+    pub names: Vec<String>,
+    /// What the index records as `client`.
+    pub primary: Option<String>,
+}
+
+/// Step 1a: the bearer token, compared in constant time.
+pub fn authenticate(authorization: Option<&str>, token: Option<&str>) -> Result<(), Problem> {
+    let Some(expected) = token else {
+        return Ok(());
+    };
+    let presented = authorization.and_then(|v| {
+        let (scheme, rest) = v.trim().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    match presented {
+        None => Err(Problem::new(Slug::Unauthorized, "this receiver requires `Authorization: Bearer <token>`")
+            .remediation("set receiver.bearer_token_file in the shipper config to a file holding the receiver's token")),
+        Some(given) if constant_time_eq(given, expected) => Ok(()),
+        Some(_) => Err(Problem::new(Slug::Unauthorized, "the bearer token does not match")
+            .remediation("make the shipper's receiver.bearer_token_file hold the receiver's current token")),
+    }
+}
+
+/// Equal-time comparison: both sides are hashed first so neither content nor length
+/// leaks through timing.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (x, y) = (Sha256::of(a.as_bytes()).0, Sha256::of(b.as_bytes()).0);
+    let diff = x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q));
+    std::hint::black_box(diff) == 0
+}
+
+/// Step 1b: a host named in the path or in `X-Host-Id` must be one of the caller's
+/// certificate identities; without mTLS, `X-Host-Id` must at least agree with the path.
+pub fn bind_identity(
+    peer: Option<&PeerIdentity>,
+    path_host: Option<&str>,
+    x_host_id: Option<&str>,
+) -> Result<(), Problem> {
+    let named = path_host.into_iter().chain(x_host_id);
+    if let Some(peer) = peer {
+        for host in named {
+            if !peer.names.iter().any(|n| n == host) {
+                return Err(Problem::new(
+                    Slug::ForbiddenIdentity,
+                    format!("client certificate identities {:?} do not include host {host:?}", peer.names),
+                )
+                .remediation(
+                    "give the host a client certificate whose CN or DNS SAN is its host_id, or fix host_id in shipper.toml",
+                ));
+            }
+        }
+    } else if let (Some(path_host), Some(x_host_id)) = (path_host, x_host_id)
+        && path_host != x_host_id
+    {
+        return Err(Problem::new(
+            Slug::ForbiddenIdentity,
+            format!("X-Host-Id {x_host_id:?} does not match the host {path_host:?} in the path"),
+        ));
+    }
+    Ok(())
+}
+
+/// Step 1c: ids, before any filesystem call.
+pub fn parse_ids(host_id: &str, episode_id: &str) -> Result<(HostId, EpisodeId), Problem> {
+    let host = HostId::new(host_id).map_err(|e| Problem::new(Slug::InvalidId, e.to_string()))?;
+    let episode = EpisodeId::new(episode_id).map_err(|e| Problem::new(Slug::InvalidId, e.to_string()))?;
+    Ok((host, episode))
+}
+
+/// A PUT's headers, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutHeaders {
+    pub content_length: u64,
+    pub sha256: Sha256,
+    pub tar_sha256: Option<Sha256>,
+    pub code_commit: Option<String>,
+    pub started_at: Option<OffsetDateTime>,
+}
+
+fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Problem> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()).filter(|s| !s.is_empty()))
+            .map_err(|_| Problem::new(Slug::InvalidHeader, format!("{name} is not visible ASCII"))),
+    }
+}
+
+/// Step 1d: `Content-Length` (411), the digest (400), `X-Code-Commit` (400),
+/// `X-Episode-Started-At` (400) and `Content-Type` (415), in that order.
+pub fn parse_put_headers(
+    headers: &HeaderMap,
+    episode_id: &EpisodeId,
+    require_code_commit: bool,
+    window_set: bool,
+) -> Result<PutHeaders, Problem> {
+    let content_length = match text(headers, http::header::CONTENT_LENGTH.as_str())? {
+        None => {
+            return Err(Problem::new(Slug::LengthRequired, "send the archive with a Content-Length header")
+                .remediation("send the exact body size in Content-Length; chunked uploads are not accepted"));
+        }
+        Some(v) => v
+            .parse::<u64>()
+            .map_err(|_| Problem::new(Slug::InvalidHeader, format!("Content-Length {v:?} is not a number")))?,
+    };
+
+    let repr = text(headers, header::REPR_DIGEST)?;
+    let content = text(headers, header::CONTENT_DIGEST)?;
+    let legacy = text(headers, header::X_CONTENT_SHA256)?;
+    let bad_digest = |name: &str, e: episode_common::digest::DigestError| {
+        Problem::new(Slug::BadDigestHeader, format!("{name}: {e}"))
+            .remediation("send `Repr-Digest: sha-256=:<base64 of the 32-byte sha256 of the body>:`")
+    };
+    let parsed_repr = repr.map(|v| Sha256::from_field(v).map_err(|e| bad_digest("Repr-Digest", e))).transpose()?;
+    let parsed_content =
+        content.map(|v| Sha256::from_field(v).map_err(|e| bad_digest("Content-Digest", e))).transpose()?;
+    let sha256 = match (parsed_repr, parsed_content) {
+        (Some(r), Some(c)) if r != c => {
+            return Err(Problem::new(Slug::BadDigestHeader, "Repr-Digest and Content-Digest disagree"));
+        }
+        (Some(d), _) | (None, Some(d)) => d,
+        (None, None) => match legacy {
+            Some(hex) => Sha256::from_hex(hex).map_err(|e| bad_digest("X-Content-SHA256", e))?,
+            None => {
+                return Err(Problem::new(Slug::MissingDigest, "the PUT carries no Repr-Digest")
+                    .remediation("send `Repr-Digest: sha-256=:<base64 of the 32-byte sha256 of the body>:`"));
+            }
+        },
+    };
+    let tar_sha256 = text(headers, header::X_TAR_DIGEST)?
+        .map(|v| Sha256::from_field(v).map_err(|e| bad_digest("X-Tar-Digest", e)))
+        .transpose()?;
+
+    let code_commit = text(headers, header::X_CODE_COMMIT)?.map(str::to_owned);
+    match &code_commit {
+        None if require_code_commit => {
+            return Err(Problem::new(Slug::MissingCodeCommit, "the PUT carries no X-Code-Commit").remediation(
+                "record code_commit in the episode's meta.json (the commit of the recorder), then requeue it: \
+                 episode-shipper requeue --status 400",
+            ));
+        }
+        Some(c) if c.len() > 128 || !c.bytes().all(|b| b.is_ascii_graphic()) => {
+            return Err(Problem::new(Slug::InvalidHeader, "X-Code-Commit must be at most 128 visible ASCII characters"));
+        }
+        _ => {}
+    }
+
+    let started_at = match text(headers, header::X_EPISODE_STARTED_AT)? {
+        Some(v) => match parse_started_at(v) {
+            Ok(t) => Some(t),
+            Err(e) if window_set => {
+                return Err(Problem::new(Slug::InvalidHeader, format!("X-Episode-Started-At: {e}")));
+            }
+            Err(_) => None,
+        },
+        None => wire::ulid_time(episode_id.as_str()),
+    };
+    if window_set && started_at.is_none() {
+        return Err(Problem::new(
+            Slug::MissingStartedAt,
+            "this receiver has an acceptance window, and the PUT carries no X-Episode-Started-At \
+             (and the episode id is not a ULID)",
+        )
+        .remediation("record started_at in the episode's meta.json, then requeue it: episode-shipper requeue --status 400"));
+    }
+
+    if let Some(ct) = text(headers, http::header::CONTENT_TYPE.as_str())? {
+        let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+        // curl's `--data-binary` declares a form unless told otherwise; nobody sends
+        // an archive as a real form, so that default counts as no declaration.
+        let curl_default = media == "application/x-www-form-urlencoded";
+        if !curl_default && !wire::ARCHIVE_CONTENT_TYPES.contains(&media.as_str()) {
+            return Err(Problem::new(
+                Slug::UnsupportedMediaType,
+                format!("Content-Type {ct:?} is not one of {:?}", wire::ARCHIVE_CONTENT_TYPES),
+            )
+            .remediation("send `Content-Type: application/zstd`, or none (curl: -T FILE)"));
+        }
+    }
+    Ok(PutHeaders { content_length, sha256, tar_sha256, code_commit, started_at })
+}
+
+/// The limits of step 2.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_episode_bytes: ByteSize,
+    pub free_space_reserve: ByteSize,
+    pub window: Option<(Dur, Dur)>,
+}
+
+/// Step 2 (but slots, which the caller takes next): acceptance window (412), size
+/// (413) and free space (507). `free_bytes` is what is left after uploads in flight.
+pub fn admit(put: &PutHeaders, limits: &Limits, now: OffsetDateTime, free_bytes: u64) -> Result<(), Problem> {
+    if let (Some((max_age, max_future)), Some(started)) = (limits.window, put.started_at) {
+        let requeue = "check the clock on the recording host (timedatectl); once it is right, \
+                       requeue: episode-shipper requeue --status 412";
+        if started < now - max_age.get() {
+            return Err(Problem::new(
+                Slug::OutOfWindow,
+                format!(
+                    "episode started at {}, {} before the receiver's clock ({}); the window accepts up to {max_age}",
+                    wire::format_rfc3339(started),
+                    human(now - started),
+                    wire::format_rfc3339(now),
+                ),
+            )
+            .remediation(requeue));
+        }
+        if started > now + max_future.get() {
+            return Err(Problem::new(
+                Slug::OutOfWindow,
+                format!(
+                    "episode started at {}, {} after the receiver's clock ({}); the window accepts up to {max_future}",
+                    wire::format_rfc3339(started),
+                    human(started - now),
+                    wire::format_rfc3339(now),
+                ),
+            )
+            .remediation(requeue));
+        }
+    }
+    let max = limits.max_episode_bytes.get();
+    if put.content_length > max {
+        return Err(Problem::new(
+            Slug::TooLarge,
+            format!("the archive is {} bytes; this receiver accepts at most {max} ({})", put.content_length, ByteSize(max)),
+        )
+        .with("max_bytes", max)
+        .remediation("raise max_episode_bytes on the receiver, or split the episode"));
+    }
+    let needed = put.content_length.saturating_add(limits.free_space_reserve.get());
+    if free_bytes < needed {
+        return Err(Problem::new(
+            Slug::InsufficientStorage,
+            format!(
+                "{} free, and this upload needs {} plus the {} reserve",
+                ByteSize(free_bytes),
+                ByteSize(put.content_length),
+                limits.free_space_reserve
+            ),
+        )
+        .remediation("free space on the receiver's store, or lower free_space_reserve"));
+    }
+    Ok(())
+}
+
+fn human(d: time::Duration) -> String {
+    let secs = d.whole_seconds().unsigned_abs();
+    episode_common::Dur(Duration::from_secs(if secs >= 86_400 { secs / 86_400 * 86_400 } else { secs })).to_string()
+}
+
+/// Step 3: what is already stored under the key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dedupe {
+    /// Nothing stored: read the body.
+    New,
+    /// The same archive (or the same tar content) is stored: 200.
+    AlreadyPresent(Entry),
+    /// Something else is stored: 409.
+    Conflict(Problem),
+}
+
+pub fn dedupe(sha256: Sha256, tar_sha256: Option<Sha256>, stored: Option<Entry>) -> Dedupe {
+    let Some(entry) = stored else {
+        return Dedupe::New;
+    };
+    let same_content = tar_sha256.is_some() && entry.tar_sha256 == tar_sha256;
+    if entry.sha256 == sha256 || same_content {
+        return Dedupe::AlreadyPresent(entry);
+    }
+    let problem = Problem::new(
+        Slug::Conflict,
+        format!("a different archive (sha256 {}) is already stored under this key", entry.sha256),
+    )
+    .with("stored_sha256", entry.sha256.to_hex())
+    .with("stored_bytes", entry.bytes)
+    .remediation("an episode id was reused for different data: keep both, and re-record or rename the new one");
+    Dedupe::Conflict(problem)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn ep() -> EpisodeId {
+        EpisodeId::new("01EPISODE").unwrap()
+    }
+
+    fn good_headers() -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert("content-length", HeaderValue::from_static("4"));
+        h.insert("repr-digest", HeaderValue::from_str(&Sha256::of(b"data").to_field()).unwrap());
+        h.insert("x-code-commit", HeaderValue::from_static("abc123"));
+        h.insert("x-episode-started-at", HeaderValue::from_static("2026-11-22T10:00:00Z"));
+        h.insert("content-type", HeaderValue::from_static("application/zstd"));
+        h
+    }
+
+    fn slug_of<T: std::fmt::Debug>(r: Result<T, Problem>) -> String {
+        r.unwrap_err().slug
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(authenticate(None, None).is_ok());
+        assert!(authenticate(Some("Bearer s3cret"), Some("s3cret")).is_ok());
+        assert!(authenticate(Some("bearer  s3cret "), Some("s3cret")).is_ok());
+        for bad in [None, Some("Bearer s3cre"), Some("Bearer s3cret2"), Some("Basic s3cret"), Some("s3cret")] {
+            assert_eq!(slug_of(authenticate(bad, Some("s3cret"))), "unauthorized", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn identity_binds_path_and_header_hosts() {
+        let peer = PeerIdentity { names: vec!["lab1.example".into(), "lab1".into()], primary: Some("lab1".into()) };
+        assert!(bind_identity(Some(&peer), Some("lab1"), Some("lab1")).is_ok());
+        assert!(bind_identity(Some(&peer), Some("lab1.example"), None).is_ok());
+        assert_eq!(slug_of(bind_identity(Some(&peer), Some("lab2"), None)), "forbidden-identity");
+        assert_eq!(slug_of(bind_identity(Some(&peer), Some("lab1"), Some("lab2"))), "forbidden-identity");
+        assert_eq!(slug_of(bind_identity(Some(&peer), None, Some("lab2"))), "forbidden-identity");
+        assert!(bind_identity(None, Some("lab1"), None).is_ok());
+        assert_eq!(slug_of(bind_identity(None, Some("lab1"), Some("lab2"))), "forbidden-identity");
+    }
+
+    #[test]
+    fn header_problems_come_in_protocol_order() {
+        let cases: &[(&str, Option<&str>, &str)] = &[
+            ("content-length", None, "length-required"),
+            ("content-length", Some("abc"), "invalid-header"),
+            ("repr-digest", None, "missing-digest"),
+            ("repr-digest", Some("md5=:AAAA:"), "bad-digest-header"),
+            ("repr-digest", Some("sha-256=:AAAA:"), "bad-digest-header"),
+            ("x-code-commit", None, "missing-code-commit"),
+            ("x-code-commit", Some("has space"), "invalid-header"),
+            ("x-episode-started-at", None, "missing-started-at"),
+            ("x-episode-started-at", Some("tuesday"), "invalid-header"),
+            ("content-type", Some("text/plain"), "unsupported-media-type"),
+            ("x-tar-digest", Some("nonsense"), "bad-digest-header"),
+        ];
+        for &(name, value, want) in cases {
+            let mut h = good_headers();
+            match value {
+                Some(v) => h.insert(name, HeaderValue::from_static(v)),
+                None => h.remove(name),
+            };
+            assert_eq!(slug_of(parse_put_headers(&h, &ep(), true, true)), want, "{name}={value:?}");
+        }
+        // Several problems at once: the earliest step wins.
+        let mut h = good_headers();
+        h.remove("content-length");
+        h.remove("repr-digest");
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        assert_eq!(slug_of(parse_put_headers(&h, &ep(), true, true)), "length-required");
+        let mut h = good_headers();
+        h.remove("repr-digest");
+        h.remove("x-code-commit");
+        assert_eq!(slug_of(parse_put_headers(&h, &ep(), true, true)), "missing-digest");
+    }
+
+    #[test]
+    fn headers_accept_alternatives() {
+        let mut h = good_headers();
+        let field = h.remove("repr-digest").unwrap();
+        h.insert("content-digest", field);
+        h.remove("x-code-commit");
+        h.remove("x-episode-started-at");
+        h.insert("content-type", HeaderValue::from_static("application/x-www-form-urlencoded"));
+        let put = parse_put_headers(&h, &ep(), false, false).unwrap();
+        assert_eq!(put.sha256, Sha256::of(b"data"));
+        assert_eq!((put.code_commit, put.started_at), (None, None));
+        // Legacy hex digest of the cron-script peer.
+        let mut h = good_headers();
+        h.remove("repr-digest");
+        h.insert("x-content-sha256", HeaderValue::from_str(&Sha256::of(b"data").to_hex()).unwrap());
+        assert_eq!(parse_put_headers(&h, &ep(), true, true).unwrap().sha256, Sha256::of(b"data"));
+        // A ULID id stands in for a missing start time.
+        let mut h = good_headers();
+        h.remove("x-episode-started-at");
+        let ulid = EpisodeId::new("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap();
+        assert!(parse_put_headers(&h, &ulid, true, true).unwrap().started_at.is_some());
+        // Without a window, a malformed start time is ignored rather than fatal.
+        let mut h = good_headers();
+        h.insert("x-episode-started-at", HeaderValue::from_static("tuesday"));
+        assert_eq!(parse_put_headers(&h, &ep(), true, false).unwrap().started_at, None);
+        // Repr-Digest and Content-Digest must agree when both are sent.
+        let mut h = good_headers();
+        h.insert("content-digest", HeaderValue::from_str(&Sha256::of(b"other").to_field()).unwrap());
+        assert_eq!(slug_of(parse_put_headers(&h, &ep(), true, true)), "bad-digest-header");
+    }
+
+    fn limits() -> Limits {
+        Limits {
+            max_episode_bytes: ByteSize(1000),
+            free_space_reserve: ByteSize(100),
+            window: Some((Dur(Duration::from_secs(86_400)), Dur(Duration::from_secs(3600)))),
+        }
+    }
+
+    fn put(len: u64, started: i64) -> PutHeaders {
+        PutHeaders {
+            content_length: len,
+            sha256: Sha256::of(b""),
+            tar_sha256: None,
+            code_commit: None,
+            started_at: Some(OffsetDateTime::from_unix_timestamp(started).unwrap()),
+        }
+    }
+
+    #[test]
+    fn admission_checks_window_then_size_then_space() {
+        let now = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
+        let ok = 1_000_000;
+        assert!(admit(&put(10, ok), &limits(), now, 10_000).is_ok());
+        assert!(admit(&put(10, ok - 86_400), &limits(), now, 10_000).is_ok());
+        assert!(admit(&put(10, ok + 3600), &limits(), now, 10_000).is_ok());
+        assert_eq!(slug_of(admit(&put(10, ok - 86_401), &limits(), now, 10_000)), "out-of-window");
+        assert_eq!(slug_of(admit(&put(10, ok + 3601), &limits(), now, 10_000)), "out-of-window");
+        let too_large = admit(&put(1001, ok), &limits(), now, 10_000).unwrap_err();
+        assert_eq!((too_large.slug.as_str(), too_large.extra["max_bytes"].as_u64()), ("too-large", Some(1000)));
+        assert!(admit(&put(1000, ok), &limits(), now, 1100).is_ok());
+        assert_eq!(slug_of(admit(&put(1000, ok), &limits(), now, 1099)), "insufficient-storage");
+        // Everything wrong at once: the window is decided first, then size.
+        assert_eq!(slug_of(admit(&put(5000, 0), &limits(), now, 0)), "out-of-window");
+        assert_eq!(slug_of(admit(&put(5000, ok), &limits(), now, 0)), "too-large");
+    }
+
+    #[test]
+    fn dedupe_matches_on_archive_or_tar_digest() {
+        let entry = Entry {
+            sha256: Sha256::of(b"a"),
+            tar_sha256: Some(Sha256::of(b"tar")),
+            bytes: 1,
+            received_at: 0,
+            code_commit: None,
+        };
+        assert_eq!(dedupe(Sha256::of(b"a"), None, None), Dedupe::New);
+        assert_eq!(dedupe(Sha256::of(b"a"), None, Some(entry.clone())), Dedupe::AlreadyPresent(entry.clone()));
+        assert_eq!(
+            dedupe(Sha256::of(b"b"), Some(Sha256::of(b"tar")), Some(entry.clone())),
+            Dedupe::AlreadyPresent(entry.clone())
+        );
+        let Dedupe::Conflict(p) = dedupe(Sha256::of(b"b"), Some(Sha256::of(b"x")), Some(entry.clone())) else {
+            panic!("expected a conflict");
+        };
+        assert_eq!(p.extra["stored_sha256"], Sha256::of(b"a").to_hex());
+        let no_tar = Entry { tar_sha256: None, ..entry };
+        assert!(matches!(dedupe(Sha256::of(b"b"), None, Some(no_tar)), Dedupe::Conflict(_)));
+    }
+}

@@ -1,0 +1,289 @@
+//! The receiver's configuration file (receiver.md, "Config").
+//!
+//! Owns the schema (unknown keys are errors), the defaults, and the checks that can
+//! be made without serving: the same-filesystem rule for `incoming_root` and
+//! `store_root`, and that the TLS and token files are readable. Every error names
+//! the file and the key at fault; `main` turns them into exit code 78.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use episode_common::config::{ConfigError, parse_toml};
+use episode_common::{ByteSize, Dur};
+use serde::Deserialize;
+
+pub const DEFAULT_PATH: &str = "/etc/episode-receiver/receiver.toml";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "defaults::listen")]
+    pub listen: SocketAddr,
+    #[serde(default = "defaults::store_root")]
+    pub store_root: PathBuf,
+    #[serde(default = "defaults::incoming_root")]
+    pub incoming_root: PathBuf,
+    #[serde(default = "defaults::index_path")]
+    pub index_path: PathBuf,
+    #[serde(default = "defaults::max_episode_bytes")]
+    pub max_episode_bytes: ByteSize,
+    #[serde(default = "defaults::yes")]
+    pub require_code_commit: bool,
+    #[serde(default = "defaults::free_space_reserve")]
+    pub free_space_reserve: ByteSize,
+    #[serde(default = "defaults::max_concurrent_uploads")]
+    pub max_concurrent_uploads: usize,
+    #[serde(default = "defaults::max_uploads_per_host")]
+    pub max_uploads_per_host: usize,
+    #[serde(default = "defaults::body_idle_timeout")]
+    pub body_idle_timeout: Dur,
+    #[serde(default = "defaults::shutdown_grace")]
+    pub shutdown_grace: Dur,
+    /// Time allowed for a client to send its request headers.
+    #[serde(default = "defaults::header_read_timeout")]
+    pub header_read_timeout: Dur,
+    /// Time allowed for a TLS handshake.
+    #[serde(default = "defaults::handshake_timeout")]
+    pub handshake_timeout: Dur,
+    /// Open connections in total; further clients wait in the listen backlog.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    pub metrics_listen: Option<SocketAddr>,
+    pub tls: Option<TlsConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    pub window: Option<WindowConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Present: a client certificate chaining to it is required.
+    pub client_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub bearer_token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowConfig {
+    #[serde(default = "defaults::max_age")]
+    pub max_age: Dur,
+    #[serde(default = "defaults::max_future")]
+    pub max_future: Dur,
+}
+
+mod defaults {
+    use super::*;
+    use std::time::Duration;
+
+    pub fn listen() -> SocketAddr {
+        "0.0.0.0:8443".parse().expect("valid literal")
+    }
+    pub fn store_root() -> PathBuf {
+        "/var/lib/episode-receiver/store".into()
+    }
+    pub fn incoming_root() -> PathBuf {
+        "/var/lib/episode-receiver/incoming".into()
+    }
+    pub fn index_path() -> PathBuf {
+        "/var/lib/episode-receiver/index.jsonl".into()
+    }
+    pub fn max_episode_bytes() -> ByteSize {
+        ByteSize(16 << 30)
+    }
+    pub fn yes() -> bool {
+        true
+    }
+    pub fn free_space_reserve() -> ByteSize {
+        ByteSize(1 << 30)
+    }
+    pub fn max_concurrent_uploads() -> usize {
+        64
+    }
+    pub fn max_uploads_per_host() -> usize {
+        4
+    }
+    pub fn body_idle_timeout() -> Dur {
+        Dur(Duration::from_secs(60))
+    }
+    pub fn shutdown_grace() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+    pub fn header_read_timeout() -> Dur {
+        Dur(Duration::from_secs(30))
+    }
+    pub fn handshake_timeout() -> Dur {
+        Dur(Duration::from_secs(10))
+    }
+    pub fn max_connections() -> usize {
+        1024
+    }
+    pub fn max_age() -> Dur {
+        Dur(Duration::from_secs(30 * 86_400))
+    }
+    pub fn max_future() -> Dur {
+        Dur(Duration::from_secs(3600))
+    }
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, format!("cannot read: {e}")))?;
+        let config: Config = parse_toml(path, &text)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Checks what a schema cannot: numbers in range and files that must be readable.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let err = |key: &str, msg: String| ConfigError::new(path, format!("{key}: {msg}"));
+        if self.max_concurrent_uploads == 0 {
+            return Err(err("max_concurrent_uploads", "must be at least 1".into()));
+        }
+        if self.max_uploads_per_host == 0 {
+            return Err(err("max_uploads_per_host", "must be at least 1".into()));
+        }
+        if self.max_connections == 0 {
+            return Err(err("max_connections", "must be at least 1".into()));
+        }
+        if self.body_idle_timeout.get().is_zero() {
+            return Err(err("body_idle_timeout", "must be more than 0s".into()));
+        }
+        for (key, dir) in [("store_root", &self.store_root), ("incoming_root", &self.incoming_root)] {
+            if dir.as_os_str().is_empty() {
+                return Err(err(key, "must not be empty".into()));
+            }
+        }
+        if self.index_path.file_name().is_none() {
+            return Err(err("index_path", format!("{} is not a file path", self.index_path.display())));
+        }
+        let mut files: Vec<(&str, &Path)> = Vec::new();
+        if let Some(tls) = &self.tls {
+            files.push(("tls.cert", &tls.cert));
+            files.push(("tls.key", &tls.key));
+            if let Some(ca) = &tls.client_ca {
+                files.push(("tls.client_ca", ca));
+            }
+        }
+        if let Some(token) = &self.auth.bearer_token_file {
+            files.push(("auth.bearer_token_file", token));
+        }
+        for (key, file) in files {
+            if let Err(e) = std::fs::File::open(file) {
+                return Err(err(key, format!("cannot read {}: {e}", file.display())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Creates the state directories and checks that an upload can be published by
+    /// rename: `incoming_root` and `store_root` on one filesystem.
+    pub fn prepare_dirs(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let err = |key: &str, msg: String| ConfigError::new(path, format!("{key}: {msg}"));
+        for (key, dir) in [("store_root", &self.store_root), ("incoming_root", &self.incoming_root)] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| err(key, format!("cannot create {}: {e}", dir.display())))?;
+        }
+        if let Some(parent) = self.index_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| err("index_path", format!("cannot create {}: {e}", parent.display())))?;
+        }
+        let dev = |key: &str, dir: &Path| {
+            std::fs::metadata(dir)
+                .map(|m| m.dev())
+                .map_err(|e| err(key, format!("cannot stat {}: {e}", dir.display())))
+        };
+        if dev("store_root", &self.store_root)? != dev("incoming_root", &self.incoming_root)? {
+            return Err(err(
+                "incoming_root",
+                format!(
+                    "{} is not on the same filesystem as store_root {}; uploads are published by rename",
+                    self.incoming_root.display(),
+                    self.store_root.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        parse_toml(Path::new("r.toml"), text)
+    }
+
+    #[test]
+    fn the_documented_example_parses_with_its_values() {
+        let c = parse(
+            r#"
+listen = "0.0.0.0:8443"
+store_root = "/s"
+incoming_root = "/i"
+index_path = "/x/index.jsonl"
+max_episode_bytes = "16GiB"
+require_code_commit = true
+free_space_reserve = "1GiB"
+max_concurrent_uploads = 64
+max_uploads_per_host = 4
+body_idle_timeout = "60s"
+shutdown_grace = "30s"
+metrics_listen = "127.0.0.1:9465"
+[tls]
+cert = "/c.pem"
+key = "/c.key"
+client_ca = "/ca.pem"
+[auth]
+bearer_token_file = "/t"
+[window]
+max_age = "30d"
+max_future = "1h"
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.max_episode_bytes.0, 16 << 30);
+        assert_eq!(c.window.unwrap().max_age.get().as_secs(), 30 * 86_400);
+        assert_eq!(c.tls.unwrap().client_ca.unwrap(), Path::new("/ca.pem"));
+        assert_eq!(c.metrics_listen.unwrap().port(), 9465);
+    }
+
+    #[test]
+    fn defaults_apply_when_keys_are_absent() {
+        let c = parse("").unwrap();
+        assert_eq!(c.max_uploads_per_host, 4);
+        assert_eq!(c.free_space_reserve.0, 1 << 30);
+        assert!(c.require_code_commit && c.tls.is_none() && c.window.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = parse("listn = \"x\"").unwrap_err().to_string();
+        assert!(e.contains("listn") && e.starts_with("config r.toml:"), "{e}");
+        let e = parse("max_episode_bytes = \"lots\"").unwrap_err().to_string();
+        assert!(e.contains("max_episode_bytes") && e.contains("invalid size"), "{e}");
+        let e = parse("[tls]\ncert = \"/c\"\nkey = \"/k\"\nclient_cert = \"/x\"").unwrap_err().to_string();
+        assert!(e.contains("client_cert"), "{e}");
+    }
+
+    #[test]
+    fn validate_names_unreadable_files_by_key() {
+        let c = parse("[auth]\nbearer_token_file = \"/nonexistent/token\"").unwrap();
+        let e = c.validate(Path::new("r.toml")).unwrap_err().to_string();
+        assert!(e.contains("auth.bearer_token_file") && e.contains("/nonexistent/token"), "{e}");
+        let c = parse("max_uploads_per_host = 0").unwrap();
+        let e = c.validate(Path::new("r.toml")).unwrap_err().to_string();
+        assert!(e.contains("max_uploads_per_host"), "{e}");
+    }
+}

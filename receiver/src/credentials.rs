@@ -1,0 +1,154 @@
+//! The receiver's live credentials: the TLS server config and the bearer token.
+//!
+//! Owns loading them from the files the config names and re-reading those files when
+//! they change on disk (size, mtime or inode), or on demand (SIGHUP). A new file that
+//! does not load keeps the last good credentials in place and says why in the log,
+//! so a half-written renewal never takes the receiver down. New connections and
+//! requests see the new credentials; established connections keep theirs.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use episode_common::tls;
+use rustls::ServerConfig;
+
+use crate::config::Config;
+
+/// Identifies a file version without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    mtime: Option<SystemTime>,
+    ino: u64,
+}
+
+fn stamp(path: &PathBuf) -> Option<Stamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(Stamp { len: meta.len(), mtime: meta.modified().ok(), ino: meta.ino() })
+}
+
+#[derive(Debug, Clone)]
+struct TlsFiles {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+pub struct Credentials {
+    tls_files: Option<TlsFiles>,
+    token_file: Option<PathBuf>,
+    server_config: RwLock<Option<Arc<ServerConfig>>>,
+    token: RwLock<Option<Arc<str>>>,
+    stamps: Mutex<Vec<Option<Stamp>>>,
+}
+
+impl Credentials {
+    /// Loads everything the config names; the error names the config key.
+    pub fn load(config: &Config) -> Result<Self, String> {
+        let tls_files = config.tls.as_ref().map(|t| TlsFiles {
+            cert: t.cert.clone(),
+            key: t.key.clone(),
+            client_ca: t.client_ca.clone(),
+        });
+        let token_file = config.auth.bearer_token_file.clone();
+        let server_config = match &tls_files {
+            Some(files) => Some(Arc::new(build_server_config(files)?)),
+            None => None,
+        };
+        let token = match &token_file {
+            Some(path) => Some(read_token(path).map_err(|e| format!("auth.bearer_token_file: {e}"))?),
+            None => None,
+        };
+        let credentials = Self {
+            tls_files,
+            token_file,
+            server_config: RwLock::new(server_config),
+            token: RwLock::new(token),
+            stamps: Mutex::new(Vec::new()),
+        };
+        *credentials.stamps.lock().unwrap_or_else(|e| e.into_inner()) = credentials.current_stamps();
+        Ok(credentials)
+    }
+
+    pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
+        self.server_config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn token(&self) -> Option<Arc<str>> {
+        self.token.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn is_tls(&self) -> bool {
+        self.tls_files.is_some()
+    }
+
+    fn watched(&self) -> Vec<&PathBuf> {
+        let mut files = Vec::new();
+        if let Some(t) = &self.tls_files {
+            files.push(&t.cert);
+            files.push(&t.key);
+            files.extend(t.client_ca.as_ref());
+        }
+        files.extend(self.token_file.as_ref());
+        files
+    }
+
+    fn current_stamps(&self) -> Vec<Option<Stamp>> {
+        self.watched().into_iter().map(stamp).collect()
+    }
+
+    /// Re-reads the files if any changed since the last look (or always, with
+    /// `force`). Blocking; call it off the async workers.
+    pub fn reload(&self, force: bool) {
+        let now = self.current_stamps();
+        {
+            let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
+            if !force && *stamps == now {
+                return;
+            }
+            *stamps = now;
+        }
+        if let Some(files) = &self.tls_files {
+            match build_server_config(files) {
+                Ok(cfg) => {
+                    *self.server_config.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cfg));
+                    tracing::info!(cert = %files.cert.display(), "tls_reloaded: new connections use the certificates on disk");
+                }
+                Err(e) => tracing::warn!(error = %e, "tls_reload_failed: keeping the last good certificates"),
+            }
+        }
+        if let Some(path) = &self.token_file {
+            match read_token(path) {
+                Ok(token) => {
+                    let mut current = self.token.write().unwrap_or_else(|e| e.into_inner());
+                    if current.as_deref() != Some(&*token) {
+                        *current = Some(token);
+                        tracing::info!(file = %path.display(), "token_reloaded");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "token_reload_failed: keeping the last good token"),
+            }
+        }
+    }
+}
+
+fn build_server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
+    let chain = tls::load_certs(&files.cert).map_err(|e| format!("tls.cert: {e}"))?;
+    let key = tls::load_key(&files.key).map_err(|e| format!("tls.key: {e}"))?;
+    let client_ca = match &files.client_ca {
+        Some(path) => Some(tls::load_certs(path).map_err(|e| format!("tls.client_ca: {e}"))?),
+        None => None,
+    };
+    tls::server_config(chain, key, client_ca.as_deref()).map_err(|e| format!("tls: {e}"))
+}
+
+fn read_token(path: &PathBuf) -> Result<Arc<str>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(token.into())
+}

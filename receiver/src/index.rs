@@ -1,0 +1,570 @@
+//! The JSONL index and the single writer that publishes archives into the store.
+//!
+//! Owns the in-memory map of stored episodes (so idempotency checks never touch the
+//! disk), loading it from `index_path` (a torn last line is tolerated), and the
+//! committer thread: the only code that moves an upload into the store and appends
+//! index rows. Serializing publishes through one thread is what makes two racing
+//! PUTs of one key safe: the second sees the first in the map. Each batch is one
+//! group commit: rename without replace, fsync every touched directory once, append
+//! all rows, fsync the index once, then update the map and answer.
+//!
+//! Invariant: a key is in the map only after its archive is in place and its row is
+//! fsynced in the index.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+
+use episode_common::fsx;
+use episode_common::wire::{IndexRow, format_rfc3339};
+use episode_common::{EpisodeId, HostId, Sha256};
+use serde::Deserialize;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use tokio::sync::oneshot;
+
+/// What the receiver remembers of one stored archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub sha256: Sha256,
+    pub tar_sha256: Option<Sha256>,
+    pub bytes: u64,
+    /// Unix seconds.
+    pub received_at: i64,
+    pub code_commit: Option<Arc<str>>,
+}
+
+impl Entry {
+    pub fn received_at_rfc3339(&self) -> String {
+        OffsetDateTime::from_unix_timestamp(self.received_at).map(format_rfc3339).unwrap_or_default()
+    }
+}
+
+type Map = HashMap<HostId, HashMap<EpisodeId, Entry>>;
+
+/// The in-memory index, shared by request handlers (readers) and the committer.
+#[derive(Default)]
+pub struct Index {
+    map: RwLock<Map>,
+    /// Interned commit ids: a host records thousands of episodes with a few commits.
+    commits: Mutex<HashSet<Arc<str>>>,
+    rows: AtomicU64,
+}
+
+impl Index {
+    pub fn get(&self, host_id: &HostId, episode_id: &EpisodeId) -> Option<Entry> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(host_id)?.get(episode_id).cloned()
+    }
+
+    pub fn contains(&self, host_id: &HostId, episode_id: &EpisodeId) -> bool {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(host_id).is_some_and(|m| m.contains_key(episode_id))
+    }
+
+    pub fn len(&self) -> u64 {
+        self.rows.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every key, for reconciliation against the store.
+    pub fn keys(&self) -> Vec<(HostId, EpisodeId)> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.iter().flat_map(|(h, eps)| eps.keys().map(move |e| (h.clone(), e.clone()))).collect()
+    }
+
+    fn intern(&self, commit: Option<&str>) -> Option<Arc<str>> {
+        let commit = commit?;
+        let mut set = self.commits.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = set.get(commit) {
+            return Some(found.clone());
+        }
+        let arc: Arc<str> = commit.into();
+        set.insert(arc.clone());
+        Some(arc)
+    }
+
+    /// Inserts unless present; returns false for a duplicate key.
+    fn insert(&self, host_id: HostId, episode_id: EpisodeId, entry: Entry) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let inserted = match map.entry(host_id).or_default().entry(episode_id) {
+            std::collections::hash_map::Entry::Occupied(_) => false,
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(entry);
+                true
+            }
+        };
+        if inserted {
+            self.rows.fetch_add(1, Ordering::Relaxed);
+        }
+        inserted
+    }
+
+    pub fn entry_of(&self, row: &IndexRow) -> Entry {
+        Entry {
+            sha256: row.sha256,
+            tar_sha256: row.tar_sha256,
+            bytes: row.bytes,
+            received_at: OffsetDateTime::parse(&row.received_at, &Rfc3339).map(|t| t.unix_timestamp()).unwrap_or(0),
+            code_commit: self.intern(row.code_commit.as_deref()),
+        }
+    }
+}
+
+/// What loading the index file found.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    pub rows: u64,
+    /// A last line without its newline: `(offset, length, whether it parses)`.
+    pub torn_tail: Option<(u64, usize, bool)>,
+    /// Lines that are not valid rows: `(line number, error)`. Kept in the file.
+    pub bad_lines: Vec<(u64, String)>,
+    /// Keys that appear more than once (the first row wins).
+    pub duplicates: Vec<(HostId, EpisodeId)>,
+}
+
+/// A row parsed without allocating its strings.
+#[derive(Deserialize)]
+struct RowRef<'a> {
+    host_id: &'a str,
+    episode_id: &'a str,
+    sha256: &'a str,
+    tar_sha256: Option<&'a str>,
+    bytes: u64,
+    #[serde(borrow)]
+    code_commit: Option<std::borrow::Cow<'a, str>>,
+    received_at: &'a str,
+}
+
+fn parse_row(index: &Index, line: &[u8]) -> Result<(HostId, EpisodeId, Entry), String> {
+    let row: RowRef<'_> = serde_json::from_slice(line).map_err(|e| e.to_string())?;
+    let host_id = HostId::new(row.host_id).map_err(|e| e.to_string())?;
+    let episode_id = EpisodeId::new(row.episode_id).map_err(|e| e.to_string())?;
+    let sha256 = Sha256::from_hex(row.sha256).map_err(|e| format!("sha256: {e}"))?;
+    let tar_sha256 =
+        row.tar_sha256.map(Sha256::from_hex).transpose().map_err(|e| format!("tar_sha256: {e}"))?;
+    let received_at = OffsetDateTime::parse(row.received_at, &Rfc3339)
+        .map_err(|e| format!("received_at: {e}"))?
+        .unix_timestamp();
+    let entry =
+        Entry { sha256, tar_sha256, bytes: row.bytes, received_at, code_commit: index.intern(row.code_commit.as_deref()) };
+    Ok((host_id, episode_id, entry))
+}
+
+/// Reads `path` into a new `Index`. A missing file is an empty index.
+pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
+    let index = Index::default();
+    let mut report = LoadReport::default();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((index, report)),
+        Err(e) => return Err(e),
+    };
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    let mut line = Vec::with_capacity(512);
+    let (mut offset, mut line_no) = (0u64, 0u64);
+    loop {
+        line.clear();
+        let n = reader.read_until(b'\n', &mut line)?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let complete = line.last() == Some(&b'\n');
+        let body = if complete { &line[..n - 1] } else { &line[..] };
+        if body.iter().all(u8::is_ascii_whitespace) {
+            if !complete {
+                report.torn_tail = Some((offset, n, false));
+            }
+            offset += n as u64;
+            continue;
+        }
+        match parse_row(&index, body) {
+            Ok((host_id, episode_id, entry)) => {
+                if !complete {
+                    report.torn_tail = Some((offset, n, true));
+                }
+                if index.insert(host_id.clone(), episode_id.clone(), entry) {
+                    report.rows += 1;
+                } else {
+                    report.duplicates.push((host_id, episode_id));
+                }
+            }
+            Err(e) if !complete => {
+                let _ = e;
+                report.torn_tail = Some((offset, n, false));
+            }
+            Err(e) => report.bad_lines.push((line_no, e)),
+        }
+        offset += n as u64;
+    }
+    Ok((index, report))
+}
+
+/// Makes a torn tail safe to append after: completes a parseable last row with its
+/// newline, or cuts an unparseable one off (its archive, if any, is reconciled).
+pub fn repair_tail(path: &Path, report: &LoadReport) -> io::Result<()> {
+    let Some((offset, _, parses)) = report.torn_tail else {
+        return Ok(());
+    };
+    let mut file = OpenOptions::new().write(true).open(path)?;
+    if parses {
+        file.seek(SeekFrom::End(0))?;
+        file.write_all(b"\n")?;
+    } else {
+        file.set_len(offset)?;
+    }
+    file.sync_all()
+}
+
+/// The index file, opened for appending.
+struct IndexFile {
+    file: File,
+    len: u64,
+}
+
+impl IndexFile {
+    fn open(path: &Path) -> io::Result<Self> {
+        let created = !path.exists();
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        if created {
+            file.sync_all()?;
+            if let Some(dir) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                fsx::fsync_dir(dir)?;
+            }
+        }
+        let len = file.metadata()?.len();
+        Ok(Self { file, len })
+    }
+
+    /// Appends whole lines and makes them durable; on failure the file is cut back
+    /// so no partial row is left for the next append to follow.
+    fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+        let result = self.file.write_all(lines).and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.len += lines.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.len);
+                Err(e)
+            }
+        }
+    }
+}
+
+/// An upload, verified and fsynced in `incoming_root`, asking to be published.
+pub struct Publish {
+    pub temp: PathBuf,
+    pub row: IndexRow,
+    pub reply: oneshot::Sender<io::Result<Published>>,
+}
+
+/// How a publish ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// This upload created the archive and its row.
+    Created(Entry),
+    /// The key was already stored (by a racing upload or earlier); this upload's
+    /// temp file was removed. The caller decides 200 or 409 against the entry.
+    Existing(Entry),
+}
+
+/// The handle request handlers publish through.
+#[derive(Clone)]
+pub struct Committer {
+    tx: mpsc::Sender<Publish>,
+}
+
+impl Committer {
+    pub async fn publish(&self, temp: PathBuf, row: IndexRow) -> io::Result<Published> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Publish { temp, row, reply })
+            .map_err(|_| io::Error::other("index writer has stopped"))?;
+        rx.await.map_err(|_| io::Error::other("index writer has stopped"))?
+    }
+
+    /// Starts the index-writer thread, appending to `index_path`.
+    pub fn spawn(index: Arc<Index>, store_root: PathBuf, index_path: &Path) -> io::Result<Self> {
+        let file = IndexFile::open(index_path)?;
+        let (tx, rx) = mpsc::channel::<Publish>();
+        std::thread::Builder::new()
+            .name("index-writer".into())
+            .spawn(move || CommitLoop { index, store_root, file }.run(rx))?;
+        Ok(Self { tx })
+    }
+}
+
+/// Appends rows for archives that are in the store but not in the index (start-up
+/// reconciliation), before the committer starts.
+pub fn append_reconciled(index: &Index, index_path: &Path, rows: &[IndexRow]) -> io::Result<()> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut file = IndexFile::open(index_path)?;
+    let mut buf = Vec::new();
+    for row in rows {
+        serde_json::to_writer(&mut buf, row).map_err(io::Error::other)?;
+        buf.push(b'\n');
+    }
+    file.append(&buf)?;
+    for row in rows {
+        index.insert(row.host_id.clone(), row.episode_id.clone(), index.entry_of(row));
+    }
+    Ok(())
+}
+
+pub fn archive_path(store_root: &Path, host_id: &HostId, episode_id: &EpisodeId) -> PathBuf {
+    store_root.join(host_id).join(format!("{episode_id}{}", episode_common::wire::ARCHIVE_SUFFIX))
+}
+
+struct CommitLoop {
+    index: Arc<Index>,
+    store_root: PathBuf,
+    file: IndexFile,
+}
+
+const MAX_BATCH: usize = 256;
+
+impl CommitLoop {
+    fn run(mut self, rx: mpsc::Receiver<Publish>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
+            }
+            self.commit(batch);
+        }
+    }
+
+    fn commit(&mut self, batch: Vec<Publish>) {
+        let mut placed: Vec<(Publish, Entry, PathBuf)> = Vec::with_capacity(batch.len());
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut keys_in_batch: HashSet<(HostId, EpisodeId)> = HashSet::new();
+        for publish in batch {
+            let (host_id, episode_id) = (&publish.row.host_id, &publish.row.episode_id);
+            let existing = self.index.get(host_id, episode_id).or_else(|| {
+                keys_in_batch
+                    .contains(&(host_id.clone(), episode_id.clone()))
+                    .then(|| placed.iter().find(|(p, ..)| p.row.host_id == *host_id && p.row.episode_id == *episode_id))
+                    .flatten()
+                    .map(|(_, e, _)| e.clone())
+            });
+            if let Some(entry) = existing {
+                let _ = std::fs::remove_file(&publish.temp);
+                let _ = publish.reply.send(Ok(Published::Existing(entry)));
+                continue;
+            }
+            match self.place(&publish) {
+                Ok(Placed::Moved(dest)) => {
+                    let host_dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
+                    if !dirs.contains(&host_dir) {
+                        dirs.push(host_dir);
+                    }
+                    keys_in_batch.insert((host_id.clone(), episode_id.clone()));
+                    let entry = self.index.entry_of(&publish.row);
+                    placed.push((publish, entry, dest));
+                }
+                Ok(Placed::Orphan(row)) => {
+                    // An archive without a row (a crash between rename and append
+                    // that start-up did not see): index it, then answer against it.
+                    let _ = std::fs::remove_file(&publish.temp);
+                    let entry = self.index.entry_of(&row);
+                    let result = self.append_rows(std::slice::from_ref(&row)).map(|()| {
+                        self.index.insert(row.host_id.clone(), row.episode_id.clone(), entry.clone());
+                        Published::Existing(entry)
+                    });
+                    let _ = publish.reply.send(result);
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&publish.temp);
+                    let _ = publish.reply.send(Err(e));
+                }
+            }
+        }
+        if placed.is_empty() {
+            return;
+        }
+        let durable = dirs
+            .iter()
+            .try_for_each(|dir| fsx::fsync_dir(dir))
+            .and_then(|()| self.append_rows(&placed.iter().map(|(p, ..)| p.row.clone()).collect::<Vec<_>>()));
+        match durable {
+            Ok(()) => {
+                for (publish, entry, _) in placed {
+                    self.index.insert(publish.row.host_id.clone(), publish.row.episode_id.clone(), entry.clone());
+                    let _ = publish.reply.send(Ok(Published::Created(entry)));
+                }
+            }
+            Err(e) => {
+                // The archives are in place but not indexed: a retry of the same
+                // bytes finds the orphan and indexes it. Nothing was acknowledged.
+                tracing::error!(error = %e, n_uploads = placed.len(), "index append failed; uploads not acknowledged");
+                for (publish, ..) in placed {
+                    let _ = publish.reply.send(Err(io::Error::new(e.kind(), e.to_string())));
+                }
+            }
+        }
+    }
+
+    fn append_rows(&mut self, rows: &[IndexRow]) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(rows.len() * 320);
+        for row in rows {
+            serde_json::to_writer(&mut buf, row).map_err(io::Error::other)?;
+            buf.push(b'\n');
+        }
+        self.file.append(&buf)
+    }
+
+    fn place(&self, publish: &Publish) -> io::Result<Placed> {
+        let (host_id, episode_id) = (&publish.row.host_id, &publish.row.episode_id);
+        let dest = archive_path(&self.store_root, host_id, episode_id);
+        let host_dir = self.store_root.join(host_id);
+        if !host_dir.exists() {
+            match std::fs::create_dir(&host_dir) {
+                Ok(()) => fsx::fsync_dir(&self.store_root)?,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match fsx::rename_noreplace(&publish.temp, &dest) {
+            Ok(()) => Ok(Placed::Moved(dest)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let row = crate::reconcile::row_for_archive(host_id, episode_id, &dest)?;
+                Ok(Placed::Orphan(row))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+enum Placed {
+    Moved(PathBuf),
+    Orphan(IndexRow),
+}
+
+/// Hashes a whole file (sha256, length) on the calling thread.
+pub fn hash_file(path: &Path) -> io::Result<(Sha256, u64)> {
+    use sha2::Digest as _;
+    let mut file = File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((Sha256(hasher.finalize().into()), len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(host: &str, ep: &str, body: &[u8]) -> IndexRow {
+        IndexRow {
+            host_id: HostId::new(host).unwrap(),
+            episode_id: EpisodeId::new(ep).unwrap(),
+            sha256: Sha256::of(body),
+            tar_sha256: None,
+            bytes: body.len() as u64,
+            code_commit: Some("c0ffee".into()),
+            started_at: None,
+            received_at: "2026-11-22T10:00:00Z".into(),
+            client: None,
+        }
+    }
+
+    fn line(r: &IndexRow) -> String {
+        serde_json::to_string(r).unwrap() + "\n"
+    }
+
+    #[test]
+    fn loads_rows_and_reports_a_torn_unparseable_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.jsonl");
+        let (a, b) = (row("lab1", "E1", b"a"), row("lab1", "E2", b"b"));
+        let text = format!("{}{}{{\"host_id\":\"lab1\",\"epi", line(&a), line(&b));
+        std::fs::write(&path, &text).unwrap();
+        let (index, report) = load(&path).unwrap();
+        assert_eq!(report.rows, 2);
+        assert_eq!(index.get(&a.host_id, &a.episode_id).unwrap().sha256, a.sha256);
+        let (offset, _, parses) = report.torn_tail.unwrap();
+        assert!(!parses);
+        repair_tail(&path, &report).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), offset);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}{}", line(&a), line(&b)));
+    }
+
+    #[test]
+    fn completes_a_torn_tail_that_is_a_whole_row() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.jsonl");
+        let a = row("lab1", "E1", b"a");
+        std::fs::write(&path, line(&a).trim_end()).unwrap();
+        let (index, report) = load(&path).unwrap();
+        assert!(index.contains(&a.host_id, &a.episode_id));
+        assert!(report.torn_tail.unwrap().2);
+        repair_tail(&path, &report).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), line(&a));
+    }
+
+    #[test]
+    fn reports_bad_lines_and_duplicates_without_failing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.jsonl");
+        let a = row("lab1", "E1", b"a");
+        let mut a2 = row("lab1", "E1", b"other");
+        a2.bytes = 99;
+        std::fs::write(&path, format!("{}not json\n\n{}", line(&a), line(&a2))).unwrap();
+        let (index, report) = load(&path).unwrap();
+        assert_eq!(report.rows, 1);
+        assert_eq!(report.bad_lines.len(), 1);
+        assert_eq!(report.bad_lines[0].0, 2);
+        assert_eq!(report.duplicates, vec![(a.host_id.clone(), a.episode_id.clone())]);
+        assert_eq!(index.get(&a.host_id, &a.episode_id).unwrap().bytes, 1, "the first row wins");
+    }
+
+    #[tokio::test]
+    async fn committer_publishes_once_per_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, incoming) = (dir.path().join("store"), dir.path().join("incoming"));
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::create_dir_all(&incoming).unwrap();
+        let index_path = dir.path().join("index.jsonl");
+        let index = Arc::new(Index::default());
+        let committer = Committer::spawn(index.clone(), store.clone(), &index_path).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let temp = incoming.join(format!("t{i}"));
+            std::fs::write(&temp, b"same").unwrap();
+            let c = committer.clone();
+            tasks.push(tokio::spawn(async move { c.publish(temp, row("lab1", "E1", b"same")).await.unwrap() }));
+        }
+        let mut created = 0;
+        for t in tasks {
+            if matches!(t.await.unwrap(), Published::Created(_)) {
+                created += 1;
+            }
+        }
+        assert_eq!(created, 1);
+        assert_eq!(std::fs::read_to_string(&index_path).unwrap().lines().count(), 1);
+        assert_eq!(std::fs::read(store.join("lab1/E1.tar.zst")).unwrap(), b"same");
+        assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0, "losers' temp files are removed");
+    }
+}

@@ -1,0 +1,243 @@
+//! Start-up reconciliation of the store with the index, and the empty-incoming rule.
+//!
+//! Owns: finding archives without an index row (a crash between the rename and the
+//! index append) and rebuilding their row from the archive itself (sha256, tar
+//! digest, and `code_commit`/`started_at` from the `meta.json` inside), finding rows
+//! without an archive (reported loudly, never "fixed" by deleting the row), and
+//! emptying `incoming_root`. Blocking; runs before the receiver serves. `check`
+//! calls the same scan read-only.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use episode_common::wire::{ARCHIVE_SUFFIX, IndexRow, format_rfc3339, parse_started_at};
+use episode_common::{EpisodeId, HostId, Sha256};
+use sha2::Digest as _;
+use time::OffsetDateTime;
+
+use crate::index::{Index, hash_file};
+
+/// What the store holds that the index does not say, and the reverse.
+#[derive(Debug, Default)]
+pub struct StoreScan {
+    pub archives: u64,
+    /// Archives without a row.
+    pub orphans: Vec<(HostId, EpisodeId, PathBuf)>,
+    /// Rows without an archive.
+    pub missing: Vec<(HostId, EpisodeId)>,
+    /// Files in the store that are not `<host>/<episode>.tar.zst`.
+    pub strays: Vec<PathBuf>,
+}
+
+/// Compares the store's directory tree with the index, reading names only.
+pub fn scan_store(store_root: &Path, index: &Index) -> io::Result<StoreScan> {
+    let mut scan = StoreScan::default();
+    let mut in_index = 0u64;
+    let mut seen: Vec<(HostId, EpisodeId)> = Vec::new();
+    let read_dir = match std::fs::read_dir(store_root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scan),
+        Err(e) => return Err(e),
+    };
+    for host_entry in read_dir {
+        let host_entry = host_entry?;
+        let host_path = host_entry.path();
+        let host_id = match host_entry.file_name().to_str().map(HostId::new) {
+            Some(Ok(h)) if host_entry.file_type()?.is_dir() => h,
+            _ => {
+                scan.strays.push(host_path);
+                continue;
+            }
+        };
+        for entry in std::fs::read_dir(&host_path)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let episode_id = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX))
+                .and_then(|n| EpisodeId::new(n).ok());
+            let Some(episode_id) = episode_id else {
+                scan.strays.push(entry.path());
+                continue;
+            };
+            scan.archives += 1;
+            if index.contains(&host_id, &episode_id) {
+                in_index += 1;
+                seen.push((host_id.clone(), episode_id));
+            } else {
+                scan.orphans.push((host_id.clone(), episode_id, entry.path()));
+            }
+        }
+    }
+    if in_index != index.len() {
+        let seen: std::collections::HashSet<_> = seen.into_iter().collect();
+        scan.missing = index.keys().into_iter().filter(|k| !seen.contains(k)).collect();
+        scan.missing.sort();
+    }
+    Ok(scan)
+}
+
+/// Rebuilds the index row of an archive from the archive: its sha256 and size, the
+/// sha256 of its tar stream, and `code_commit`/`started_at` from `<episode>/meta.json`
+/// inside it when present. `received_at` is the file's mtime; `client` is unknown.
+pub fn row_for_archive(host_id: &HostId, episode_id: &EpisodeId, path: &Path) -> io::Result<IndexRow> {
+    let (sha256, bytes) = hash_file(path)?;
+    let mtime = std::fs::metadata(path)?.modified()?;
+    let received_at = format_rfc3339(OffsetDateTime::from(mtime));
+    let inside = read_inside(episode_id, path).unwrap_or_default();
+    Ok(IndexRow {
+        host_id: host_id.clone(),
+        episode_id: episode_id.clone(),
+        sha256,
+        tar_sha256: inside.tar_sha256,
+        bytes,
+        code_commit: inside.code_commit,
+        started_at: inside.started_at,
+        received_at,
+        client: None,
+    })
+}
+
+#[derive(Default)]
+struct Inside {
+    tar_sha256: Option<Sha256>,
+    code_commit: Option<String>,
+    started_at: Option<String>,
+}
+
+struct HashingReader<R> {
+    inner: R,
+    hasher: sha2::Sha256,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+const META_LIMIT: u64 = 1 << 20;
+
+fn read_inside(episode_id: &EpisodeId, path: &Path) -> io::Result<Inside> {
+    let decoder = zstd::Decoder::new(std::fs::File::open(path)?)?;
+    let mut archive = tar::Archive::new(HashingReader { inner: decoder, hasher: sha2::Sha256::new() });
+    let meta_path = format!("{episode_id}/meta.json");
+    let mut inside = Inside::default();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        if entry.path()?.to_str() == Some(meta_path.as_str()) {
+            let mut text = Vec::new();
+            (&mut entry).take(META_LIMIT).read_to_end(&mut text)?;
+            if let Ok(meta) = serde_json::from_slice::<serde_json::Value>(&text) {
+                inside.code_commit = meta.get("code_commit").and_then(|v| v.as_str()).map(str::to_owned);
+                inside.started_at = meta
+                    .get("started_at")
+                    .and_then(|v| match v {
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        serde_json::Value::Number(n) => Some(n.to_string()),
+                        _ => None,
+                    })
+                    .and_then(|s| parse_started_at(&s).ok())
+                    .map(format_rfc3339);
+            }
+        }
+    }
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink())?;
+    inside.tar_sha256 = Some(Sha256(rest.hasher.finalize().into()));
+    Ok(inside)
+}
+
+/// Removes everything in `incoming_root` (nothing is in flight before serving).
+pub fn empty_incoming(incoming_root: &Path) -> io::Result<u64> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(incoming_root)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+        } else {
+            std::fs::remove_file(entry.path())?;
+        }
+        removed += 1;
+    }
+    if removed > 0 {
+        episode_common::fsx::fsync_dir(incoming_root)?;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn archive_with_meta(episode: &str, meta: &str) -> (Vec<u8>, Sha256) {
+        let mut tar_bytes = Vec::new();
+        {
+            let mut builder = tar::Builder::new(&mut tar_bytes);
+            let mut header = tar::Header::new_gnu();
+            header.set_size(meta.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, format!("{episode}/meta.json"), meta.as_bytes()).unwrap();
+            builder.finish().unwrap();
+        }
+        let tar_sha = Sha256::of(&tar_bytes);
+        (zstd::encode_all(&tar_bytes[..], 3).unwrap(), tar_sha)
+    }
+
+    #[test]
+    fn rebuilds_a_row_from_the_archive_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, tar_sha) =
+            archive_with_meta("E1", r#"{"code_commit": "abc123", "started_at": 1795341600}"#);
+        let path = dir.path().join("E1.tar.zst");
+        std::fs::write(&path, &bytes).unwrap();
+        let row = row_for_archive(&HostId::new("lab1").unwrap(), &EpisodeId::new("E1").unwrap(), &path).unwrap();
+        assert_eq!(row.sha256, Sha256::of(&bytes));
+        assert_eq!(row.bytes, bytes.len() as u64);
+        assert_eq!(row.tar_sha256, Some(tar_sha));
+        assert_eq!(row.code_commit.as_deref(), Some("abc123"));
+        assert_eq!(row.started_at.as_deref(), Some("2026-11-22T10:00:00Z"));
+    }
+
+    #[test]
+    fn an_undecodable_archive_still_gets_its_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("E1.tar.zst");
+        std::fs::write(&path, b"not zstd").unwrap();
+        let row = row_for_archive(&HostId::new("lab1").unwrap(), &EpisodeId::new("E1").unwrap(), &path).unwrap();
+        assert_eq!(row.sha256, Sha256::of(b"not zstd"));
+        assert_eq!((row.tar_sha256, row.code_commit), (None, None));
+    }
+
+    #[test]
+    fn scan_finds_orphans_missing_rows_and_strays() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path();
+        std::fs::create_dir_all(store.join("lab1")).unwrap();
+        std::fs::write(store.join("lab1/E1.tar.zst"), b"x").unwrap();
+        std::fs::write(store.join("lab1/notes.txt"), b"x").unwrap();
+        let index_path = dir.path().join("i.jsonl");
+        let row = IndexRow {
+            host_id: HostId::new("lab1").unwrap(),
+            episode_id: EpisodeId::new("E2").unwrap(),
+            sha256: Sha256::of(b"y"),
+            tar_sha256: None,
+            bytes: 1,
+            code_commit: None,
+            started_at: None,
+            received_at: "2026-11-22T10:00:00Z".into(),
+            client: None,
+        };
+        std::fs::write(&index_path, serde_json::to_string(&row).unwrap() + "\n").unwrap();
+        let (index, _) = crate::index::load(&index_path).unwrap();
+        let scan = scan_store(store, &index).unwrap();
+        assert_eq!(scan.archives, 1);
+        assert_eq!(scan.orphans.len(), 1);
+        assert_eq!(scan.orphans[0].1.as_str(), "E1");
+        assert_eq!(scan.missing, vec![(row.host_id.clone(), row.episode_id.clone())]);
+        assert_eq!(scan.strays.len(), 2, "notes.txt and the index file itself: {:?}", scan.strays);
+    }
+}

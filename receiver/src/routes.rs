@@ -1,0 +1,403 @@
+//! HTTP routes: `/livez`, `/v1/health`, `PUT`/`HEAD /v1/episodes/{host}/{episode}`,
+//! `/metrics`, and problem+json for everything else.
+//!
+//! Owns turning requests into calls of the pure `admission` steps in protocol order
+//! and their answers into responses; it never decides on raw status codes itself.
+//! An answer given before the body is read (an "early answer") discards up to 1 MiB
+//! of body so a small client keeps its connection, and closes it otherwise.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{FromRequestParts as _, Path, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use episode_common::problem::{PROBLEM_CONTENT_TYPE, Problem, Slug};
+use episode_common::wire::{self, HealthBody, IndexRow, Stored, StoredBody, header};
+use episode_common::{EpisodeId, HostId};
+use http::{HeaderMap, HeaderValue, StatusCode, request::Parts};
+use http_body_util::BodyExt as _;
+use time::OffsetDateTime;
+
+use crate::admission::{self, Dedupe, PeerIdentity, PutHeaders};
+use crate::index::{Entry, Published};
+use crate::metrics::Gauges;
+use crate::slots::Slot;
+use crate::upload::{self, ReceiveError, TempFile};
+use crate::{AppState, VERSION};
+
+/// The most body an early answer reads and discards to keep the connection.
+const EARLY_DRAIN_LIMIT: u64 = 1 << 20;
+
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/livez", get(livez))
+        .route("/v1/health", get(health))
+        .route("/v1/episodes/{host_id}/{episode_id}", put(put_episode).head(head_episode))
+        .route("/metrics", get(metrics_authenticated))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+/// Only `/metrics` and `/livez`, unauthenticated, for `metrics_listen`.
+pub fn metrics_app(state: Arc<AppState>) -> Router {
+    Router::new().route("/metrics", get(metrics)).route("/livez", get(livez)).fallback(not_found).with_state(state)
+}
+
+/// A problem as an HTTP response, with the headers its status calls for.
+pub fn problem_response(problem: Problem) -> Response {
+    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let mut response = (status, serde_json::to_string(&problem).unwrap_or_default()).into_response();
+    let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+    let retry_after = match problem.known_slug() {
+        Some(Slug::Unauthorized) => {
+            headers.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            None
+        }
+        Some(Slug::TooManyUploads) => Some("1"),
+        Some(Slug::Unavailable) => Some("5"),
+        Some(Slug::InsufficientStorage) => Some("60"),
+        _ => None,
+    };
+    if let Some(seconds) = retry_after {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static(seconds));
+    }
+    response
+}
+
+/// A 500 whose cause is logged once here and never shown to the client.
+fn internal(what: &str, error: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %error, "{what}");
+    Problem::new(Slug::Internal, "the receiver failed to store the upload; it is safe to retry")
+}
+
+fn io_problem(what: &str, error: &std::io::Error) -> Problem {
+    if episode_common::fsx::is_no_space(error) {
+        tracing::warn!(error = %error, "{what}: disk full");
+        return Problem::new(Slug::InsufficientStorage, "the receiver's disk is full")
+            .remediation("free space on the receiver's store");
+    }
+    internal(what, error)
+}
+
+async fn livez() -> &'static str {
+    "ok"
+}
+
+async fn not_found() -> Response {
+    problem_response(Problem::new(Slug::NotFound, "no such route"))
+}
+
+async fn method_not_allowed() -> Response {
+    problem_response(Problem::new(Slug::MethodNotAllowed, "this route does not take that method"))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+}
+
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
+    let token = state.credentials.token();
+    admission::authenticate(header_str(headers, http::header::AUTHORIZATION.as_str()), token.as_deref())
+}
+
+async fn health(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let response = health_inner(&state, req.headers(), req.extensions().get::<PeerIdentity>()).await;
+    state.metrics.record("health", response.status().as_u16());
+    response
+}
+
+async fn health_inner(state: &AppState, headers: &HeaderMap, peer: Option<&PeerIdentity>) -> Response {
+    let x_host_id = header_str(headers, header::X_HOST_ID);
+    if let Err(p) = authenticate(state, headers).and_then(|()| admission::bind_identity(peer, None, x_host_id)) {
+        return problem_response(p);
+    }
+    let reason = if state.is_draining() {
+        Some("draining: shutting down".to_owned())
+    } else {
+        store_unwritable(state).await
+    };
+    let body = HealthBody {
+        ok: reason.is_none(),
+        schema_version: wire::SCHEMA_VERSION,
+        host_id: x_host_id.map(str::to_owned).or_else(|| peer.and_then(|p| p.primary.clone())),
+        version: VERSION.to_owned(),
+        server_time: wire::format_rfc3339(OffsetDateTime::now_utc()),
+        reason,
+    };
+    let status = if body.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Why the store cannot take writes, if it cannot.
+async fn store_unwritable(state: &AppState) -> Option<String> {
+    let dirs = [state.config.store_root.clone(), state.config.incoming_root.clone()];
+    tokio::task::spawn_blocking(move || {
+        for dir in dirs {
+            let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str())).ok()?;
+            // SAFETY: a valid NUL-terminated path.
+            if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+                return Some(format!("{} is not writable: {}", dir.display(), std::io::Error::last_os_error()));
+            }
+        }
+        None
+    })
+    .await
+    .unwrap_or_else(|e| Some(e.to_string()))
+}
+
+async fn metrics_authenticated(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Err(p) = authenticate(&state, &headers) {
+        return problem_response(p);
+    }
+    metrics(State(state)).await
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let root = state.config.store_root.clone();
+    let free_bytes = tokio::task::spawn_blocking(move || episode_common::fsx::free_space(&root).ok())
+        .await
+        .ok()
+        .flatten();
+    let gauges = Gauges {
+        uploads_in_flight: state.slots.in_flight(),
+        index_rows: state.index.len(),
+        free_bytes,
+        draining: state.is_draining(),
+    };
+    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(&gauges)).into_response()
+}
+
+/// Authenticates, binds identity and validates the ids of an episode route.
+async fn episode_target(state: &AppState, parts: &mut Parts) -> Result<(HostId, EpisodeId), Problem> {
+    authenticate(state, &parts.headers)?;
+    let path = Path::<(String, String)>::from_request_parts(parts, &()).await.ok();
+    let peer = parts.extensions.get::<PeerIdentity>();
+    let x_host_id = header_str(&parts.headers, header::X_HOST_ID);
+    admission::bind_identity(peer, path.as_ref().map(|p| p.0.0.as_str()), x_host_id)?;
+    match path {
+        Some(Path((host_id, episode_id))) => admission::parse_ids(&host_id, &episode_id),
+        None => Err(Problem::new(Slug::InvalidId, "the path is not valid UTF-8 after percent-decoding")),
+    }
+}
+
+async fn head_episode(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (mut parts, _body) = req.into_parts();
+    let response = match episode_target(&state, &mut parts).await {
+        Err(p) => problem_response(p),
+        Ok((host_id, episode_id)) => match state.index.get(&host_id, &episode_id) {
+            None => problem_response(Problem::new(Slug::NotFound, format!("{host_id}/{episode_id} is not stored"))),
+            Some(entry) => {
+                let mut response = StatusCode::OK.into_response();
+                let headers = response.headers_mut();
+                headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(entry.bytes));
+                insert_digest(headers, header::REPR_DIGEST, entry.sha256.to_field());
+                if let Some(tar) = entry.tar_sha256 {
+                    insert_digest(headers, header::X_TAR_DIGEST, tar.to_field());
+                }
+                response
+            }
+        },
+    };
+    state.metrics.record("head", response.status().as_u16());
+    response
+}
+
+fn insert_digest(headers: &mut HeaderMap, name: &'static str, value: String) {
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(name, v);
+    }
+}
+
+fn stored_response(status: StatusCode, host_id: &HostId, episode_id: &EpisodeId, entry: &Entry) -> Response {
+    let body = StoredBody {
+        host_id: host_id.clone(),
+        episode_id: episode_id.clone(),
+        sha256: entry.sha256,
+        bytes: entry.bytes,
+        code_commit: entry.code_commit.as_deref().map(str::to_owned),
+        stored: if status == StatusCode::CREATED { Stored::Created } else { Stored::AlreadyPresent },
+        received_at: entry.received_at_rfc3339(),
+    };
+    let mut response = (status, axum::Json(body)).into_response();
+    let headers = response.headers_mut();
+    insert_digest(headers, header::REPR_DIGEST, entry.sha256.to_field());
+    if status == StatusCode::CREATED
+        && let Ok(location) = HeaderValue::from_str(&wire::episode_path(host_id, episode_id))
+    {
+        headers.insert(http::header::LOCATION, location);
+    }
+    response
+}
+
+/// The decision of steps 1–3.
+enum Decision {
+    AlreadyPresent(HostId, EpisodeId, Entry),
+    Upload(Plan),
+}
+
+struct Plan {
+    host_id: HostId,
+    episode_id: EpisodeId,
+    put: PutHeaders,
+    client: Option<String>,
+    _slot: Slot,
+}
+
+async fn put_episode(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let started = Instant::now();
+    let (mut parts, body) = req.into_parts();
+    let response = match decide_put(&state, &mut parts).await {
+        Err(problem) => {
+            log_answer(&parts, problem.status, Some(&problem.slug), started);
+            early(problem_response(problem), body, &parts.headers)
+        }
+        Ok(Decision::AlreadyPresent(host_id, episode_id, entry)) => {
+            log_answer(&parts, 200, None, started);
+            early(stored_response(StatusCode::OK, &host_id, &episode_id, &entry), body, &parts.headers)
+        }
+        Ok(Decision::Upload(plan)) => {
+            let response = receive_and_publish(&state, plan, body).await;
+            log_answer(&parts, response.status().as_u16(), None, started);
+            response
+        }
+    };
+    state.metrics.record("put", response.status().as_u16());
+    response
+}
+
+fn log_answer(parts: &Parts, status: u16, problem: Option<&str>, started: Instant) {
+    let path = parts.uri.path();
+    let ms = started.elapsed().as_millis() as u64;
+    match status {
+        500.. => tracing::error!(path, status, problem, duration_ms = ms, "put_answered"),
+        _ => tracing::info!(path, status, problem, duration_ms = ms, "put_answered"),
+    }
+}
+
+async fn decide_put(state: &AppState, parts: &mut Parts) -> Result<Decision, Problem> {
+    if state.is_draining() {
+        return Err(Problem::new(Slug::Unavailable, "the receiver is shutting down; retry shortly"));
+    }
+    let (host_id, episode_id) = episode_target(state, parts).await?;
+    let put = admission::parse_put_headers(
+        &parts.headers,
+        &episode_id,
+        state.config.require_code_commit,
+        state.limits.window.is_some(),
+    )?;
+    let root = state.config.store_root.clone();
+    let free = tokio::task::spawn_blocking(move || episode_common::fsx::free_space(&root))
+        .await
+        .map_err(|e| internal("free space check", e))?
+        .map_err(|e| internal("free space check", e))?;
+    let free_after_claims = free.saturating_sub(state.slots.claimed_bytes());
+    admission::admit(&put, &state.limits, OffsetDateTime::now_utc(), free_after_claims)?;
+    let slot = state.slots.try_acquire(&host_id, put.content_length)?;
+    match admission::dedupe(put.sha256, put.tar_sha256, state.index.get(&host_id, &episode_id)) {
+        Dedupe::New => {
+            let client = parts.extensions.get::<PeerIdentity>().and_then(|p| p.primary.clone());
+            Ok(Decision::Upload(Plan { host_id, episode_id, put, client, _slot: slot }))
+        }
+        Dedupe::AlreadyPresent(entry) => Ok(Decision::AlreadyPresent(host_id, episode_id, entry)),
+        Dedupe::Conflict(problem) => Err(problem),
+    }
+}
+
+/// Sends an answer decided before the body was read: a small body is read and
+/// discarded in the background so the connection can be reused; a large one (or
+/// one the client is waiting on `100-continue` to send) closes the connection.
+fn early(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
+    let length = header_str(headers, http::header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    let expects_continue = header_str(headers, http::header::EXPECT.as_str())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    match length {
+        Some(0) => {}
+        Some(n) if n <= EARLY_DRAIN_LIMIT && !expects_continue => {
+            tokio::spawn(async move {
+                let drain = async {
+                    let mut body = body;
+                    while let Some(Ok(_)) = body.frame().await {}
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
+            });
+        }
+        _ => {
+            response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+    }
+    response
+}
+
+async fn receive_and_publish(state: &AppState, plan: Plan, body: Body) -> Response {
+    let Plan { host_id, episode_id, put, client, _slot } = plan;
+    let temp = TempFile::new(state.temp_path(&host_id, &episode_id));
+    let idle = state.config.body_idle_timeout.get();
+    let metrics = &state.metrics;
+    let received = upload::receive(body, &temp, put.content_length, idle, |n| {
+        metrics.upload_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    })
+    .await;
+    let received = match received {
+        Ok(r) => r,
+        Err(ReceiveError::Idle(d)) => {
+            let mut response = problem_response(Problem::new(
+                Slug::BodyTimeout,
+                format!("no body bytes arrived for {}", episode_common::Dur(d)),
+            ));
+            response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+        Err(ReceiveError::Client(e)) => {
+            tracing::info!(host_id = %host_id, episode_id = %episode_id, error = %e, "upload_abandoned: client stopped sending");
+            return problem_response(Problem::new(Slug::LengthMismatch, "the body ended before Content-Length bytes"));
+        }
+        Err(ReceiveError::TooLong(n)) => {
+            return problem_response(Problem::new(Slug::LengthMismatch, format!("the body is longer than {n} bytes")));
+        }
+        Err(ReceiveError::Io(e)) => return problem_response(io_problem("writing an upload", &e)),
+    };
+    if received.bytes != put.content_length {
+        return problem_response(Problem::new(
+            Slug::LengthMismatch,
+            format!("received {} bytes, Content-Length said {}", received.bytes, put.content_length),
+        ));
+    }
+    if received.sha256 != put.sha256 {
+        return problem_response(
+            Problem::new(
+                Slug::DigestMismatch,
+                format!("the body's sha256 is {}, Repr-Digest said {}", received.sha256, put.sha256),
+            )
+            .remediation("the archive changed or was damaged in transit; pack it again and retry"),
+        );
+    }
+    let row = IndexRow {
+        host_id: host_id.clone(),
+        episode_id: episode_id.clone(),
+        sha256: received.sha256,
+        tar_sha256: put.tar_sha256,
+        bytes: received.bytes,
+        code_commit: put.code_commit.clone(),
+        started_at: put.started_at.map(wire::format_rfc3339),
+        received_at: wire::format_rfc3339(OffsetDateTime::now_utc()),
+        client,
+    };
+    match state.committer.publish(temp.keep(), row).await {
+        Ok(Published::Created(entry)) => {
+            state.metrics.stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(host_id = %host_id, episode_id = %episode_id, bytes = entry.bytes, sha256 = %entry.sha256, "stored");
+            stored_response(StatusCode::CREATED, &host_id, &episode_id, &entry)
+        }
+        Ok(Published::Existing(entry)) => match admission::dedupe(put.sha256, put.tar_sha256, Some(entry)) {
+            Dedupe::AlreadyPresent(entry) => stored_response(StatusCode::OK, &host_id, &episode_id, &entry),
+            Dedupe::Conflict(problem) => problem_response(problem),
+            Dedupe::New => problem_response(internal("publish", "an existing entry vanished")),
+        },
+        Err(e) => problem_response(io_problem("publishing an upload", &e)),
+    }
+}
