@@ -39,13 +39,17 @@ impl Dur {
         let mut total = Duration::ZERO;
         let mut rest = s;
         while !rest.is_empty() {
-            let digits = rest.find(|c: char| !c.is_ascii_digit()).unwrap_or(rest.len());
+            let digits = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
             if digits == 0 {
                 return Err(err());
             }
             let n: u64 = rest[..digits].parse().map_err(|_| err())?;
             rest = &rest[digits..];
-            let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == ' ').unwrap_or(rest.len());
+            let unit_len = rest
+                .find(|c: char| c.is_ascii_digit() || c == ' ')
+                .unwrap_or(rest.len());
             let unit = &rest[..unit_len];
             rest = rest[unit_len..].trim_start();
             let per_unit = match unit {
@@ -56,7 +60,9 @@ impl Dur {
                 "d" => Duration::from_secs(86_400),
                 _ => return Err(err()),
             };
-            let part = per_unit.checked_mul(u32::try_from(n).map_err(|_| err())?).ok_or_else(err)?;
+            let part = per_unit
+                .checked_mul(u32::try_from(n).map_err(|_| err())?)
+                .ok_or_else(err)?;
             total = total.checked_add(part).ok_or_else(err)?;
         }
         Ok(Dur(total))
@@ -74,7 +80,12 @@ impl fmt::Display for Dur {
         if ms == 0 {
             return f.write_str("0s");
         }
-        for (unit, size) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        for (unit, size) in [
+            ("d", 86_400_000),
+            ("h", 3_600_000),
+            ("m", 60_000),
+            ("s", 1000),
+        ] {
             if ms.is_multiple_of(size) {
                 return write!(f, "{}{unit}", ms / size);
             }
@@ -165,7 +176,9 @@ impl<'de> Deserialize<'de> for ByteSize {
                 Ok(ByteSize(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<ByteSize, E> {
-                u64::try_from(v).map(ByteSize).map_err(|_| E::custom("a size cannot be negative"))
+                u64::try_from(v)
+                    .map(ByteSize)
+                    .map_err(|_| E::custom("a size cannot be negative"))
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ByteSize, E> {
                 ByteSize::parse(v).map_err(E::custom)
@@ -192,7 +205,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: &Path, message: impl fmt::Display) -> Self {
-        Self { path: path.display().to_string(), message: message.to_string() }
+        Self {
+            path: path.display().to_string(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -264,7 +280,10 @@ mod tests {
             d: Dur,
         }
         let c: C = serde_json::from_str(r#"{"a": 100, "b": "1MiB", "d": "5s"}"#).unwrap();
-        assert_eq!((c.a.0, c.b.0, c.d.0), (100, 1 << 20, Duration::from_secs(5)));
+        assert_eq!(
+            (c.a.0, c.b.0, c.d.0),
+            (100, 1 << 20, Duration::from_secs(5))
+        );
         let err = serde_json::from_str::<C>(r#"{"a": -1, "b": "1MiB", "d": "5s"}"#).unwrap_err();
         assert!(err.to_string().contains("negative"), "{err}");
         let err = serde_json::from_str::<C>(r#"{"a": 1, "b": "1MiB", "d": 5}"#).unwrap_err();

@@ -28,6 +28,8 @@ pub enum DigestError {
     WrongLength(usize),
     #[error("not 64 hex digits")]
     BadHex,
+    #[error("more than one sha-256 value, and they differ")]
+    Ambiguous,
 }
 
 impl Sha256 {
@@ -54,8 +56,10 @@ impl Sha256 {
     }
 
     /// Reads the `sha-256` member of an RFC 9530 `Repr-Digest`/`Content-Digest` value,
-    /// ignoring other algorithms and member parameters.
+    /// ignoring other algorithms and member parameters. Repeated field lines arrive
+    /// joined by commas; repeated `sha-256` members must agree.
     pub fn from_field(value: &str) -> Result<Self, DigestError> {
+        let mut found: Option<Self> = None;
         for member in value.split(',') {
             let Some((key, rest)) = member.trim().split_once('=') else {
                 continue;
@@ -74,9 +78,12 @@ impl Sha256 {
                 .as_slice()
                 .try_into()
                 .map_err(|_| DigestError::WrongLength(bytes.len()))?;
-            return Ok(Self(array));
+            match found {
+                Some(earlier) if earlier.0 != array => return Err(DigestError::Ambiguous),
+                _ => found = Some(Self(array)),
+            }
         }
-        Err(DigestError::NoSha256)
+        found.ok_or(DigestError::NoSha256)
     }
 }
 
@@ -142,6 +149,10 @@ mod tests {
             ("sha-256=abc", DigestError::NotByteSequence),
             ("sha-256=:!!!:", DigestError::BadBase64),
             ("sha-256=:AAAA:", DigestError::WrongLength(3)),
+            (
+                "sha-256=:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=:, sha-256=:LXEWQrcmsEQBYnyp+6wy9chTD7GQPMTbAiWHF5IaSIE=:",
+                DigestError::Ambiguous,
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(Sha256::from_field(input), Err(want), "{input}");
@@ -154,6 +165,9 @@ mod tests {
         assert_eq!(Sha256::from_hex("abc"), Err(DigestError::BadHex));
         let json = serde_json::to_string(&Sha256::of(b"")).unwrap();
         assert_eq!(json, format!("\"{EMPTY_HEX}\""));
-        assert_eq!(serde_json::from_str::<Sha256>(&json).unwrap(), Sha256::of(b""));
+        assert_eq!(
+            serde_json::from_str::<Sha256>(&json).unwrap(),
+            Sha256::of(b"")
+        );
     }
 }

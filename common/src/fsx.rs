@@ -29,7 +29,13 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let (c_from, c_to) = (cstr(from)?, cstr(to)?);
     // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as given.
     let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, c_from.as_ptr(), libc::AT_FDCWD, c_to.as_ptr(), libc::RENAME_NOREPLACE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            c_from.as_ptr(),
+            libc::AT_FDCWD,
+            c_to.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
     };
     if rc == 0 {
         return Ok(());
@@ -47,8 +53,13 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 /// Writes `bytes` to `path` so that a crash leaves either the old file or the new
 /// one: a temp file beside it, fsync, rename over, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
     let mut tmp_name = std::ffi::OsString::from(".");
     tmp_name.push(name);
     tmp_name.push(format!(".{}.tmp", std::process::id()));
@@ -92,7 +103,11 @@ mod tests {
     #[test]
     fn rename_noreplace_never_replaces() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b, c) = (dir.path().join("a"), dir.path().join("b"), dir.path().join("c"));
+        let (a, b, c) = (
+            dir.path().join("a"),
+            dir.path().join("b"),
+            dir.path().join("c"),
+        );
         std::fs::write(&a, "first").unwrap();
         std::fs::write(&b, "second").unwrap();
         let err = rename_noreplace(&b, &a).unwrap_err();
@@ -111,7 +126,10 @@ mod tests {
         write_atomic(&p, b"one").unwrap();
         write_atomic(&p, b"two").unwrap();
         assert_eq!(std::fs::read(&p).unwrap(), b"two");
-        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["state.json"]);
     }
 
@@ -119,6 +137,9 @@ mod tests {
     fn free_space_reads_a_real_filesystem() {
         let dir = tempfile::tempdir().unwrap();
         assert!(free_space(dir.path()).unwrap() > 0);
-        assert_eq!(free_space(Path::new("/nonexistent/x")).unwrap_err().kind(), io::ErrorKind::NotFound);
+        assert_eq!(
+            free_space(Path::new("/nonexistent/x")).unwrap_err().kind(),
+            io::ErrorKind::NotFound
+        );
     }
 }

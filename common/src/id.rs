@@ -126,7 +126,14 @@ mod tests {
 
     #[test]
     fn accepts_ulids_and_test_ids() {
-        for ok in ["01EPISODE", "01J9Z8XK4T5V6W7X8Y9Z0A1B2C", "lab1", "a", "a.b_c-d", "A9"] {
+        for ok in [
+            "01EPISODE",
+            "01J9Z8XK4T5V6W7X8Y9Z0A1B2C",
+            "lab1",
+            "a",
+            "a.b_c-d",
+            "A9",
+        ] {
             assert!(EpisodeId::new(ok).is_ok(), "{ok}");
         }
         assert!(HostId::new(&"h".repeat(64)).is_ok());
@@ -154,11 +161,17 @@ mod tests {
         }
         assert_eq!(
             HostId::new(&"h".repeat(65)).unwrap_err(),
-            IdError::TooLong { kind: "host_id", max: 64 }
+            IdError::TooLong {
+                kind: "host_id",
+                max: 64
+            }
         );
         assert_eq!(
             EpisodeId::new(&"e".repeat(129)).unwrap_err(),
-            IdError::TooLong { kind: "episode_id", max: 128 }
+            IdError::TooLong {
+                kind: "episode_id",
+                max: 128
+            }
         );
     }
 

@@ -36,19 +36,33 @@ impl std::str::FromStr for LogFormat {
 
 /// Installs the global subscriber. `identifier` is the journal's SYSLOG_IDENTIFIER.
 pub fn init(format: LogFormat, identifier: &str) {
-    let filter = EnvFilter::builder().with_default_directive(LevelFilter::INFO.into()).from_env_lossy();
+    let filter = EnvFilter::builder()
+        .with_default_directive(LevelFilter::INFO.into())
+        .from_env_lossy();
     let registry = tracing_subscriber::registry().with(filter);
     if format == LogFormat::Auto
         && std::env::var_os("JOURNAL_STREAM").is_some()
         && let Ok(journal) = tracing_journald::layer()
     {
-        let journal = journal.with_field_prefix(None).with_syslog_identifier(identifier.to_owned());
+        let journal = journal
+            .with_field_prefix(None)
+            .with_syslog_identifier(identifier.to_owned());
         registry.with(journal).init();
         return;
     }
-    let stderr = tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_target(false);
+    let stderr = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_target(false);
     if format == LogFormat::Json {
-        registry.with(stderr.json().flatten_event(true).with_current_span(false).with_span_list(false)).init();
+        registry
+            .with(
+                stderr
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false),
+            )
+            .init();
     } else {
         registry.with(stderr).init();
     }

@@ -19,7 +19,10 @@ use rustls::{ClientConfig, RootCertStore, ServerConfig};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{}: no PEM certificate found", path.display())]
     NoCertificates { path: PathBuf },
     #[error("{}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)", path.display())]
@@ -38,7 +41,10 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read { path: path.to_owned(), source })
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// All certificates in a PEM file, in file order.
@@ -50,9 +56,14 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem { path: path.to_owned(), message: e.to_string() })?;
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
     if certs.is_empty() {
-        return Err(TlsError::NoCertificates { path: path.to_owned() });
+        return Err(TlsError::NoCertificates {
+            path: path.to_owned(),
+        });
     }
     Ok(certs)
 }
@@ -64,8 +75,13 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
 
 pub fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey { path: path.to_owned() },
-        other => TlsError::Pem { path: path.to_owned(), message: other.to_string() },
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
+            path: path.to_owned(),
+        },
+        other => TlsError::Pem {
+            path: path.to_owned(),
+            message: other.to_string(),
+        },
     })
 }
 
@@ -119,12 +135,17 @@ impl CertInfo {
 
     /// The names a client certificate may act as: its DNS SANs and its subject CN.
     pub fn identities(&self) -> impl Iterator<Item = &str> {
-        self.dns_sans.iter().map(String::as_str).chain(self.subject_cn.as_deref())
+        self.dns_sans
+            .iter()
+            .map(String::as_str)
+            .chain(self.subject_cn.as_deref())
     }
 
     /// One name to record as the client of a request (CN, else the first SAN).
     pub fn primary_identity(&self) -> Option<&str> {
-        self.subject_cn.as_deref().or(self.dns_sans.first().map(String::as_str))
+        self.subject_cn
+            .as_deref()
+            .or(self.dns_sans.first().map(String::as_str))
     }
 }
 
@@ -151,16 +172,20 @@ pub fn server_config(
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let builder = match client_ca {
         Some(ca) => {
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(ca)?), provider)
-                .build()
-                .map_err(|e| TlsError::Config(format!("client CA: {e}")))?;
+            let verifier =
+                WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(ca)?), provider)
+                    .build()
+                    .map_err(|e| TlsError::Config(format!("client CA: {e}")))?;
             builder.with_client_cert_verifier(verifier)
         }
         None => builder.with_no_client_auth(),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|e| TlsError::Config(format!("server certificate and key: {}", explain_rustls(&e))))?;
+    let mut config = builder.with_single_cert(chain, key).map_err(|e| {
+        TlsError::Config(format!(
+            "server certificate and key: {}",
+            explain_rustls(&e)
+        ))
+    })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
@@ -181,9 +206,12 @@ pub fn client_config(
         .map_err(|e| TlsError::Config(e.to_string()))?
         .with_root_certificates(roots);
     let mut config = match identity {
-        Some((chain, key)) => builder
-            .with_client_auth_cert(chain, key)
-            .map_err(|e| TlsError::Config(format!("client certificate and key: {}", explain_rustls(&e))))?,
+        Some((chain, key)) => builder.with_client_auth_cert(chain, key).map_err(|e| {
+            TlsError::Config(format!(
+                "client certificate and key: {}",
+                explain_rustls(&e)
+            ))
+        })?,
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -196,9 +224,13 @@ fn system_roots() -> Result<RootCertStore, TlsError> {
         .map(PathBuf::from)
         .into_iter()
         .chain(
-            ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"]
-                .into_iter()
-                .map(PathBuf::from),
+            [
+                "/etc/ssl/certs/ca-certificates.crt",
+                "/etc/pki/tls/certs/ca-bundle.crt",
+                "/etc/ssl/cert.pem",
+            ]
+            .into_iter()
+            .map(PathBuf::from),
         );
     for path in candidates {
         if let Ok(pem) = std::fs::read(&path) {
@@ -221,11 +253,13 @@ pub fn verify_client_chain(
     ca: &[CertificateDer<'static>],
     now: UnixTime,
 ) -> Result<(), TlsError> {
-    let (leaf, intermediates) =
-        chain.split_first().ok_or_else(|| TlsError::Config("empty certificate chain".into()))?;
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(ca)?), provider())
-        .build()
-        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let (leaf, intermediates) = chain
+        .split_first()
+        .ok_or_else(|| TlsError::Config("empty certificate chain".into()))?;
+    let verifier =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(root_store(ca)?), provider())
+            .build()
+            .map_err(|e| TlsError::Config(e.to_string()))?;
     verifier
         .verify_client_cert(leaf, intermediates, now)
         .map(|_| ())
@@ -236,8 +270,12 @@ pub fn verify_client_chain(
 pub fn explain_rustls(err: &rustls::Error) -> String {
     use rustls::{CertificateError as C, Error as E};
     match err {
-        E::InvalidCertificate(C::UnknownIssuer) => "certificate is not signed by a trusted CA".into(),
-        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "certificate has expired".into(),
+        E::InvalidCertificate(C::UnknownIssuer) => {
+            "certificate is not signed by a trusted CA".into()
+        }
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "certificate has expired".into()
+        }
         E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
             "certificate is not valid yet (check the clock)".into()
         }
@@ -265,12 +303,18 @@ pub fn explain_tls_failure(err: &(dyn StdError + 'static)) -> Option<String> {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return Some(explain_rustls(tls));
         }
-        if let Some(inner) = e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
             if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
                 return Some(explain_rustls(tls));
             }
             let text = inner.to_string();
-            if ["CertificateRequired", "BadCertificate", "UnknownCA"].iter().any(|a| text.contains(a)) {
+            if ["CertificateRequired", "BadCertificate", "UnknownCA"]
+                .iter()
+                .any(|a| text.contains(a))
+            {
                 return Some(format!("receiver refused the client certificate ({text})"));
             }
             current = Some(inner);
@@ -284,7 +328,9 @@ pub fn explain_tls_failure(err: &(dyn StdError + 'static)) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
+    use rcgen::{
+        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    };
 
     struct Pki {
         ca_pem: String,
@@ -301,12 +347,16 @@ mod tests {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, ca_name);
         let ca = ca_params.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let leaf_key = KeyPair::generate().unwrap();
         let mut leaf_params = CertificateParams::new(vec!["lab1.example".into()]).unwrap();
-        leaf_params.distinguished_name.push(rcgen::DnType::CommonName, "lab1");
+        leaf_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "lab1");
         leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
         Pki {
@@ -323,7 +373,10 @@ mod tests {
         let certs = parse_certs(Path::new("leaf.pem"), pki.leaf_pem.as_bytes()).unwrap();
         let info = CertInfo::parse(&certs[0]).unwrap();
         assert_eq!(info.subject_cn.as_deref(), Some("lab1"));
-        assert_eq!(info.identities().collect::<Vec<_>>(), ["lab1.example", "lab1"]);
+        assert_eq!(
+            info.identities().collect::<Vec<_>>(),
+            ["lab1.example", "lab1"]
+        );
         assert!(info.not_after > info.not_before);
         assert!(!info.is_ca);
     }
@@ -333,9 +386,16 @@ mod tests {
         let err = parse_certs(Path::new("/x/empty.pem"), b"").unwrap_err();
         assert_eq!(err.to_string(), "/x/empty.pem: no PEM certificate found");
         let err = parse_key(Path::new("/x/k.pem"), b"nothing").unwrap_err();
-        assert!(err.to_string().starts_with("/x/k.pem: no PEM private key"), "{err}");
+        assert!(
+            err.to_string().starts_with("/x/k.pem: no PEM private key"),
+            "{err}"
+        );
         let err = load_certs(Path::new("/nonexistent/ca.pem")).unwrap_err();
-        assert!(err.to_string().starts_with("cannot read /nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -358,7 +418,10 @@ mod tests {
         let ca = parse_certs(Path::new("ca"), pki.ca_pem.as_bytes()).unwrap();
         verify_client_chain(&chain, &ca, UnixTime::now()).unwrap();
         let err = verify_client_chain(&chain, &other, UnixTime::now()).unwrap_err();
-        assert!(err.to_string().contains("not signed by a trusted CA"), "{err}");
+        assert!(
+            err.to_string().contains("not signed by a trusted CA"),
+            "{err}"
+        );
     }
 
     fn pki_other_ca() -> Vec<CertificateDer<'static>> {

@@ -82,8 +82,12 @@ pub struct IndexRow {
 
 /// RFC 3339 in UTC with second precision: `2026-11-22T10:00:00Z`.
 pub fn format_rfc3339(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
-    t.format(&Rfc3339).unwrap_or_else(|_| t.unix_timestamp().to_string())
+    let t = t
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t);
+    t.format(&Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -114,7 +118,9 @@ pub fn ulid_time(episode_id: &str) -> Option<OffsetDateTime> {
     if bytes.len() != 26 {
         return None;
     }
-    let mut all = bytes.iter().map(|b| ALPHABET.iter().position(|a| a == &b.to_ascii_uppercase()));
+    let mut all = bytes
+        .iter()
+        .map(|b| ALPHABET.iter().position(|a| a == &b.to_ascii_uppercase()));
     if !all.all(|p| p.is_some()) {
         return None;
     }
@@ -144,7 +150,10 @@ mod tests {
         assert_eq!(t.unix_timestamp(), 1_795_341_600);
         assert_eq!(parse_started_at("1795341600").unwrap(), t);
         assert_eq!(parse_started_at("2026-11-22T11:00:00+01:00").unwrap(), t);
-        assert_eq!(parse_started_at("1795341600.5").unwrap().unix_timestamp(), 1_795_341_600);
+        assert_eq!(
+            parse_started_at("1795341600.5").unwrap().unix_timestamp(),
+            1_795_341_600
+        );
         for bad in ["", "yesterday", "NaN", "inf", "2026-13-01T00:00:00Z"] {
             assert!(parse_started_at(bad).is_err(), "{bad}");
         }
@@ -186,8 +195,15 @@ mod tests {
         assert_eq!(
             keys,
             [
-                "bytes", "client", "code_commit", "episode_id", "host_id", "received_at", "sha256",
-                "started_at", "tar_sha256"
+                "bytes",
+                "client",
+                "code_commit",
+                "episode_id",
+                "host_id",
+                "received_at",
+                "sha256",
+                "started_at",
+                "tar_sha256"
             ]
         );
         assert_eq!(serde_json::from_value::<IndexRow>(v).unwrap(), row);

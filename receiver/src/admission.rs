@@ -47,7 +47,10 @@ pub fn authenticate(authorization: Option<&str>, token: Option<&str>) -> Result<
 /// leaks through timing.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
     let (x, y) = (Sha256::of(a.as_bytes()).0, Sha256::of(b.as_bytes()).0);
-    let diff = x.iter().zip(y.iter()).fold(0u8, |acc, (p, q)| acc | (p ^ q));
+    let diff = x
+        .iter()
+        .zip(y.iter())
+        .fold(0u8, |acc, (p, q)| acc | (p ^ q));
     std::hint::black_box(diff) == 0
 }
 
@@ -85,7 +88,8 @@ pub fn bind_identity(
 /// Step 1c: ids, before any filesystem call.
 pub fn parse_ids(host_id: &str, episode_id: &str) -> Result<(HostId, EpisodeId), Problem> {
     let host = HostId::new(host_id).map_err(|e| Problem::new(Slug::InvalidId, e.to_string()))?;
-    let episode = EpisodeId::new(episode_id).map_err(|e| Problem::new(Slug::InvalidId, e.to_string()))?;
+    let episode =
+        EpisodeId::new(episode_id).map_err(|e| Problem::new(Slug::InvalidId, e.to_string()))?;
     Ok((host, episode))
 }
 
@@ -97,6 +101,19 @@ pub struct PutHeaders {
     pub tar_sha256: Option<Sha256>,
     pub code_commit: Option<String>,
     pub started_at: Option<OffsetDateTime>,
+}
+
+/// All field lines of a list-valued header, joined as HTTP combines them.
+fn joined(headers: &HeaderMap, name: &str) -> Result<Option<String>, Problem> {
+    let mut values = Vec::new();
+    for v in headers.get_all(name) {
+        let v = v.to_str().map_err(|_| {
+            Problem::new(Slug::InvalidHeader, format!("{name} is not visible ASCII"))
+        })?;
+        values.push(v.trim());
+    }
+    let joined = values.join(", ");
+    Ok(Some(joined).filter(|s| !s.trim_matches([',', ' ']).is_empty()))
 }
 
 fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Problem> {
@@ -119,27 +136,41 @@ pub fn parse_put_headers(
 ) -> Result<PutHeaders, Problem> {
     let content_length = match text(headers, http::header::CONTENT_LENGTH.as_str())? {
         None => {
-            return Err(Problem::new(Slug::LengthRequired, "send the archive with a Content-Length header")
-                .remediation("send the exact body size in Content-Length; chunked uploads are not accepted"));
+            return Err(Problem::new(
+                Slug::LengthRequired,
+                "send the archive with a Content-Length header",
+            )
+            .remediation(
+                "send the exact body size in Content-Length; chunked uploads are not accepted",
+            ));
         }
-        Some(v) => v
-            .parse::<u64>()
-            .map_err(|_| Problem::new(Slug::InvalidHeader, format!("Content-Length {v:?} is not a number")))?,
+        Some(v) => v.parse::<u64>().map_err(|_| {
+            Problem::new(
+                Slug::InvalidHeader,
+                format!("Content-Length {v:?} is not a number"),
+            )
+        })?,
     };
 
-    let repr = text(headers, header::REPR_DIGEST)?;
-    let content = text(headers, header::CONTENT_DIGEST)?;
+    let repr = joined(headers, header::REPR_DIGEST)?;
+    let content = joined(headers, header::CONTENT_DIGEST)?;
     let legacy = text(headers, header::X_CONTENT_SHA256)?;
     let bad_digest = |name: &str, e: episode_common::digest::DigestError| {
         Problem::new(Slug::BadDigestHeader, format!("{name}: {e}"))
             .remediation("send `Repr-Digest: sha-256=:<base64 of the 32-byte sha256 of the body>:`")
     };
-    let parsed_repr = repr.map(|v| Sha256::from_field(v).map_err(|e| bad_digest("Repr-Digest", e))).transpose()?;
-    let parsed_content =
-        content.map(|v| Sha256::from_field(v).map_err(|e| bad_digest("Content-Digest", e))).transpose()?;
+    let parsed_repr = repr
+        .map(|v| Sha256::from_field(&v).map_err(|e| bad_digest("Repr-Digest", e)))
+        .transpose()?;
+    let parsed_content = content
+        .map(|v| Sha256::from_field(&v).map_err(|e| bad_digest("Content-Digest", e)))
+        .transpose()?;
     let sha256 = match (parsed_repr, parsed_content) {
         (Some(r), Some(c)) if r != c => {
-            return Err(Problem::new(Slug::BadDigestHeader, "Repr-Digest and Content-Digest disagree"));
+            return Err(Problem::new(
+                Slug::BadDigestHeader,
+                "Repr-Digest and Content-Digest disagree",
+            ));
         }
         (Some(d), _) | (None, Some(d)) => d,
         (None, None) => match legacy {
@@ -163,7 +194,10 @@ pub fn parse_put_headers(
             ));
         }
         Some(c) if c.len() > 128 || !c.bytes().all(|b| b.is_ascii_graphic()) => {
-            return Err(Problem::new(Slug::InvalidHeader, "X-Code-Commit must be at most 128 visible ASCII characters"));
+            return Err(Problem::new(
+                Slug::InvalidHeader,
+                "X-Code-Commit must be at most 128 visible ASCII characters",
+            ));
         }
         _ => {}
     }
@@ -172,7 +206,10 @@ pub fn parse_put_headers(
         Some(v) => match parse_started_at(v) {
             Ok(t) => Some(t),
             Err(e) if window_set => {
-                return Err(Problem::new(Slug::InvalidHeader, format!("X-Episode-Started-At: {e}")));
+                return Err(Problem::new(
+                    Slug::InvalidHeader,
+                    format!("X-Episode-Started-At: {e}"),
+                ));
             }
             Err(_) => None,
         },
@@ -187,20 +224,38 @@ pub fn parse_put_headers(
         .remediation("record started_at in the episode's meta.json, then requeue it: episode-shipper requeue --status 400"));
     }
 
-    if let Some(ct) = text(headers, http::header::CONTENT_TYPE.as_str())? {
-        let media = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    // Every line counts: a second Content-Type cannot smuggle another media type in.
+    for ct in headers.get_all(http::header::CONTENT_TYPE) {
+        let ct = ct
+            .to_str()
+            .map_err(|_| Problem::new(Slug::InvalidHeader, "Content-Type is not visible ASCII"))?;
+        let media = ct
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
         // curl's `--data-binary` declares a form unless told otherwise; nobody sends
         // an archive as a real form, so that default counts as no declaration.
         let curl_default = media == "application/x-www-form-urlencoded";
         if !curl_default && !wire::ARCHIVE_CONTENT_TYPES.contains(&media.as_str()) {
             return Err(Problem::new(
                 Slug::UnsupportedMediaType,
-                format!("Content-Type {ct:?} is not one of {:?}", wire::ARCHIVE_CONTENT_TYPES),
+                format!(
+                    "Content-Type {ct:?} is not one of {:?}",
+                    wire::ARCHIVE_CONTENT_TYPES
+                ),
             )
             .remediation("send `Content-Type: application/zstd`, or none (curl: -T FILE)"));
         }
     }
-    Ok(PutHeaders { content_length, sha256, tar_sha256, code_commit, started_at })
+    Ok(PutHeaders {
+        content_length,
+        sha256,
+        tar_sha256,
+        code_commit,
+        started_at,
+    })
 }
 
 /// The limits of step 2.
@@ -213,7 +268,12 @@ pub struct Limits {
 
 /// Step 2 (but slots, which the caller takes next): acceptance window (412), size
 /// (413) and free space (507). `free_bytes` is what is left after uploads in flight.
-pub fn admit(put: &PutHeaders, limits: &Limits, now: OffsetDateTime, free_bytes: u64) -> Result<(), Problem> {
+pub fn admit(
+    put: &PutHeaders,
+    limits: &Limits,
+    now: OffsetDateTime,
+    free_bytes: u64,
+) -> Result<(), Problem> {
     if let (Some((max_age, max_future)), Some(started)) = (limits.window, put.started_at) {
         let requeue = "check the clock on the recording host (timedatectl); once it is right, \
                        requeue: episode-shipper requeue --status 412";
@@ -246,12 +306,18 @@ pub fn admit(put: &PutHeaders, limits: &Limits, now: OffsetDateTime, free_bytes:
     if put.content_length > max {
         return Err(Problem::new(
             Slug::TooLarge,
-            format!("the archive is {} bytes; this receiver accepts at most {max} ({})", put.content_length, ByteSize(max)),
+            format!(
+                "the archive is {} bytes; this receiver accepts at most {max} ({})",
+                put.content_length,
+                ByteSize(max)
+            ),
         )
         .with("max_bytes", max)
         .remediation("raise max_episode_bytes on the receiver, or split the episode"));
     }
-    let needed = put.content_length.saturating_add(limits.free_space_reserve.get());
+    let needed = put
+        .content_length
+        .saturating_add(limits.free_space_reserve.get());
     if free_bytes < needed {
         return Err(Problem::new(
             Slug::InsufficientStorage,
@@ -269,7 +335,12 @@ pub fn admit(put: &PutHeaders, limits: &Limits, now: OffsetDateTime, free_bytes:
 
 fn human(d: time::Duration) -> String {
     let secs = d.whole_seconds().unsigned_abs();
-    episode_common::Dur(Duration::from_secs(if secs >= 86_400 { secs / 86_400 * 86_400 } else { secs })).to_string()
+    episode_common::Dur(Duration::from_secs(if secs >= 86_400 {
+        secs / 86_400 * 86_400
+    } else {
+        secs
+    }))
+    .to_string()
 }
 
 /// Step 3: what is already stored under the key.
@@ -313,9 +384,15 @@ mod tests {
     fn good_headers() -> HeaderMap {
         let mut h = HeaderMap::new();
         h.insert("content-length", HeaderValue::from_static("4"));
-        h.insert("repr-digest", HeaderValue::from_str(&Sha256::of(b"data").to_field()).unwrap());
+        h.insert(
+            "repr-digest",
+            HeaderValue::from_str(&Sha256::of(b"data").to_field()).unwrap(),
+        );
         h.insert("x-code-commit", HeaderValue::from_static("abc123"));
-        h.insert("x-episode-started-at", HeaderValue::from_static("2026-11-22T10:00:00Z"));
+        h.insert(
+            "x-episode-started-at",
+            HeaderValue::from_static("2026-11-22T10:00:00Z"),
+        );
         h.insert("content-type", HeaderValue::from_static("application/zstd"));
         h
     }
@@ -329,21 +406,46 @@ mod tests {
         assert!(authenticate(None, None).is_ok());
         assert!(authenticate(Some("Bearer s3cret"), Some("s3cret")).is_ok());
         assert!(authenticate(Some("bearer  s3cret "), Some("s3cret")).is_ok());
-        for bad in [None, Some("Bearer s3cre"), Some("Bearer s3cret2"), Some("Basic s3cret"), Some("s3cret")] {
-            assert_eq!(slug_of(authenticate(bad, Some("s3cret"))), "unauthorized", "{bad:?}");
+        for bad in [
+            None,
+            Some("Bearer s3cre"),
+            Some("Bearer s3cret2"),
+            Some("Basic s3cret"),
+            Some("s3cret"),
+        ] {
+            assert_eq!(
+                slug_of(authenticate(bad, Some("s3cret"))),
+                "unauthorized",
+                "{bad:?}"
+            );
         }
     }
 
     #[test]
     fn identity_binds_path_and_header_hosts() {
-        let peer = PeerIdentity { names: vec!["lab1.example".into(), "lab1".into()], primary: Some("lab1".into()) };
+        let peer = PeerIdentity {
+            names: vec!["lab1.example".into(), "lab1".into()],
+            primary: Some("lab1".into()),
+        };
         assert!(bind_identity(Some(&peer), Some("lab1"), Some("lab1")).is_ok());
         assert!(bind_identity(Some(&peer), Some("lab1.example"), None).is_ok());
-        assert_eq!(slug_of(bind_identity(Some(&peer), Some("lab2"), None)), "forbidden-identity");
-        assert_eq!(slug_of(bind_identity(Some(&peer), Some("lab1"), Some("lab2"))), "forbidden-identity");
-        assert_eq!(slug_of(bind_identity(Some(&peer), None, Some("lab2"))), "forbidden-identity");
+        assert_eq!(
+            slug_of(bind_identity(Some(&peer), Some("lab2"), None)),
+            "forbidden-identity"
+        );
+        assert_eq!(
+            slug_of(bind_identity(Some(&peer), Some("lab1"), Some("lab2"))),
+            "forbidden-identity"
+        );
+        assert_eq!(
+            slug_of(bind_identity(Some(&peer), None, Some("lab2"))),
+            "forbidden-identity"
+        );
         assert!(bind_identity(None, Some("lab1"), None).is_ok());
-        assert_eq!(slug_of(bind_identity(None, Some("lab1"), Some("lab2"))), "forbidden-identity");
+        assert_eq!(
+            slug_of(bind_identity(None, Some("lab1"), Some("lab2"))),
+            "forbidden-identity"
+        );
     }
 
     #[test]
@@ -367,18 +469,28 @@ mod tests {
                 Some(v) => h.insert(name, HeaderValue::from_static(v)),
                 None => h.remove(name),
             };
-            assert_eq!(slug_of(parse_put_headers(&h, &ep(), true, true)), want, "{name}={value:?}");
+            assert_eq!(
+                slug_of(parse_put_headers(&h, &ep(), true, true)),
+                want,
+                "{name}={value:?}"
+            );
         }
         // Several problems at once: the earliest step wins.
         let mut h = good_headers();
         h.remove("content-length");
         h.remove("repr-digest");
         h.insert("content-type", HeaderValue::from_static("text/plain"));
-        assert_eq!(slug_of(parse_put_headers(&h, &ep(), true, true)), "length-required");
+        assert_eq!(
+            slug_of(parse_put_headers(&h, &ep(), true, true)),
+            "length-required"
+        );
         let mut h = good_headers();
         h.remove("repr-digest");
         h.remove("x-code-commit");
-        assert_eq!(slug_of(parse_put_headers(&h, &ep(), true, true)), "missing-digest");
+        assert_eq!(
+            slug_of(parse_put_headers(&h, &ep(), true, true)),
+            "missing-digest"
+        );
     }
 
     #[test]
@@ -388,35 +500,63 @@ mod tests {
         h.insert("content-digest", field);
         h.remove("x-code-commit");
         h.remove("x-episode-started-at");
-        h.insert("content-type", HeaderValue::from_static("application/x-www-form-urlencoded"));
+        h.insert(
+            "content-type",
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
         let put = parse_put_headers(&h, &ep(), false, false).unwrap();
         assert_eq!(put.sha256, Sha256::of(b"data"));
         assert_eq!((put.code_commit, put.started_at), (None, None));
         // Legacy hex digest of the cron-script peer.
         let mut h = good_headers();
         h.remove("repr-digest");
-        h.insert("x-content-sha256", HeaderValue::from_str(&Sha256::of(b"data").to_hex()).unwrap());
-        assert_eq!(parse_put_headers(&h, &ep(), true, true).unwrap().sha256, Sha256::of(b"data"));
+        h.insert(
+            "x-content-sha256",
+            HeaderValue::from_str(&Sha256::of(b"data").to_hex()).unwrap(),
+        );
+        assert_eq!(
+            parse_put_headers(&h, &ep(), true, true).unwrap().sha256,
+            Sha256::of(b"data")
+        );
         // A ULID id stands in for a missing start time.
         let mut h = good_headers();
         h.remove("x-episode-started-at");
         let ulid = EpisodeId::new("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap();
-        assert!(parse_put_headers(&h, &ulid, true, true).unwrap().started_at.is_some());
+        assert!(
+            parse_put_headers(&h, &ulid, true, true)
+                .unwrap()
+                .started_at
+                .is_some()
+        );
         // Without a window, a malformed start time is ignored rather than fatal.
         let mut h = good_headers();
         h.insert("x-episode-started-at", HeaderValue::from_static("tuesday"));
-        assert_eq!(parse_put_headers(&h, &ep(), true, false).unwrap().started_at, None);
+        assert_eq!(
+            parse_put_headers(&h, &ep(), true, false)
+                .unwrap()
+                .started_at,
+            None
+        );
         // Repr-Digest and Content-Digest must agree when both are sent.
         let mut h = good_headers();
-        h.insert("content-digest", HeaderValue::from_str(&Sha256::of(b"other").to_field()).unwrap());
-        assert_eq!(slug_of(parse_put_headers(&h, &ep(), true, true)), "bad-digest-header");
+        h.insert(
+            "content-digest",
+            HeaderValue::from_str(&Sha256::of(b"other").to_field()).unwrap(),
+        );
+        assert_eq!(
+            slug_of(parse_put_headers(&h, &ep(), true, true)),
+            "bad-digest-header"
+        );
     }
 
     fn limits() -> Limits {
         Limits {
             max_episode_bytes: ByteSize(1000),
             free_space_reserve: ByteSize(100),
-            window: Some((Dur(Duration::from_secs(86_400)), Dur(Duration::from_secs(3600)))),
+            window: Some((
+                Dur(Duration::from_secs(86_400)),
+                Dur(Duration::from_secs(3600)),
+            )),
         }
     }
 
@@ -437,15 +577,36 @@ mod tests {
         assert!(admit(&put(10, ok), &limits(), now, 10_000).is_ok());
         assert!(admit(&put(10, ok - 86_400), &limits(), now, 10_000).is_ok());
         assert!(admit(&put(10, ok + 3600), &limits(), now, 10_000).is_ok());
-        assert_eq!(slug_of(admit(&put(10, ok - 86_401), &limits(), now, 10_000)), "out-of-window");
-        assert_eq!(slug_of(admit(&put(10, ok + 3601), &limits(), now, 10_000)), "out-of-window");
+        assert_eq!(
+            slug_of(admit(&put(10, ok - 86_401), &limits(), now, 10_000)),
+            "out-of-window"
+        );
+        assert_eq!(
+            slug_of(admit(&put(10, ok + 3601), &limits(), now, 10_000)),
+            "out-of-window"
+        );
         let too_large = admit(&put(1001, ok), &limits(), now, 10_000).unwrap_err();
-        assert_eq!((too_large.slug.as_str(), too_large.extra["max_bytes"].as_u64()), ("too-large", Some(1000)));
+        assert_eq!(
+            (
+                too_large.slug.as_str(),
+                too_large.extra["max_bytes"].as_u64()
+            ),
+            ("too-large", Some(1000))
+        );
         assert!(admit(&put(1000, ok), &limits(), now, 1100).is_ok());
-        assert_eq!(slug_of(admit(&put(1000, ok), &limits(), now, 1099)), "insufficient-storage");
+        assert_eq!(
+            slug_of(admit(&put(1000, ok), &limits(), now, 1099)),
+            "insufficient-storage"
+        );
         // Everything wrong at once: the window is decided first, then size.
-        assert_eq!(slug_of(admit(&put(5000, 0), &limits(), now, 0)), "out-of-window");
-        assert_eq!(slug_of(admit(&put(5000, ok), &limits(), now, 0)), "too-large");
+        assert_eq!(
+            slug_of(admit(&put(5000, 0), &limits(), now, 0)),
+            "out-of-window"
+        );
+        assert_eq!(
+            slug_of(admit(&put(5000, ok), &limits(), now, 0)),
+            "too-large"
+        );
     }
 
     #[test]
@@ -458,16 +619,33 @@ mod tests {
             code_commit: None,
         };
         assert_eq!(dedupe(Sha256::of(b"a"), None, None), Dedupe::New);
-        assert_eq!(dedupe(Sha256::of(b"a"), None, Some(entry.clone())), Dedupe::AlreadyPresent(entry.clone()));
         assert_eq!(
-            dedupe(Sha256::of(b"b"), Some(Sha256::of(b"tar")), Some(entry.clone())),
+            dedupe(Sha256::of(b"a"), None, Some(entry.clone())),
             Dedupe::AlreadyPresent(entry.clone())
         );
-        let Dedupe::Conflict(p) = dedupe(Sha256::of(b"b"), Some(Sha256::of(b"x")), Some(entry.clone())) else {
+        assert_eq!(
+            dedupe(
+                Sha256::of(b"b"),
+                Some(Sha256::of(b"tar")),
+                Some(entry.clone())
+            ),
+            Dedupe::AlreadyPresent(entry.clone())
+        );
+        let Dedupe::Conflict(p) = dedupe(
+            Sha256::of(b"b"),
+            Some(Sha256::of(b"x")),
+            Some(entry.clone()),
+        ) else {
             panic!("expected a conflict");
         };
         assert_eq!(p.extra["stored_sha256"], Sha256::of(b"a").to_hex());
-        let no_tar = Entry { tar_sha256: None, ..entry };
-        assert!(matches!(dedupe(Sha256::of(b"b"), None, Some(no_tar)), Dedupe::Conflict(_)));
+        let no_tar = Entry {
+            tar_sha256: None,
+            ..entry
+        };
+        assert!(matches!(
+            dedupe(Sha256::of(b"b"), None, Some(no_tar)),
+            Dedupe::Conflict(_)
+        ));
     }
 }

@@ -20,7 +20,11 @@ pub enum Verdict {
 }
 
 /// Prints the report to `out`. `Err` is a config error (exit 78), with the key named.
-pub fn run(config: &Config, config_path: &std::path::Path, out: &mut impl Write) -> Result<Verdict, String> {
+pub fn run(
+    config: &Config,
+    config_path: &std::path::Path,
+    out: &mut impl Write,
+) -> Result<Verdict, String> {
     let w = |out: &mut dyn Write, line: String| {
         let _ = writeln!(out, "{line}");
     };
@@ -37,56 +41,107 @@ pub fn run(config: &Config, config_path: &std::path::Path, out: &mut impl Write)
     let (idx, load) = match index::load(&config.index_path) {
         Ok(v) => v,
         Err(e) => {
-            w(out, format!("index {}: cannot read: {e}", config.index_path.display()));
+            w(
+                out,
+                format!("index {}: cannot read: {e}", config.index_path.display()),
+            );
             return Ok(Verdict::Problems);
         }
     };
-    w(out, format!("index {}: {} rows", config.index_path.display(), load.rows));
+    w(
+        out,
+        format!("index {}: {} rows", config.index_path.display(), load.rows),
+    );
     if let Some((offset, len, parses)) = load.torn_tail {
         let fix = if parses { "completed" } else { "cut off" };
-        w(out, format!("  torn last line at byte {offset} ({len} bytes): start-up will have it {fix}"));
+        w(
+            out,
+            format!("  torn last line at byte {offset} ({len} bytes): start-up will have it {fix}"),
+        );
     }
     for (line, error) in &load.bad_lines {
         problems += 1;
-        w(out, format!("  PROBLEM line {line} is not a valid row: {error}"));
+        w(
+            out,
+            format!("  PROBLEM line {line} is not a valid row: {error}"),
+        );
     }
     for (host_id, episode_id) in &load.duplicates {
         problems += 1;
-        w(out, format!("  PROBLEM duplicate row for {host_id}/{episode_id} (the first is used)"));
+        w(
+            out,
+            format!("  PROBLEM duplicate row for {host_id}/{episode_id} (the first is used)"),
+        );
     }
 
     match reconcile::scan_store(&config.store_root, &idx) {
         Ok(scan) => {
-            w(out, format!("store {}: {} archives", config.store_root.display(), scan.archives));
+            w(
+                out,
+                format!(
+                    "store {}: {} archives",
+                    config.store_root.display(),
+                    scan.archives
+                ),
+            );
             for (host_id, episode_id, _) in &scan.orphans {
-                w(out, format!("  archive {host_id}/{episode_id} has no index row: start-up will add it"));
+                w(
+                    out,
+                    format!(
+                        "  archive {host_id}/{episode_id} has no index row: start-up will add it"
+                    ),
+                );
             }
             for (host_id, episode_id) in &scan.missing {
                 problems += 1;
-                w(out, format!("  PROBLEM row {host_id}/{episode_id} has no archive in the store"));
+                w(
+                    out,
+                    format!("  PROBLEM row {host_id}/{episode_id} has no archive in the store"),
+                );
             }
             for path in &scan.strays {
-                w(out, format!("  note: {} is not <host>/<episode>.tar.zst", path.display()));
+                w(
+                    out,
+                    format!("  note: {} is not <host>/<episode>.tar.zst", path.display()),
+                );
             }
         }
         Err(e) => {
             problems += 1;
-            w(out, format!("store {}: cannot scan: {e}", config.store_root.display()));
+            w(
+                out,
+                format!("store {}: cannot scan: {e}", config.store_root.display()),
+            );
         }
     }
     match std::fs::read_dir(&config.incoming_root) {
         Ok(entries) => {
             let n = entries.count();
             if n > 0 {
-                w(out, format!("incoming {}: {n} leftover file(s), removed at start-up", config.incoming_root.display()));
+                w(
+                    out,
+                    format!(
+                        "incoming {}: {n} leftover file(s), removed at start-up",
+                        config.incoming_root.display()
+                    ),
+                );
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            w(out, format!("incoming {}: absent, created at start-up", config.incoming_root.display()));
+            w(
+                out,
+                format!(
+                    "incoming {}: absent, created at start-up",
+                    config.incoming_root.display()
+                ),
+            );
         }
         Err(e) => {
             problems += 1;
-            w(out, format!("incoming {}: {e}", config.incoming_root.display()));
+            w(
+                out,
+                format!("incoming {}: {e}", config.incoming_root.display()),
+            );
         }
     }
     if problems == 0 {

@@ -158,13 +158,19 @@ impl Config {
         if self.body_idle_timeout.get().is_zero() {
             return Err(err("body_idle_timeout", "must be more than 0s".into()));
         }
-        for (key, dir) in [("store_root", &self.store_root), ("incoming_root", &self.incoming_root)] {
+        for (key, dir) in [
+            ("store_root", &self.store_root),
+            ("incoming_root", &self.incoming_root),
+        ] {
             if dir.as_os_str().is_empty() {
                 return Err(err(key, "must not be empty".into()));
             }
         }
         if self.index_path.file_name().is_none() {
-            return Err(err("index_path", format!("{} is not a file path", self.index_path.display())));
+            return Err(err(
+                "index_path",
+                format!("{} is not a file path", self.index_path.display()),
+            ));
         }
         let mut files: Vec<(&str, &Path)> = Vec::new();
         if let Some(tls) = &self.tls {
@@ -190,13 +196,24 @@ impl Config {
     pub fn prepare_dirs(&self, path: &Path) -> Result<(), ConfigError> {
         use std::os::unix::fs::MetadataExt as _;
         let err = |key: &str, msg: String| ConfigError::new(path, format!("{key}: {msg}"));
-        for (key, dir) in [("store_root", &self.store_root), ("incoming_root", &self.incoming_root)] {
+        for (key, dir) in [
+            ("store_root", &self.store_root),
+            ("incoming_root", &self.incoming_root),
+        ] {
             std::fs::create_dir_all(dir)
                 .map_err(|e| err(key, format!("cannot create {}: {e}", dir.display())))?;
         }
-        if let Some(parent) = self.index_path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| err("index_path", format!("cannot create {}: {e}", parent.display())))?;
+        if let Some(parent) = self
+            .index_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                err(
+                    "index_path",
+                    format!("cannot create {}: {e}", parent.display()),
+                )
+            })?;
         }
         let dev = |key: &str, dir: &Path| {
             std::fs::metadata(dir)
@@ -270,10 +287,20 @@ max_future = "1h"
     #[test]
     fn errors_name_the_key() {
         let e = parse("listn = \"x\"").unwrap_err().to_string();
-        assert!(e.contains("listn") && e.starts_with("config r.toml:"), "{e}");
-        let e = parse("max_episode_bytes = \"lots\"").unwrap_err().to_string();
-        assert!(e.contains("max_episode_bytes") && e.contains("invalid size"), "{e}");
-        let e = parse("[tls]\ncert = \"/c\"\nkey = \"/k\"\nclient_cert = \"/x\"").unwrap_err().to_string();
+        assert!(
+            e.contains("listn") && e.starts_with("config r.toml:"),
+            "{e}"
+        );
+        let e = parse("max_episode_bytes = \"lots\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("max_episode_bytes") && e.contains("invalid size"),
+            "{e}"
+        );
+        let e = parse("[tls]\ncert = \"/c\"\nkey = \"/k\"\nclient_cert = \"/x\"")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("client_cert"), "{e}");
     }
 
@@ -281,7 +308,10 @@ max_future = "1h"
     fn validate_names_unreadable_files_by_key() {
         let c = parse("[auth]\nbearer_token_file = \"/nonexistent/token\"").unwrap();
         let e = c.validate(Path::new("r.toml")).unwrap_err().to_string();
-        assert!(e.contains("auth.bearer_token_file") && e.contains("/nonexistent/token"), "{e}");
+        assert!(
+            e.contains("auth.bearer_token_file") && e.contains("/nonexistent/token"),
+            "{e}"
+        );
         let c = parse("max_uploads_per_host = 0").unwrap();
         let e = c.validate(Path::new("r.toml")).unwrap_err().to_string();
         assert!(e.contains("max_uploads_per_host"), "{e}");

@@ -26,7 +26,11 @@ struct Stamp {
 fn stamp(path: &PathBuf) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp { len: meta.len(), mtime: meta.modified().ok(), ino: meta.ino() })
+    Some(Stamp {
+        len: meta.len(),
+        mtime: meta.modified().ok(),
+        ino: meta.ino(),
+    })
 }
 
 #[derive(Debug, Clone)]
@@ -58,7 +62,9 @@ impl Credentials {
             None => None,
         };
         let token = match &token_file {
-            Some(path) => Some(read_token(path).map_err(|e| format!("auth.bearer_token_file: {e}"))?),
+            Some(path) => {
+                Some(read_token(path).map_err(|e| format!("auth.bearer_token_file: {e}"))?)
+            }
             None => None,
         };
         let credentials = Self {
@@ -68,12 +74,16 @@ impl Credentials {
             token: RwLock::new(token),
             stamps: Mutex::new(Vec::new()),
         };
-        *credentials.stamps.lock().unwrap_or_else(|e| e.into_inner()) = credentials.current_stamps();
+        *credentials.stamps.lock().unwrap_or_else(|e| e.into_inner()) =
+            credentials.current_stamps();
         Ok(credentials)
     }
 
     pub fn server_config(&self) -> Option<Arc<ServerConfig>> {
-        self.server_config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.server_config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn token(&self) -> Option<Arc<str>> {
@@ -113,10 +123,15 @@ impl Credentials {
         if let Some(files) = &self.tls_files {
             match build_server_config(files) {
                 Ok(cfg) => {
-                    *self.server_config.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cfg));
+                    *self
+                        .server_config
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cfg));
                     tracing::info!(cert = %files.cert.display(), "tls_reloaded: new connections use the certificates on disk");
                 }
-                Err(e) => tracing::warn!(error = %e, "tls_reload_failed: keeping the last good certificates"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "tls_reload_failed: keeping the last good certificates")
+                }
             }
         }
         if let Some(path) = &self.token_file {
@@ -128,7 +143,9 @@ impl Credentials {
                         tracing::info!(file = %path.display(), "token_reloaded");
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "token_reload_failed: keeping the last good token"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "token_reload_failed: keeping the last good token")
+                }
             }
         }
     }
@@ -145,7 +162,8 @@ fn build_server_config(files: &TlsFiles) -> Result<ServerConfig, String> {
 }
 
 fn read_token(path: &PathBuf) -> Result<Arc<str>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let token = text.trim();
     if token.is_empty() {
         return Err(format!("{} is empty", path.display()));

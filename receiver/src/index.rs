@@ -39,7 +39,9 @@ pub struct Entry {
 
 impl Entry {
     pub fn received_at_rfc3339(&self) -> String {
-        OffsetDateTime::from_unix_timestamp(self.received_at).map(format_rfc3339).unwrap_or_default()
+        OffsetDateTime::from_unix_timestamp(self.received_at)
+            .map(format_rfc3339)
+            .unwrap_or_default()
     }
 }
 
@@ -76,7 +78,9 @@ impl Index {
     /// Every key, for reconciliation against the store.
     pub fn keys(&self) -> Vec<(HostId, EpisodeId)> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
-        map.iter().flat_map(|(h, eps)| eps.keys().map(move |e| (h.clone(), e.clone()))).collect()
+        map.iter()
+            .flat_map(|(h, eps)| eps.keys().map(move |e| (h.clone(), e.clone())))
+            .collect()
     }
 
     fn intern(&self, commit: Option<&str>) -> Option<Arc<str>> {
@@ -111,7 +115,9 @@ impl Index {
             sha256: row.sha256,
             tar_sha256: row.tar_sha256,
             bytes: row.bytes,
-            received_at: OffsetDateTime::parse(&row.received_at, &Rfc3339).map(|t| t.unix_timestamp()).unwrap_or(0),
+            received_at: OffsetDateTime::parse(&row.received_at, &Rfc3339)
+                .map(|t| t.unix_timestamp())
+                .unwrap_or(0),
             code_commit: self.intern(row.code_commit.as_deref()),
         }
     }
@@ -147,13 +153,21 @@ fn parse_row(index: &Index, line: &[u8]) -> Result<(HostId, EpisodeId, Entry), S
     let host_id = HostId::new(row.host_id).map_err(|e| e.to_string())?;
     let episode_id = EpisodeId::new(row.episode_id).map_err(|e| e.to_string())?;
     let sha256 = Sha256::from_hex(row.sha256).map_err(|e| format!("sha256: {e}"))?;
-    let tar_sha256 =
-        row.tar_sha256.map(Sha256::from_hex).transpose().map_err(|e| format!("tar_sha256: {e}"))?;
+    let tar_sha256 = row
+        .tar_sha256
+        .map(Sha256::from_hex)
+        .transpose()
+        .map_err(|e| format!("tar_sha256: {e}"))?;
     let received_at = OffsetDateTime::parse(row.received_at, &Rfc3339)
         .map_err(|e| format!("received_at: {e}"))?
         .unix_timestamp();
-    let entry =
-        Entry { sha256, tar_sha256, bytes: row.bytes, received_at, code_commit: index.intern(row.code_commit.as_deref()) };
+    let entry = Entry {
+        sha256,
+        tar_sha256,
+        bytes: row.bytes,
+        received_at,
+        code_commit: index.intern(row.code_commit.as_deref()),
+    };
     Ok((host_id, episode_id, entry))
 }
 
@@ -246,7 +260,10 @@ impl IndexFile {
     /// Appends whole lines and makes them durable; on failure the file is cut back
     /// so no partial row is left for the next append to follow.
     fn append(&mut self, lines: &[u8]) -> io::Result<()> {
-        let result = self.file.write_all(lines).and_then(|()| self.file.sync_data());
+        let result = self
+            .file
+            .write_all(lines)
+            .and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
                 self.len += lines.len() as u64;
@@ -289,7 +306,8 @@ impl Committer {
         self.tx
             .send(Publish { temp, row, reply })
             .map_err(|_| io::Error::other("index writer has stopped"))?;
-        rx.await.map_err(|_| io::Error::other("index writer has stopped"))?
+        rx.await
+            .map_err(|_| io::Error::other("index writer has stopped"))?
     }
 
     /// Starts the index-writer thread, appending to `index_path`.
@@ -298,7 +316,14 @@ impl Committer {
         let (tx, rx) = mpsc::channel::<Publish>();
         std::thread::Builder::new()
             .name("index-writer".into())
-            .spawn(move || CommitLoop { index, store_root, file }.run(rx))?;
+            .spawn(move || {
+                CommitLoop {
+                    index,
+                    store_root,
+                    file,
+                }
+                .run(rx)
+            })?;
         Ok(Self { tx })
     }
 }
@@ -317,13 +342,20 @@ pub fn append_reconciled(index: &Index, index_path: &Path, rows: &[IndexRow]) ->
     }
     file.append(&buf)?;
     for row in rows {
-        index.insert(row.host_id.clone(), row.episode_id.clone(), index.entry_of(row));
+        index.insert(
+            row.host_id.clone(),
+            row.episode_id.clone(),
+            index.entry_of(row),
+        );
     }
     Ok(())
 }
 
 pub fn archive_path(store_root: &Path, host_id: &HostId, episode_id: &EpisodeId) -> PathBuf {
-    store_root.join(host_id).join(format!("{episode_id}{}", episode_common::wire::ARCHIVE_SUFFIX))
+    store_root.join(host_id).join(format!(
+        "{episode_id}{}",
+        episode_common::wire::ARCHIVE_SUFFIX
+    ))
 }
 
 struct CommitLoop {
@@ -357,7 +389,11 @@ impl CommitLoop {
             let existing = self.index.get(host_id, episode_id).or_else(|| {
                 keys_in_batch
                     .contains(&(host_id.clone(), episode_id.clone()))
-                    .then(|| placed.iter().find(|(p, ..)| p.row.host_id == *host_id && p.row.episode_id == *episode_id))
+                    .then(|| {
+                        placed.iter().find(|(p, ..)| {
+                            p.row.host_id == *host_id && p.row.episode_id == *episode_id
+                        })
+                    })
                     .flatten()
                     .map(|(_, e, _)| e.clone())
             });
@@ -382,7 +418,11 @@ impl CommitLoop {
                     let _ = std::fs::remove_file(&publish.temp);
                     let entry = self.index.entry_of(&row);
                     let result = self.append_rows(std::slice::from_ref(&row)).map(|()| {
-                        self.index.insert(row.host_id.clone(), row.episode_id.clone(), entry.clone());
+                        self.index.insert(
+                            row.host_id.clone(),
+                            row.episode_id.clone(),
+                            entry.clone(),
+                        );
                         Published::Existing(entry)
                     });
                     let _ = publish.reply.send(result);
@@ -399,11 +439,22 @@ impl CommitLoop {
         let durable = dirs
             .iter()
             .try_for_each(|dir| fsx::fsync_dir(dir))
-            .and_then(|()| self.append_rows(&placed.iter().map(|(p, ..)| p.row.clone()).collect::<Vec<_>>()));
+            .and_then(|()| {
+                self.append_rows(
+                    &placed
+                        .iter()
+                        .map(|(p, ..)| p.row.clone())
+                        .collect::<Vec<_>>(),
+                )
+            });
         match durable {
             Ok(()) => {
                 for (publish, entry, _) in placed {
-                    self.index.insert(publish.row.host_id.clone(), publish.row.episode_id.clone(), entry.clone());
+                    self.index.insert(
+                        publish.row.host_id.clone(),
+                        publish.row.episode_id.clone(),
+                        entry.clone(),
+                    );
                     let _ = publish.reply.send(Ok(Published::Created(entry)));
                 }
             }
@@ -412,7 +463,9 @@ impl CommitLoop {
                 // bytes finds the orphan and indexes it. Nothing was acknowledged.
                 tracing::error!(error = %e, n_uploads = placed.len(), "index append failed; uploads not acknowledged");
                 for (publish, ..) in placed {
-                    let _ = publish.reply.send(Err(io::Error::new(e.kind(), e.to_string())));
+                    let _ = publish
+                        .reply
+                        .send(Err(io::Error::new(e.kind(), e.to_string())));
                 }
             }
         }
@@ -503,12 +556,18 @@ mod tests {
         std::fs::write(&path, &text).unwrap();
         let (index, report) = load(&path).unwrap();
         assert_eq!(report.rows, 2);
-        assert_eq!(index.get(&a.host_id, &a.episode_id).unwrap().sha256, a.sha256);
+        assert_eq!(
+            index.get(&a.host_id, &a.episode_id).unwrap().sha256,
+            a.sha256
+        );
         let (offset, _, parses) = report.torn_tail.unwrap();
         assert!(!parses);
         repair_tail(&path, &report).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().len(), offset);
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{}{}", line(&a), line(&b)));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("{}{}", line(&a), line(&b))
+        );
     }
 
     #[test]
@@ -536,8 +595,15 @@ mod tests {
         assert_eq!(report.rows, 1);
         assert_eq!(report.bad_lines.len(), 1);
         assert_eq!(report.bad_lines[0].0, 2);
-        assert_eq!(report.duplicates, vec![(a.host_id.clone(), a.episode_id.clone())]);
-        assert_eq!(index.get(&a.host_id, &a.episode_id).unwrap().bytes, 1, "the first row wins");
+        assert_eq!(
+            report.duplicates,
+            vec![(a.host_id.clone(), a.episode_id.clone())]
+        );
+        assert_eq!(
+            index.get(&a.host_id, &a.episode_id).unwrap().bytes,
+            1,
+            "the first row wins"
+        );
     }
 
     #[tokio::test]
@@ -554,7 +620,9 @@ mod tests {
             let temp = incoming.join(format!("t{i}"));
             std::fs::write(&temp, b"same").unwrap();
             let c = committer.clone();
-            tasks.push(tokio::spawn(async move { c.publish(temp, row("lab1", "E1", b"same")).await.unwrap() }));
+            tasks.push(tokio::spawn(async move {
+                c.publish(temp, row("lab1", "E1", b"same")).await.unwrap()
+            }));
         }
         let mut created = 0;
         for t in tasks {
@@ -563,8 +631,21 @@ mod tests {
             }
         }
         assert_eq!(created, 1);
-        assert_eq!(std::fs::read_to_string(&index_path).unwrap().lines().count(), 1);
-        assert_eq!(std::fs::read(store.join("lab1/E1.tar.zst")).unwrap(), b"same");
-        assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0, "losers' temp files are removed");
+        assert_eq!(
+            std::fs::read_to_string(&index_path)
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
+        assert_eq!(
+            std::fs::read(store.join("lab1/E1.tar.zst")).unwrap(),
+            b"same"
+        );
+        assert_eq!(
+            std::fs::read_dir(&incoming).unwrap().count(),
+            0,
+            "losers' temp files are removed"
+        );
     }
 }

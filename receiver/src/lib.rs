@@ -64,7 +64,10 @@ impl AppState {
     /// A fresh temp path for one upload. `+` cannot occur in ids, so names never clash.
     pub fn temp_path(&self, host_id: &HostId, episode_id: &EpisodeId) -> PathBuf {
         let seq = self.temp_seq.fetch_add(1, Ordering::Relaxed);
-        self.config.incoming_root.join(format!("{host_id}+{episode_id}+{}-{seq}.part", std::process::id()))
+        self.config.incoming_root.join(format!(
+            "{host_id}+{episode_id}+{}-{seq}.part",
+            std::process::id()
+        ))
     }
 }
 
@@ -91,8 +94,13 @@ pub struct StartReport {
 
 /// Prepares the store and index and starts the index writer. Blocking; call it
 /// before serving (from `spawn_blocking` inside a runtime).
-pub fn open(config: Config, config_path: &std::path::Path) -> Result<(Arc<AppState>, StartReport), StartError> {
-    config.prepare_dirs(config_path).map_err(|e| StartError::Config(e.to_string()))?;
+pub fn open(
+    config: Config,
+    config_path: &std::path::Path,
+) -> Result<(Arc<AppState>, StartReport), StartError> {
+    config
+        .prepare_dirs(config_path)
+        .map_err(|e| StartError::Config(e.to_string()))?;
     let credentials = Credentials::load(&config)
         .map_err(|e| StartError::Config(format!("config {}: {e}", config_path.display())))?;
     let runtime = |what: &str, path: &std::path::Path, e: std::io::Error| {
@@ -100,20 +108,27 @@ pub fn open(config: Config, config_path: &std::path::Path) -> Result<(Arc<AppSta
     };
     let incoming_removed = reconcile::empty_incoming(&config.incoming_root)
         .map_err(|e| runtime("emptying", &config.incoming_root, e))?;
-    let mut report = StartReport { incoming_removed, ..StartReport::default() };
-    let (index, load) = index::load(&config.index_path).map_err(|e| runtime("reading", &config.index_path, e))?;
+    let mut report = StartReport {
+        incoming_removed,
+        ..StartReport::default()
+    };
+    let (index, load) =
+        index::load(&config.index_path).map_err(|e| runtime("reading", &config.index_path, e))?;
     if load.torn_tail.is_some() {
-        index::repair_tail(&config.index_path, &load).map_err(|e| runtime("repairing", &config.index_path, e))?;
+        index::repair_tail(&config.index_path, &load)
+            .map_err(|e| runtime("repairing", &config.index_path, e))?;
         report.torn_tail_repaired = true;
     }
     for (line, error) in &load.bad_lines {
         tracing::error!(line, error = %error, index = %config.index_path.display(), "index_bad_line: kept in the file, ignored");
     }
     report.bad_lines = load.bad_lines.len();
-    let scan = reconcile::scan_store(&config.store_root, &index).map_err(|e| runtime("scanning", &config.store_root, e))?;
+    let scan = reconcile::scan_store(&config.store_root, &index)
+        .map_err(|e| runtime("scanning", &config.store_root, e))?;
     let mut rows = Vec::with_capacity(scan.orphans.len());
     for (host_id, episode_id, path) in &scan.orphans {
-        let row = reconcile::row_for_archive(host_id, episode_id, path).map_err(|e| runtime("reading", path, e))?;
+        let row = reconcile::row_for_archive(host_id, episode_id, path)
+            .map_err(|e| runtime("reading", path, e))?;
         rows.push(row);
     }
     index::append_reconciled(&index, &config.index_path, &rows)

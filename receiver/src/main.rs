@@ -17,7 +17,11 @@ use episode_receiver::config::{self, Config};
 use episode_receiver::{StartError, check, server};
 
 #[derive(Parser)]
-#[command(name = "episode-receiver", version, about = "The central collector of episode archives")]
+#[command(
+    name = "episode-receiver",
+    version,
+    about = "The central collector of episode archives"
+)]
 struct Cli {
     /// Config file.
     #[arg(long, global = true, default_value = config::DEFAULT_PATH, env = "EPISODE_RECEIVER_CONFIG")]
@@ -70,7 +74,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Run => {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("episode-receiver: cannot start the runtime: {e}");
@@ -84,7 +91,8 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config, config_path: PathBuf) -> ExitCode {
     let (listen, metrics_listen) = (config.listen, config.metrics_listen);
-    let opened = tokio::task::spawn_blocking(move || episode_receiver::open(config, &config_path)).await;
+    let opened =
+        tokio::task::spawn_blocking(move || episode_receiver::open(config, &config_path)).await;
     let (state, report) = match opened {
         Ok(Ok(v)) => v,
         Ok(Err(StartError::Config(e))) => {
@@ -104,7 +112,12 @@ async fn serve(config: Config, config_path: PathBuf) -> ExitCode {
         tracing::warn!(host_id = %host_id, episode_id = %episode_id, "reconciled: archive had no index row; row added");
     }
     if !report.missing.is_empty() {
-        let first: Vec<String> = report.missing.iter().take(10).map(|(h, e)| format!("{h}/{e}")).collect();
+        let first: Vec<String> = report
+            .missing
+            .iter()
+            .take(10)
+            .map(|(h, e)| format!("{h}/{e}"))
+            .collect();
         tracing::error!(
             n_missing = report.missing.len(),
             first = ?first,
@@ -112,7 +125,10 @@ async fn serve(config: Config, config_path: PathBuf) -> ExitCode {
         );
     }
     if report.incoming_removed > 0 {
-        tracing::info!(n_files = report.incoming_removed, "incoming_emptied: partial uploads from the last run removed");
+        tracing::info!(
+            n_files = report.incoming_removed,
+            "incoming_emptied: partial uploads from the last run removed"
+        );
     }
     let main_listener = match server::bind(listen).await {
         Ok(l) => l,
@@ -132,7 +148,11 @@ async fn serve(config: Config, config_path: PathBuf) -> ExitCode {
         None => None,
     };
     let bound = main_listener.local_addr().unwrap_or(listen);
-    let scheme = if state.credentials.is_tls() { "https" } else { "http" };
+    let scheme = if state.credentials.is_tls() {
+        "https"
+    } else {
+        "http"
+    };
     {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "listening on {scheme}://{bound}");
@@ -144,15 +164,24 @@ async fn serve(config: Config, config_path: PathBuf) -> ExitCode {
         version = episode_receiver::VERSION,
         "ready"
     );
-    let status = format!("serving {scheme}://{bound}, {} episodes indexed", report.rows);
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status(&status)]);
+    let status = format!(
+        "serving {scheme}://{bound}, {} episodes indexed",
+        report.rows
+    );
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status(&status),
+    ]);
     server::run(state, main_listener, metrics_listener, shutdown_signal()).await;
     ExitCode::SUCCESS
 }
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };

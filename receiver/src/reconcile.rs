@@ -65,13 +65,18 @@ pub fn scan_store(store_root: &Path, index: &Index) -> io::Result<StoreScan> {
                 in_index += 1;
                 seen.push((host_id.clone(), episode_id));
             } else {
-                scan.orphans.push((host_id.clone(), episode_id, entry.path()));
+                scan.orphans
+                    .push((host_id.clone(), episode_id, entry.path()));
             }
         }
     }
     if in_index != index.len() {
         let seen: std::collections::HashSet<_> = seen.into_iter().collect();
-        scan.missing = index.keys().into_iter().filter(|k| !seen.contains(k)).collect();
+        scan.missing = index
+            .keys()
+            .into_iter()
+            .filter(|k| !seen.contains(k))
+            .collect();
         scan.missing.sort();
     }
     Ok(scan)
@@ -80,7 +85,11 @@ pub fn scan_store(store_root: &Path, index: &Index) -> io::Result<StoreScan> {
 /// Rebuilds the index row of an archive from the archive: its sha256 and size, the
 /// sha256 of its tar stream, and `code_commit`/`started_at` from `<episode>/meta.json`
 /// inside it when present. `received_at` is the file's mtime; `client` is unknown.
-pub fn row_for_archive(host_id: &HostId, episode_id: &EpisodeId, path: &Path) -> io::Result<IndexRow> {
+pub fn row_for_archive(
+    host_id: &HostId,
+    episode_id: &EpisodeId,
+    path: &Path,
+) -> io::Result<IndexRow> {
     let (sha256, bytes) = hash_file(path)?;
     let mtime = std::fs::metadata(path)?.modified()?;
     let received_at = format_rfc3339(OffsetDateTime::from(mtime));
@@ -122,7 +131,10 @@ const META_LIMIT: u64 = 1 << 20;
 
 fn read_inside(episode_id: &EpisodeId, path: &Path) -> io::Result<Inside> {
     let decoder = zstd::Decoder::new(std::fs::File::open(path)?)?;
-    let mut archive = tar::Archive::new(HashingReader { inner: decoder, hasher: sha2::Sha256::new() });
+    let mut archive = tar::Archive::new(HashingReader {
+        inner: decoder,
+        hasher: sha2::Sha256::new(),
+    });
     let meta_path = format!("{episode_id}/meta.json");
     let mut inside = Inside::default();
     for entry in archive.entries()? {
@@ -131,7 +143,10 @@ fn read_inside(episode_id: &EpisodeId, path: &Path) -> io::Result<Inside> {
             let mut text = Vec::new();
             (&mut entry).take(META_LIMIT).read_to_end(&mut text)?;
             if let Ok(meta) = serde_json::from_slice::<serde_json::Value>(&text) {
-                inside.code_commit = meta.get("code_commit").and_then(|v| v.as_str()).map(str::to_owned);
+                inside.code_commit = meta
+                    .get("code_commit")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned);
                 inside.started_at = meta
                     .get("started_at")
                     .and_then(|v| match v {
@@ -180,7 +195,9 @@ mod tests {
             header.set_size(meta.len() as u64);
             header.set_mode(0o644);
             header.set_cksum();
-            builder.append_data(&mut header, format!("{episode}/meta.json"), meta.as_bytes()).unwrap();
+            builder
+                .append_data(&mut header, format!("{episode}/meta.json"), meta.as_bytes())
+                .unwrap();
             builder.finish().unwrap();
         }
         let tar_sha = Sha256::of(&tar_bytes);
@@ -190,11 +207,18 @@ mod tests {
     #[test]
     fn rebuilds_a_row_from_the_archive_itself() {
         let dir = tempfile::tempdir().unwrap();
-        let (bytes, tar_sha) =
-            archive_with_meta("E1", r#"{"code_commit": "abc123", "started_at": 1795341600}"#);
+        let (bytes, tar_sha) = archive_with_meta(
+            "E1",
+            r#"{"code_commit": "abc123", "started_at": 1795341600}"#,
+        );
         let path = dir.path().join("E1.tar.zst");
         std::fs::write(&path, &bytes).unwrap();
-        let row = row_for_archive(&HostId::new("lab1").unwrap(), &EpisodeId::new("E1").unwrap(), &path).unwrap();
+        let row = row_for_archive(
+            &HostId::new("lab1").unwrap(),
+            &EpisodeId::new("E1").unwrap(),
+            &path,
+        )
+        .unwrap();
         assert_eq!(row.sha256, Sha256::of(&bytes));
         assert_eq!(row.bytes, bytes.len() as u64);
         assert_eq!(row.tar_sha256, Some(tar_sha));
@@ -207,7 +231,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("E1.tar.zst");
         std::fs::write(&path, b"not zstd").unwrap();
-        let row = row_for_archive(&HostId::new("lab1").unwrap(), &EpisodeId::new("E1").unwrap(), &path).unwrap();
+        let row = row_for_archive(
+            &HostId::new("lab1").unwrap(),
+            &EpisodeId::new("E1").unwrap(),
+            &path,
+        )
+        .unwrap();
         assert_eq!(row.sha256, Sha256::of(b"not zstd"));
         assert_eq!((row.tar_sha256, row.code_commit), (None, None));
     }
@@ -237,7 +266,15 @@ mod tests {
         assert_eq!(scan.archives, 1);
         assert_eq!(scan.orphans.len(), 1);
         assert_eq!(scan.orphans[0].1.as_str(), "E1");
-        assert_eq!(scan.missing, vec![(row.host_id.clone(), row.episode_id.clone())]);
-        assert_eq!(scan.strays.len(), 2, "notes.txt and the index file itself: {:?}", scan.strays);
+        assert_eq!(
+            scan.missing,
+            vec![(row.host_id.clone(), row.episode_id.clone())]
+        );
+        assert_eq!(
+            scan.strays.len(),
+            2,
+            "notes.txt and the index file itself: {:?}",
+            scan.strays
+        );
     }
 }

@@ -35,7 +35,10 @@ pub fn app(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/v1/health", get(health))
-        .route("/v1/episodes/{host_id}/{episode_id}", put(put_episode).head(head_episode))
+        .route(
+            "/v1/episodes/{host_id}/{episode_id}",
+            put(put_episode).head(head_episode),
+        )
         .route("/metrics", get(metrics_authenticated))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -44,18 +47,29 @@ pub fn app(state: Arc<AppState>) -> Router {
 
 /// Only `/metrics` and `/livez`, unauthenticated, for `metrics_listen`.
 pub fn metrics_app(state: Arc<AppState>) -> Router {
-    Router::new().route("/metrics", get(metrics)).route("/livez", get(livez)).fallback(not_found).with_state(state)
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/livez", get(livez))
+        .fallback(not_found)
+        .with_state(state)
 }
 
 /// A problem as an HTTP response, with the headers its status calls for.
 pub fn problem_response(problem: Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, serde_json::to_string(&problem).unwrap_or_default()).into_response();
+    let mut response =
+        (status, serde_json::to_string(&problem).unwrap_or_default()).into_response();
     let headers = response.headers_mut();
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_CONTENT_TYPE));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+    );
     let retry_after = match problem.known_slug() {
         Some(Slug::Unauthorized) => {
-            headers.insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            headers.insert(
+                http::header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer"),
+            );
             None
         }
         Some(Slug::TooManyUploads) => Some("1"),
@@ -72,7 +86,10 @@ pub fn problem_response(problem: Problem) -> Response {
 /// A 500 whose cause is logged once here and never shown to the client.
 fn internal(what: &str, error: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %error, "{what}");
-    Problem::new(Slug::Internal, "the receiver failed to store the upload; it is safe to retry")
+    Problem::new(
+        Slug::Internal,
+        "the receiver failed to store the upload; it is safe to retry",
+    )
 }
 
 fn io_problem(what: &str, error: &std::io::Error) -> Problem {
@@ -93,27 +110,48 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    problem_response(Problem::new(Slug::MethodNotAllowed, "this route does not take that method"))
+    problem_response(Problem::new(
+        Slug::MethodNotAllowed,
+        "this route does not take that method",
+    ))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|s| !s.is_empty())
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
 }
 
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
     let token = state.credentials.token();
-    admission::authenticate(header_str(headers, http::header::AUTHORIZATION.as_str()), token.as_deref())
+    admission::authenticate(
+        header_str(headers, http::header::AUTHORIZATION.as_str()),
+        token.as_deref(),
+    )
 }
 
 async fn health(State(state): State<Arc<AppState>>, req: Request) -> Response {
-    let response = health_inner(&state, req.headers(), req.extensions().get::<PeerIdentity>()).await;
+    let response = health_inner(
+        &state,
+        req.headers(),
+        req.extensions().get::<PeerIdentity>(),
+    )
+    .await;
     state.metrics.record("health", response.status().as_u16());
     response
 }
 
-async fn health_inner(state: &AppState, headers: &HeaderMap, peer: Option<&PeerIdentity>) -> Response {
+async fn health_inner(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: Option<&PeerIdentity>,
+) -> Response {
     let x_host_id = header_str(headers, header::X_HOST_ID);
-    if let Err(p) = authenticate(state, headers).and_then(|()| admission::bind_identity(peer, None, x_host_id)) {
+    if let Err(p) =
+        authenticate(state, headers).and_then(|()| admission::bind_identity(peer, None, x_host_id))
+    {
         return problem_response(p);
     }
     let reason = if state.is_draining() {
@@ -124,24 +162,38 @@ async fn health_inner(state: &AppState, headers: &HeaderMap, peer: Option<&PeerI
     let body = HealthBody {
         ok: reason.is_none(),
         schema_version: wire::SCHEMA_VERSION,
-        host_id: x_host_id.map(str::to_owned).or_else(|| peer.and_then(|p| p.primary.clone())),
+        host_id: x_host_id
+            .map(str::to_owned)
+            .or_else(|| peer.and_then(|p| p.primary.clone())),
         version: VERSION.to_owned(),
         server_time: wire::format_rfc3339(OffsetDateTime::now_utc()),
         reason,
     };
-    let status = if body.ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if body.ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, axum::Json(body)).into_response()
 }
 
 /// Why the store cannot take writes, if it cannot.
 async fn store_unwritable(state: &AppState) -> Option<String> {
-    let dirs = [state.config.store_root.clone(), state.config.incoming_root.clone()];
+    let dirs = [
+        state.config.store_root.clone(),
+        state.config.incoming_root.clone(),
+    ];
     tokio::task::spawn_blocking(move || {
         for dir in dirs {
-            let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str())).ok()?;
+            let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
+                .ok()?;
             // SAFETY: a valid NUL-terminated path.
             if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
-                return Some(format!("{} is not writable: {}", dir.display(), std::io::Error::last_os_error()));
+                return Some(format!(
+                    "{} is not writable: {}",
+                    dir.display(),
+                    std::io::Error::last_os_error()
+                ));
             }
         }
         None
@@ -159,29 +211,42 @@ async fn metrics_authenticated(State(state): State<Arc<AppState>>, headers: Head
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let root = state.config.store_root.clone();
-    let free_bytes = tokio::task::spawn_blocking(move || episode_common::fsx::free_space(&root).ok())
-        .await
-        .ok()
-        .flatten();
+    let free_bytes =
+        tokio::task::spawn_blocking(move || episode_common::fsx::free_space(&root).ok())
+            .await
+            .ok()
+            .flatten();
     let gauges = Gauges {
         uploads_in_flight: state.slots.in_flight(),
         index_rows: state.index.len(),
         free_bytes,
         draining: state.is_draining(),
     };
-    ([(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render(&gauges)).into_response()
+    (
+        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(&gauges),
+    )
+        .into_response()
 }
 
 /// Authenticates, binds identity and validates the ids of an episode route.
-async fn episode_target(state: &AppState, parts: &mut Parts) -> Result<(HostId, EpisodeId), Problem> {
+async fn episode_target(
+    state: &AppState,
+    parts: &mut Parts,
+) -> Result<(HostId, EpisodeId), Problem> {
     authenticate(state, &parts.headers)?;
-    let path = Path::<(String, String)>::from_request_parts(parts, &()).await.ok();
+    let path = Path::<(String, String)>::from_request_parts(parts, &())
+        .await
+        .ok();
     let peer = parts.extensions.get::<PeerIdentity>();
     let x_host_id = header_str(&parts.headers, header::X_HOST_ID);
     admission::bind_identity(peer, path.as_ref().map(|p| p.0.0.as_str()), x_host_id)?;
     match path {
         Some(Path((host_id, episode_id))) => admission::parse_ids(&host_id, &episode_id),
-        None => Err(Problem::new(Slug::InvalidId, "the path is not valid UTF-8 after percent-decoding")),
+        None => Err(Problem::new(
+            Slug::InvalidId,
+            "the path is not valid UTF-8 after percent-decoding",
+        )),
     }
 }
 
@@ -190,7 +255,10 @@ async fn head_episode(State(state): State<Arc<AppState>>, req: Request) -> Respo
     let response = match episode_target(&state, &mut parts).await {
         Err(p) => problem_response(p),
         Ok((host_id, episode_id)) => match state.index.get(&host_id, &episode_id) {
-            None => problem_response(Problem::new(Slug::NotFound, format!("{host_id}/{episode_id} is not stored"))),
+            None => problem_response(Problem::new(
+                Slug::NotFound,
+                format!("{host_id}/{episode_id} is not stored"),
+            )),
             Some(entry) => {
                 let mut response = StatusCode::OK.into_response();
                 let headers = response.headers_mut();
@@ -213,14 +281,23 @@ fn insert_digest(headers: &mut HeaderMap, name: &'static str, value: String) {
     }
 }
 
-fn stored_response(status: StatusCode, host_id: &HostId, episode_id: &EpisodeId, entry: &Entry) -> Response {
+fn stored_response(
+    status: StatusCode,
+    host_id: &HostId,
+    episode_id: &EpisodeId,
+    entry: &Entry,
+) -> Response {
     let body = StoredBody {
         host_id: host_id.clone(),
         episode_id: episode_id.clone(),
         sha256: entry.sha256,
         bytes: entry.bytes,
         code_commit: entry.code_commit.as_deref().map(str::to_owned),
-        stored: if status == StatusCode::CREATED { Stored::Created } else { Stored::AlreadyPresent },
+        stored: if status == StatusCode::CREATED {
+            Stored::Created
+        } else {
+            Stored::AlreadyPresent
+        },
         received_at: entry.received_at_rfc3339(),
     };
     let mut response = (status, axum::Json(body)).into_response();
@@ -258,7 +335,11 @@ async fn put_episode(State(state): State<Arc<AppState>>, req: Request) -> Respon
         }
         Ok(Decision::AlreadyPresent(host_id, episode_id, entry)) => {
             log_answer(&parts, 200, None, started);
-            early(stored_response(StatusCode::OK, &host_id, &episode_id, &entry), body, &parts.headers)
+            early(
+                stored_response(StatusCode::OK, &host_id, &episode_id, &entry),
+                body,
+                &parts.headers,
+            )
         }
         Ok(Decision::Upload(plan)) => {
             let response = receive_and_publish(&state, plan, body).await;
@@ -281,7 +362,10 @@ fn log_answer(parts: &Parts, status: u16, problem: Option<&str>, started: Instan
 
 async fn decide_put(state: &AppState, parts: &mut Parts) -> Result<Decision, Problem> {
     if state.is_draining() {
-        return Err(Problem::new(Slug::Unavailable, "the receiver is shutting down; retry shortly"));
+        return Err(Problem::new(
+            Slug::Unavailable,
+            "the receiver is shutting down; retry shortly",
+        ));
     }
     let (host_id, episode_id) = episode_target(state, parts).await?;
     let put = admission::parse_put_headers(
@@ -296,12 +380,30 @@ async fn decide_put(state: &AppState, parts: &mut Parts) -> Result<Decision, Pro
         .map_err(|e| internal("free space check", e))?
         .map_err(|e| internal("free space check", e))?;
     let free_after_claims = free.saturating_sub(state.slots.claimed_bytes());
-    admission::admit(&put, &state.limits, OffsetDateTime::now_utc(), free_after_claims)?;
+    admission::admit(
+        &put,
+        &state.limits,
+        OffsetDateTime::now_utc(),
+        free_after_claims,
+    )?;
     let slot = state.slots.try_acquire(&host_id, put.content_length)?;
-    match admission::dedupe(put.sha256, put.tar_sha256, state.index.get(&host_id, &episode_id)) {
+    match admission::dedupe(
+        put.sha256,
+        put.tar_sha256,
+        state.index.get(&host_id, &episode_id),
+    ) {
         Dedupe::New => {
-            let client = parts.extensions.get::<PeerIdentity>().and_then(|p| p.primary.clone());
-            Ok(Decision::Upload(Plan { host_id, episode_id, put, client, _slot: slot }))
+            let client = parts
+                .extensions
+                .get::<PeerIdentity>()
+                .and_then(|p| p.primary.clone());
+            Ok(Decision::Upload(Plan {
+                host_id,
+                episode_id,
+                put,
+                client,
+                _slot: slot,
+            }))
         }
         Dedupe::AlreadyPresent(entry) => Ok(Decision::AlreadyPresent(host_id, episode_id, entry)),
         Dedupe::Conflict(problem) => Err(problem),
@@ -312,7 +414,8 @@ async fn decide_put(state: &AppState, parts: &mut Parts) -> Result<Decision, Pro
 /// discarded in the background so the connection can be reused; a large one (or
 /// one the client is waiting on `100-continue` to send) closes the connection.
 fn early(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
-    let length = header_str(headers, http::header::CONTENT_LENGTH.as_str()).and_then(|v| v.parse::<u64>().ok());
+    let length = header_str(headers, http::header::CONTENT_LENGTH.as_str())
+        .and_then(|v| v.parse::<u64>().ok());
     let expects_continue = header_str(headers, http::header::EXPECT.as_str())
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     match length {
@@ -327,19 +430,29 @@ fn early(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
             });
         }
         _ => {
-            response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
     }
     response
 }
 
 async fn receive_and_publish(state: &AppState, plan: Plan, body: Body) -> Response {
-    let Plan { host_id, episode_id, put, client, _slot } = plan;
+    let Plan {
+        host_id,
+        episode_id,
+        put,
+        client,
+        _slot,
+    } = plan;
     let temp = TempFile::new(state.temp_path(&host_id, &episode_id));
     let idle = state.config.body_idle_timeout.get();
     let metrics = &state.metrics;
     let received = upload::receive(body, &temp, put.content_length, idle, |n| {
-        metrics.upload_bytes.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        metrics
+            .upload_bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     })
     .await;
     let received = match received {
@@ -349,29 +462,43 @@ async fn receive_and_publish(state: &AppState, plan: Plan, body: Body) -> Respon
                 Slug::BodyTimeout,
                 format!("no body bytes arrived for {}", episode_common::Dur(d)),
             ));
-            response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
             return response;
         }
         Err(ReceiveError::Client(e)) => {
             tracing::info!(host_id = %host_id, episode_id = %episode_id, error = %e, "upload_abandoned: client stopped sending");
-            return problem_response(Problem::new(Slug::LengthMismatch, "the body ended before Content-Length bytes"));
+            return problem_response(Problem::new(
+                Slug::LengthMismatch,
+                "the body ended before Content-Length bytes",
+            ));
         }
         Err(ReceiveError::TooLong(n)) => {
-            return problem_response(Problem::new(Slug::LengthMismatch, format!("the body is longer than {n} bytes")));
+            return problem_response(Problem::new(
+                Slug::LengthMismatch,
+                format!("the body is longer than {n} bytes"),
+            ));
         }
         Err(ReceiveError::Io(e)) => return problem_response(io_problem("writing an upload", &e)),
     };
     if received.bytes != put.content_length {
         return problem_response(Problem::new(
             Slug::LengthMismatch,
-            format!("received {} bytes, Content-Length said {}", received.bytes, put.content_length),
+            format!(
+                "received {} bytes, Content-Length said {}",
+                received.bytes, put.content_length
+            ),
         ));
     }
     if received.sha256 != put.sha256 {
         return problem_response(
             Problem::new(
                 Slug::DigestMismatch,
-                format!("the body's sha256 is {}, Repr-Digest said {}", received.sha256, put.sha256),
+                format!(
+                    "the body's sha256 is {}, Repr-Digest said {}",
+                    received.sha256, put.sha256
+                ),
             )
             .remediation("the archive changed or was damaged in transit; pack it again and retry"),
         );
@@ -389,15 +516,22 @@ async fn receive_and_publish(state: &AppState, plan: Plan, body: Body) -> Respon
     };
     match state.committer.publish(temp.keep(), row).await {
         Ok(Published::Created(entry)) => {
-            state.metrics.stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state
+                .metrics
+                .stored
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::info!(host_id = %host_id, episode_id = %episode_id, bytes = entry.bytes, sha256 = %entry.sha256, "stored");
             stored_response(StatusCode::CREATED, &host_id, &episode_id, &entry)
         }
-        Ok(Published::Existing(entry)) => match admission::dedupe(put.sha256, put.tar_sha256, Some(entry)) {
-            Dedupe::AlreadyPresent(entry) => stored_response(StatusCode::OK, &host_id, &episode_id, &entry),
-            Dedupe::Conflict(problem) => problem_response(problem),
-            Dedupe::New => problem_response(internal("publish", "an existing entry vanished")),
-        },
+        Ok(Published::Existing(entry)) => {
+            match admission::dedupe(put.sha256, put.tar_sha256, Some(entry)) {
+                Dedupe::AlreadyPresent(entry) => {
+                    stored_response(StatusCode::OK, &host_id, &episode_id, &entry)
+                }
+                Dedupe::Conflict(problem) => problem_response(problem),
+                Dedupe::New => problem_response(internal("publish", "an existing entry vanished")),
+            }
+        }
         Err(e) => problem_response(io_problem("publishing an upload", &e)),
     }
 }

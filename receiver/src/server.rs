@@ -43,11 +43,17 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'static>]>) -> Option<PeerId
                     names.push(name.to_owned());
                 }
             }
-            Some(PeerIdentity { names, primary: info.primary_identity().map(str::to_owned) })
+            Some(PeerIdentity {
+                names,
+                primary: info.primary_identity().map(str::to_owned),
+            })
         }
         Err(e) => {
             tracing::warn!(error = %e, "client certificate verified but not parseable; no identity");
-            Some(PeerIdentity { names: Vec::new(), primary: None })
+            Some(PeerIdentity {
+                names: Vec::new(),
+                primary: None,
+            })
         }
     }
 }
@@ -61,7 +67,12 @@ struct Listener {
     connections: Arc<Semaphore>,
 }
 
-async fn accept_loop(tcp: TcpListener, listener: Listener, stop: CancellationToken, graceful: Arc<GracefulShutdown>) {
+async fn accept_loop(
+    tcp: TcpListener,
+    listener: Listener,
+    stop: CancellationToken,
+    graceful: Arc<GracefulShutdown>,
+) {
     loop {
         let permit = tokio::select! {
             () = stop.cancelled() => return,
@@ -99,13 +110,18 @@ impl Listener {
             None => (Either::Right(stream), None),
             Some(tls_config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
-                match tokio::time::timeout(config.handshake_timeout.get(), acceptor.accept(stream)).await {
+                match tokio::time::timeout(config.handshake_timeout.get(), acceptor.accept(stream))
+                    .await
+                {
                     Ok(Ok(tls)) => {
                         let peer = peer_identity(tls.get_ref().1.peer_certificates());
                         (Either::Left(tls), peer)
                     }
                     Ok(Err(e)) => {
-                        self.state.metrics.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        self.state
+                            .metrics
+                            .handshake_failures
+                            .fetch_add(1, Ordering::Relaxed);
                         let reason = e
                             .get_ref()
                             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -114,7 +130,10 @@ impl Listener {
                         return;
                     }
                     Err(_) => {
-                        self.state.metrics.handshake_failures.fetch_add(1, Ordering::Relaxed);
+                        self.state
+                            .metrics
+                            .handshake_failures
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::warn!(%remote, timeout = %config.handshake_timeout, "tls_handshake_timed_out");
                         return;
                     }
@@ -143,7 +162,9 @@ impl Listener {
 
 /// Binds `addr`; the error names it.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
 /// Serves until `shutdown` resolves, then drains (see the module doc).
@@ -156,10 +177,22 @@ pub async fn run(
     let stop = CancellationToken::new();
     let graceful = Arc::new(GracefulShutdown::new());
     let connections = Arc::new(Semaphore::new(state.config.max_connections));
-    let credentials = state.credentials.is_tls().then(|| state.credentials.clone());
-    let main_listener =
-        Listener { router: crate::app(state.clone()), credentials, state: state.clone(), connections: connections.clone() };
-    let mut tasks = vec![tokio::spawn(accept_loop(main, main_listener, stop.clone(), graceful.clone()))];
+    let credentials = state
+        .credentials
+        .is_tls()
+        .then(|| state.credentials.clone());
+    let main_listener = Listener {
+        router: crate::app(state.clone()),
+        credentials,
+        state: state.clone(),
+        connections: connections.clone(),
+    };
+    let mut tasks = vec![tokio::spawn(accept_loop(
+        main,
+        main_listener,
+        stop.clone(),
+        graceful.clone(),
+    ))];
     if let Some(metrics) = metrics {
         let listener = Listener {
             router: crate::routes::metrics_app(state.clone()),
@@ -167,9 +200,17 @@ pub async fn run(
             state: state.clone(),
             connections,
         };
-        tasks.push(tokio::spawn(accept_loop(metrics, listener, stop.clone(), graceful.clone())));
+        tasks.push(tokio::spawn(accept_loop(
+            metrics,
+            listener,
+            stop.clone(),
+            graceful.clone(),
+        )));
     }
-    tasks.push(tokio::spawn(reload_loop(state.credentials.clone(), stop.clone())));
+    tasks.push(tokio::spawn(reload_loop(
+        state.credentials.clone(),
+        stop.clone(),
+    )));
     tasks.push(tokio::spawn(sweep_loop(state.clone(), stop.clone())));
     if let Some(period) = sd_notify::watchdog_enabled() {
         tasks.push(tokio::spawn(watchdog_loop(period, stop.clone())));
@@ -220,10 +261,18 @@ async fn sweep_loop(state: Arc<AppState>, stop: CancellationToken) {
         }
         let incoming = state.config.incoming_root.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let Ok(entries) = std::fs::read_dir(&incoming) else { return };
+            let Ok(entries) = std::fs::read_dir(&incoming) else {
+                return;
+            };
             for entry in entries.flatten() {
-                let old = entry.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
-                if old.is_some_and(|age| age > stale_after) && std::fs::remove_file(entry.path()).is_ok() {
+                let old = entry
+                    .metadata()
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.elapsed().ok());
+                if old.is_some_and(|age| age > stale_after)
+                    && std::fs::remove_file(entry.path()).is_ok()
+                {
                     tracing::info!(file = %entry.path().display(), "stale_upload_removed");
                 }
             }

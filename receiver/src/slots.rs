@@ -36,7 +36,11 @@ pub struct Slot {
 
 impl Slots {
     pub fn new(max_total: usize, max_per_host: usize) -> Arc<Self> {
-        Arc::new(Self { max_total, max_per_host, counts: Mutex::default() })
+        Arc::new(Self {
+            max_total,
+            max_per_host,
+            counts: Mutex::default(),
+        })
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
@@ -49,20 +53,29 @@ impl Slots {
         if counts.total >= self.max_total {
             return Err(Problem::new(
                 Slug::TooManyUploads,
-                format!("{} uploads in progress, the most this receiver takes at once", counts.total),
+                format!(
+                    "{} uploads in progress, the most this receiver takes at once",
+                    counts.total
+                ),
             ));
         }
         let host_count = counts.per_host.get(host_id).copied().unwrap_or(0);
         if host_count >= self.max_uploads_per_host() {
             return Err(Problem::new(
                 Slug::TooManyUploads,
-                format!("{host_count} uploads from {host_id} in progress, the most this receiver takes from one host"),
+                format!(
+                    "{host_count} uploads from {host_id} in progress, the most this receiver takes from one host"
+                ),
             ));
         }
         counts.total += 1;
         counts.bytes += bytes;
         *counts.per_host.entry(host_id.clone()).or_default() += 1;
-        Ok(Slot { slots: self.clone(), host_id: host_id.clone(), bytes })
+        Ok(Slot {
+            slots: self.clone(),
+            host_id: host_id.clone(),
+            bytes,
+        })
     }
 
     fn max_uploads_per_host(&self) -> usize {
@@ -100,10 +113,18 @@ mod tests {
     #[test]
     fn limits_total_and_per_host_and_frees_on_drop() {
         let slots = Slots::new(3, 2);
-        let (a, b, c) = (HostId::new("a").unwrap(), HostId::new("b").unwrap(), HostId::new("c").unwrap());
+        let (a, b, c) = (
+            HostId::new("a").unwrap(),
+            HostId::new("b").unwrap(),
+            HostId::new("c").unwrap(),
+        );
         let a1 = slots.try_acquire(&a, 10).unwrap();
         let _a2 = slots.try_acquire(&a, 20).unwrap();
-        assert_eq!(slots.try_acquire(&a, 1).unwrap_err().status, 429, "per host");
+        assert_eq!(
+            slots.try_acquire(&a, 1).unwrap_err().status,
+            429,
+            "per host"
+        );
         let _b1 = slots.try_acquire(&b, 5).unwrap();
         assert_eq!(slots.try_acquire(&c, 1).unwrap_err().status, 429, "total");
         assert_eq!((slots.in_flight(), slots.claimed_bytes()), (3, 35));

@@ -114,14 +114,20 @@ pub async fn receive(
         let _ = tx.send(Msg::Finish).await;
     }
     drop(tx);
-    let written = writer.await.map_err(|e| io::Error::other(format!("writer thread: {e}")))?;
+    let written = writer
+        .await
+        .map_err(|e| io::Error::other(format!("writer thread: {e}")))?;
     outcome?;
     let (sha256, bytes) = written?;
     Ok(Received { sha256, bytes })
 }
 
 fn write_file(path: &Path, mut rx: mpsc::Receiver<Msg>) -> io::Result<(Sha256, u64)> {
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o644).open(path)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)?;
     let mut hasher = sha2::Sha256::new();
     let mut len = 0u64;
     while let Some(msg) = rx.blocking_recv() {
@@ -137,7 +143,10 @@ fn write_file(path: &Path, mut rx: mpsc::Receiver<Msg>) -> io::Result<(Sha256, u
             }
         }
     }
-    Err(io::Error::new(io::ErrorKind::Interrupted, "upload abandoned"))
+    Err(io::Error::new(
+        io::ErrorKind::Interrupted,
+        "upload abandoned",
+    ))
 }
 
 #[cfg(test)]
@@ -148,12 +157,18 @@ mod tests {
     async fn writes_hashes_and_fsyncs_a_streamed_body() {
         let dir = tempfile::tempdir().unwrap();
         let temp = TempFile::new(dir.path().join("u.part"));
-        let chunks: Vec<Result<Bytes, io::Error>> =
-            (0..50).map(|i| Ok(Bytes::from(vec![i as u8; 10_000]))).collect();
+        let chunks: Vec<Result<Bytes, io::Error>> = (0..50)
+            .map(|i| Ok(Bytes::from(vec![i as u8; 10_000])))
+            .collect();
         let all: Vec<u8> = (0..50u8).flat_map(|i| vec![i; 10_000]).collect();
         let body = Body::from_stream(futures_util::stream::iter(chunks));
-        let got = receive(body, &temp, u64::MAX, Duration::from_secs(5), |_| {}).await.unwrap();
-        assert_eq!((got.sha256, got.bytes), (Sha256::of(&all), all.len() as u64));
+        let got = receive(body, &temp, u64::MAX, Duration::from_secs(5), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(
+            (got.sha256, got.bytes),
+            (Sha256::of(&all), all.len() as u64)
+        );
         assert_eq!(std::fs::read(temp.path()).unwrap(), all);
         let path = temp.path().to_owned();
         drop(temp);
@@ -164,10 +179,13 @@ mod tests {
     async fn a_stalled_body_times_out() {
         let dir = tempfile::tempdir().unwrap();
         let temp = TempFile::new(dir.path().join("u.part"));
-        let stalled = futures_util::stream::iter(vec![Ok::<_, io::Error>(Bytes::from_static(b"abc"))])
-            .chain(futures_util::stream::pending());
+        let stalled =
+            futures_util::stream::iter(vec![Ok::<_, io::Error>(Bytes::from_static(b"abc"))])
+                .chain(futures_util::stream::pending());
         let body = Body::from_stream(stalled);
-        let err = receive(body, &temp, u64::MAX, Duration::from_millis(100), |_| {}).await.unwrap_err();
+        let err = receive(body, &temp, u64::MAX, Duration::from_millis(100), |_| {})
+            .await
+            .unwrap_err();
         assert!(matches!(err, ReceiveError::Idle(_)), "{err}");
     }
 
@@ -176,7 +194,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let temp = TempFile::new(dir.path().join("u.part"));
         let body = Body::from(vec![0u8; 1000]);
-        let err = receive(body, &temp, 999, Duration::from_secs(5), |_| {}).await.unwrap_err();
+        let err = receive(body, &temp, 999, Duration::from_secs(5), |_| {})
+            .await
+            .unwrap_err();
         assert!(matches!(err, ReceiveError::TooLong(999)), "{err}");
     }
 
