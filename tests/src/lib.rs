@@ -1,1 +1,63 @@
-//! placeholder
+//! episode-e2e: the harness that drives the real binaries over real sockets.
+//!
+//! Owns test environments (`TestEnv`: temp tree + rcgen PKI + receiver configs),
+//! child processes (`Proc`, `bin`), a running receiver (`Receiver`) and clients for
+//! it, raw HTTP/1.1 connections (`raw`), systemd's notify socket (`NotifySocket`),
+//! network faults (`BlackHole`, `FaultProxy`), a scriptable fake receiver
+//! (`StubServer`), and episode fixtures. It asserts nothing about the binaries
+//! itself; the tests in `tests/e2e/` do. Invariant: everything binds 127.0.0.1:0 and
+//! lives under its env's temp root, so tests run in parallel, and every child and
+//! thread it starts is stopped when its owner drops.
+
+pub mod env;
+pub mod episodes;
+pub mod faults;
+pub mod notify;
+pub mod pki;
+pub mod process;
+pub mod raw;
+pub mod receiver;
+pub mod stub;
+
+use std::time::{Duration, Instant};
+
+pub use env::TestEnv;
+pub use episodes::{
+    Packed, archive_files, dir_files, pack, tree, write_episode, write_mixed_episodes,
+};
+pub use faults::{BlackHole, FaultProxy, Mode};
+pub use notify::NotifySocket;
+pub use process::{Proc, bin};
+pub use raw::{RawConn, RawResponse, connect, plain_connect, put_headers, tls_connect};
+pub use receiver::{Answer, Receiver, ReceiverPaths, error_chain, https_client};
+pub use stub::{Reply, StubServer};
+
+/// Polls `f` every 10 ms until it returns true; panics naming `what` after `timeout`.
+pub fn wait_until(timeout: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A seed from env var `var`, or one from the clock; printed so a failure can be
+/// replayed.
+pub fn seed(var: &str) -> u64 {
+    let seed = std::env::var(var)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        });
+    eprintln!("seed: {seed} (replay with {var}={seed})");
+    seed
+}

@@ -1,1 +1,4 @@
-//! e2e
+//! The end-to-end test binary: one module per area, each driving real binaries
+//! through the `episode_e2e` harness.
+
+mod receiver;
