@@ -60,6 +60,8 @@ impl Write for Stream {
 pub struct RawConn {
     stream: Stream,
     buf: Vec<u8>,
+    /// Methods of requests sent and not yet answered (a HEAD answer has no body).
+    pending: std::collections::VecDeque<String>,
 }
 
 /// One response as read off the wire.
@@ -128,6 +130,7 @@ pub fn plain_connect(addr: SocketAddr) -> io::Result<RawConn> {
     Ok(RawConn {
         stream: Stream::Plain(tcp),
         buf: Vec::new(),
+        pending: Default::default(),
     })
 }
 
@@ -159,6 +162,7 @@ pub fn tls_connect_with(
     Ok(RawConn {
         stream: Stream::Tls(Box::new(StreamOwned::new(conn, tcp))),
         buf: Vec::new(),
+        pending: Default::default(),
     })
 }
 
@@ -192,11 +196,13 @@ impl RawConn {
             head.push_str(&format!("{}: {}\r\n", name.as_ref(), value.as_ref()));
         }
         head.push_str("\r\n");
+        self.pending.push_back(method.to_owned());
         self.send(head.as_bytes())
     }
 
     /// Reads one response (status line, headers, body by Content-Length, chunked, or
-    /// to the end of the connection) within `timeout`.
+    /// to the end of the connection; none for a HEAD sent with `send_head`) within
+    /// `timeout`.
     pub fn read_response(&mut self, timeout: Duration) -> io::Result<RawResponse> {
         let deadline = Instant::now() + timeout;
         let header_end = loop {
@@ -234,6 +240,10 @@ impl RawConn {
         };
         if (100..200).contains(&status) {
             return self.read_response(deadline.saturating_duration_since(Instant::now()));
+        }
+        let method = self.pending.pop_front();
+        if method.as_deref() == Some("HEAD") || matches!(status, 204 | 304) {
+            return Ok(response);
         }
         if let Some(len) = response.header("content-length") {
             let len: usize = len
