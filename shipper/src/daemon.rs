@@ -1,0 +1,223 @@
+//! `run` and `once`: the work loop around `Shipper::pass`, and how it meets systemd.
+//!
+//! Owns start-up (random jitter, READY=1 once the lock is held, state loaded and
+//! orphans swept), the wait between passes (the scan interval, woken early by
+//! inotify when a `done.marker` appears, never longer than half the watchdog
+//! period), the heartbeat (WATCHDOG=1 after every pass and while bytes move, so a
+//! stalled pack or upload stops it), a STATUS line per pass, and SIGTERM/SIGINT:
+//! STOPPING=1, no new episode, an upload in flight gets `shutdown_grace`, exit 0.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::layout::DONE_MARKER;
+use crate::notify::Notifier;
+use crate::progress::{Display, Progress};
+use crate::shipper::{OpenError, PassResult, Shipper};
+
+/// How often the heartbeat looks at the byte counter.
+const HEARTBEAT_TICK: Duration = Duration::from_secs(1);
+
+async fn open(config: Config, stop: CancellationToken) -> Result<Shipper, OpenError> {
+    tokio::task::spawn_blocking(move || Shipper::open(config, stop))
+        .await
+        .unwrap_or_else(|e| Err(OpenError::Io(format!("start-up panicked: {e}"))))
+}
+
+/// Cancels `stop` on SIGTERM or SIGINT, after telling systemd STOPPING=1.
+fn watch_signals(stop: CancellationToken, notifier: Arc<Notifier>) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        notifier.stopping();
+        tracing::info!(
+            signal = name,
+            "stopping: no new episode is started; an upload in flight may finish"
+        );
+        stop.cancel();
+    });
+}
+
+/// Runs one pass (for `once`), with a progress line on a terminal.
+pub async fn once(config: Config) -> Result<PassResult, OpenError> {
+    let stop = CancellationToken::new();
+    watch_signals(stop.clone(), Arc::new(Notifier::default()));
+    let grace = config.shutdown_grace.get();
+    let mut shipper = open(config, stop.clone()).await?;
+    let display = Display::new();
+    let progress = shipper.progress.clone();
+    let drawer = display.enabled().then(|| {
+        let progress = progress.clone();
+        tokio::spawn(async move {
+            let display = Display::new();
+            loop {
+                display.draw(&progress);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    });
+    let result = run_pass(&mut shipper, &stop, grace).await;
+    if let Some(d) = drawer {
+        d.abort();
+    }
+    display.finish(&progress);
+    Ok(result.unwrap_or_else(|| PassResult {
+        stopped_by: Some("stopped: shutdown grace elapsed".into()),
+        ..PassResult::default()
+    }))
+}
+
+/// A pass that is abandoned if it outlives `grace` after `stop`.
+async fn run_pass(
+    shipper: &mut Shipper,
+    stop: &CancellationToken,
+    grace: Duration,
+) -> Option<PassResult> {
+    let deadline = async {
+        stop.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = shipper.pass() => Some(result),
+        () = deadline => {
+            tracing::warn!(grace = %episode_common::Dur(grace), "shutdown grace elapsed; upload abandoned (safe: PUT is idempotent)");
+            None
+        }
+    }
+}
+
+/// The daemon (`run`). Returns when stopped.
+pub async fn run(config: Config) -> Result<(), OpenError> {
+    let stop = CancellationToken::new();
+    let notifier = Arc::new(Notifier::default());
+    watch_signals(stop.clone(), notifier.clone());
+    let (scan_interval, grace, jitter) = (
+        config.scan_interval.get(),
+        config.shutdown_grace.get(),
+        config.startup_jitter.get(),
+    );
+    let mut shipper = open(config, stop.clone()).await?;
+    let watchdog = Notifier::watchdog_period();
+    let mut wait = scan_interval;
+    if let Some(period) = watchdog {
+        wait = wait.min(period / 2);
+    }
+    let status = shipper.status_line().await;
+    notifier.ready(&status);
+    tracing::info!(
+        host_id = %shipper.config.host_id,
+        receiver = shipper.transport.url(),
+        data_root = %shipper.root.root.display(),
+        version = crate::VERSION,
+        status = %status,
+        "ready"
+    );
+    if watchdog.is_some() {
+        tokio::spawn(heartbeat(
+            shipper.progress.clone(),
+            notifier.clone(),
+            stop.clone(),
+        ));
+    }
+    let mut wake = watch_episodes(&shipper);
+    if !jitter.is_zero() {
+        let delay = jitter.mul_f64(rand::random::<f64>());
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = stop.cancelled() => {}
+        }
+    }
+    while !stop.is_cancelled() {
+        if run_pass(&mut shipper, &stop, grace).await.is_none() {
+            break;
+        }
+        notifier.watchdog();
+        let status = shipper.status_line().await;
+        notifier.status(&status);
+        if stop.is_cancelled() {
+            break;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            Some(()) = wake.recv() => {
+                // Let a burst of markers settle into one pass.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                while wake.try_recv().is_ok() {}
+            }
+            () = stop.cancelled() => {}
+        }
+    }
+    if let Err(e) = shipper.state.save() {
+        tracing::error!(error = %e, "cannot save retry state at exit");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// WATCHDOG=1 whenever bytes moved since the last look.
+async fn heartbeat(progress: Arc<Progress>, notifier: Arc<Notifier>, stop: CancellationToken) {
+    let mut last = progress.total();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(HEARTBEAT_TICK) => {}
+            () = stop.cancelled() => return,
+        }
+        let now = progress.total();
+        if now != last {
+            notifier.watchdog();
+            last = now;
+        }
+    }
+}
+
+/// Wakes the loop when a `done.marker` appears or an episode directory is moved in.
+/// Events are hints; the scan interval remains the truth.
+fn watch_episodes(shipper: &Shipper) -> mpsc::Receiver<()> {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+    use notify::{RecursiveMode, Watcher as _};
+    let (tx, rx) = mpsc::channel(1);
+    let episodes = shipper.root.episodes.clone();
+    let top = episodes.clone();
+    let handler = move |event: notify::Result<notify::Event>| {
+        let Ok(event) = event else { return };
+        let relevant_kind = matches!(
+            event.kind,
+            EventKind::Create(_)
+                | EventKind::Modify(ModifyKind::Name(_))
+                | EventKind::Access(AccessKind::Close(AccessMode::Write))
+        );
+        let relevant_path = event.paths.iter().any(|p| {
+            p.file_name().is_some_and(|n| n == DONE_MARKER)
+                || p.parent().is_some_and(|parent| parent == top)
+        });
+        if relevant_kind && relevant_path {
+            let _ = tx.try_send(());
+        }
+    };
+    match notify::recommended_watcher(handler) {
+        Ok(mut watcher) => match watcher.watch(&episodes, RecursiveMode::Recursive) {
+            Ok(()) => {
+                // The watcher lives as long as the process.
+                std::mem::forget(watcher);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch episodes/; relying on scan_interval")
+            }
+        },
+        Err(e) => tracing::warn!(error = %e, "inotify unavailable; relying on scan_interval"),
+    }
+    rx
+}

@@ -1,0 +1,358 @@
+//! The shipper's directories under `data_root` and the moves between them.
+//!
+//! Owns the path of everything (`episodes/`, `outbox/`, `shipped/`, `quarantine/`,
+//! `state/`) and the one way an episode directory changes place: `rename(2)` without
+//! replacing anything, then fsync of both parent directories. Listing finished
+//! episodes and sweeping outbox orphans live here too, because both are about what
+//! the directories hold.
+//!
+//! Invariant: an episode directory is in exactly one of episodes/, shipped/,
+//! quarantine/; `outbox/<id>.*` exists only while `episodes/<id>/` does.
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use episode_common::{EpisodeId, fsx};
+
+pub const DONE_MARKER: &str = "done.marker";
+pub const REASON_FILE: &str = "quarantine_reason.json";
+const ARCHIVE_SUFFIX: &str = ".tar.zst";
+const PARTIAL_SUFFIX: &str = ".tar.zst.partial";
+const SIDECAR_SUFFIX: &str = ".json";
+
+/// The directories of one data root.
+#[derive(Debug, Clone)]
+pub struct DataRoot {
+    pub root: PathBuf,
+    pub episodes: PathBuf,
+    pub outbox: PathBuf,
+    pub shipped: PathBuf,
+    pub quarantine: PathBuf,
+    pub state: PathBuf,
+}
+
+/// Where an episode directory lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    Episodes,
+    Shipped,
+    Quarantine,
+}
+
+impl DataRoot {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+            episodes: root.join("episodes"),
+            outbox: root.join("outbox"),
+            shipped: root.join("shipped"),
+            quarantine: root.join("quarantine"),
+            state: root.join("state"),
+        }
+    }
+
+    /// Creates the directories that are missing (and makes their entries durable).
+    pub fn ensure(&self) -> io::Result<()> {
+        std::fs::create_dir_all(&self.root)?;
+        let mut created = false;
+        for dir in [
+            &self.episodes,
+            &self.outbox,
+            &self.shipped,
+            &self.quarantine,
+            &self.state,
+        ] {
+            match std::fs::create_dir(dir) {
+                Ok(()) => created = true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("creating {}: {e}", dir.display()),
+                    ));
+                }
+            }
+        }
+        if created {
+            fsx::fsync_dir(&self.root)?;
+        }
+        Ok(())
+    }
+
+    pub fn dir(&self, place: Place) -> &Path {
+        match place {
+            Place::Episodes => &self.episodes,
+            Place::Shipped => &self.shipped,
+            Place::Quarantine => &self.quarantine,
+        }
+    }
+
+    pub fn episode_dir(&self, place: Place, episode_id: &EpisodeId) -> PathBuf {
+        self.dir(place).join(episode_id)
+    }
+
+    pub fn archive(&self, episode_id: &EpisodeId) -> PathBuf {
+        self.outbox.join(format!("{episode_id}{ARCHIVE_SUFFIX}"))
+    }
+
+    pub fn partial(&self, episode_id: &EpisodeId) -> PathBuf {
+        self.outbox.join(format!("{episode_id}{PARTIAL_SUFFIX}"))
+    }
+
+    /// The digests of an outbox archive.
+    pub fn sidecar(&self, episode_id: &EpisodeId) -> PathBuf {
+        self.outbox.join(format!("{episode_id}{SIDECAR_SUFFIX}"))
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.state.join("lock")
+    }
+
+    /// Moves an episode directory from one place to another: rename without
+    /// replacing, then fsync both parents. Fails with `AlreadyExists` if the target
+    /// is taken, leaving everything as it was.
+    pub fn move_episode(&self, episode_id: &EpisodeId, from: Place, to: Place) -> io::Result<()> {
+        self.move_episode_to(episode_id, from, to, episode_id.as_str())
+    }
+
+    /// As `move_episode`, under another name in the target place.
+    pub fn move_episode_to(
+        &self,
+        episode_id: &EpisodeId,
+        from: Place,
+        to: Place,
+        name: &str,
+    ) -> io::Result<()> {
+        let source = self.episode_dir(from, episode_id);
+        let target = self.dir(to).join(name);
+        fsx::rename_noreplace(&source, &target)?;
+        fsx::fsync_dir(self.dir(from))?;
+        fsx::fsync_dir(self.dir(to))
+    }
+
+    /// Removes the outbox files of an episode (archive, partial, sidecar).
+    pub fn remove_outbox(&self, episode_id: &EpisodeId) -> io::Result<()> {
+        for path in [
+            self.archive(episode_id),
+            self.partial(episode_id),
+            self.sidecar(episode_id),
+        ] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Episodes in `episodes/` that have `done.marker`, sorted by id (oldest first for
+    /// ULIDs). Directory names that are not valid ids are returned separately.
+    pub fn finished_episodes(&self) -> io::Result<Finished> {
+        let mut finished = Finished::default();
+        for entry in std::fs::read_dir(&self.episodes)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let name = entry.file_name();
+            if !entry.path().join(DONE_MARKER).exists() {
+                finished.unfinished += 1;
+                continue;
+            }
+            match name.to_str().map(EpisodeId::new) {
+                Some(Ok(id)) => finished.ready.push(id),
+                _ => finished.invalid.push(name.to_string_lossy().into_owned()),
+            }
+        }
+        finished.ready.sort();
+        Ok(finished)
+    }
+
+    /// Removes outbox files with no episode directory, and every `.partial` (no pack
+    /// is in progress when a pass starts). Returns the removed file names.
+    pub fn sweep_orphans(&self) -> io::Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for entry in std::fs::read_dir(&self.outbox)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(text) = name.to_str() else { continue };
+            let orphan = match outbox_episode(text) {
+                Some((_, OutboxKind::Partial | OutboxKind::Temp)) => true,
+                Some((id, _)) => !self.episodes.join(id).is_dir(),
+                None => false,
+            };
+            if orphan {
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => removed.push(text.to_owned()),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if !removed.is_empty() {
+            fsx::fsync_dir(&self.outbox)?;
+        }
+        Ok(removed)
+    }
+}
+
+/// What `finished_episodes` found.
+#[derive(Debug, Default)]
+pub struct Finished {
+    pub ready: Vec<EpisodeId>,
+    /// Directories still being written (no `done.marker`).
+    pub unfinished: usize,
+    /// Finished directories whose names cannot be sent as ids.
+    pub invalid: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutboxKind {
+    Archive,
+    Partial,
+    Sidecar,
+    /// A `write_atomic` temp file (`.<name>.<pid>.tmp`).
+    Temp,
+}
+
+/// The episode an outbox file belongs to, and what it is.
+fn outbox_episode(name: &str) -> Option<(&str, OutboxKind)> {
+    if name.starts_with('.') && name.ends_with(".tmp") {
+        return Some((name, OutboxKind::Temp));
+    }
+    for (suffix, kind) in [
+        (PARTIAL_SUFFIX, OutboxKind::Partial),
+        (ARCHIVE_SUFFIX, OutboxKind::Archive),
+        (SIDECAR_SUFFIX, OutboxKind::Sidecar),
+    ] {
+        if let Some(id) = name.strip_suffix(suffix) {
+            return Some((id, kind));
+        }
+    }
+    None
+}
+
+/// Age in seconds of a directory judged by its mtime (retention rules).
+pub fn mtime_age_secs(path: &Path, now: std::time::SystemTime) -> Option<u64> {
+    let mtime = std::fs::metadata(path).ok()?.modified().ok()?;
+    Some(now.duration_since(mtime).map(|d| d.as_secs()).unwrap_or(0))
+}
+
+/// The entries of a directory as (name, path), skipping names that are not UTF-8.
+pub fn entries(dir: &Path) -> io::Result<Vec<(String, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if let Some(name) = entry.file_name().to_str() {
+            out.push((name.to_owned(), entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// True if `name` is a hidden or temporary file name.
+pub fn is_hidden(name: &OsStr) -> bool {
+    name.to_str().is_some_and(|n| n.starts_with('.'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn root() -> (tempfile::TempDir, DataRoot) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = DataRoot::new(dir.path());
+        root.ensure().unwrap();
+        (dir, root)
+    }
+
+    fn episode(root: &DataRoot, id: &str, done: bool) {
+        let dir = root.episodes.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("meta.json"), "{}").unwrap();
+        if done {
+            std::fs::write(dir.join(DONE_MARKER), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn lists_finished_episodes_oldest_first() {
+        let (_d, root) = root();
+        episode(&root, "01B", true);
+        episode(&root, "01A", true);
+        episode(&root, "01C", false);
+        episode(&root, "bad name", true);
+        std::fs::write(root.episodes.join("stray-file"), "").unwrap();
+        let found = root.finished_episodes().unwrap();
+        assert_eq!(
+            found
+                .ready
+                .iter()
+                .map(EpisodeId::as_str)
+                .collect::<Vec<_>>(),
+            ["01A", "01B"]
+        );
+        assert_eq!(found.unfinished, 1);
+        assert_eq!(found.invalid, ["bad name"]);
+    }
+
+    #[test]
+    fn sweeps_orphans_and_partials_but_keeps_live_archives() {
+        let (_d, root) = root();
+        episode(&root, "01A", true);
+        for name in [
+            "01A.tar.zst",
+            "01A.json",
+            "01A.tar.zst.partial",
+            "01GONE.tar.zst",
+            "01GONE.json",
+            ".x.json.1.tmp",
+            "README",
+        ] {
+            std::fs::write(root.outbox.join(name), "x").unwrap();
+        }
+        let mut removed = root.sweep_orphans().unwrap();
+        removed.sort();
+        assert_eq!(
+            removed,
+            [
+                ".x.json.1.tmp",
+                "01A.tar.zst.partial",
+                "01GONE.json",
+                "01GONE.tar.zst"
+            ]
+        );
+        let left: Vec<String> = entries(&root.outbox)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(left, ["01A.json", "01A.tar.zst", "README"]);
+    }
+
+    #[test]
+    fn moves_never_replace() {
+        let (_d, root) = root();
+        let id = EpisodeId::new("01A").unwrap();
+        episode(&root, "01A", true);
+        root.move_episode(&id, Place::Episodes, Place::Shipped)
+            .unwrap();
+        assert!(
+            root.episode_dir(Place::Shipped, &id)
+                .join("meta.json")
+                .exists()
+        );
+        episode(&root, "01A", true);
+        let err = root
+            .move_episode(&id, Place::Episodes, Place::Shipped)
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert!(
+            root.episode_dir(Place::Episodes, &id).exists(),
+            "the source stays when the target is taken"
+        );
+    }
+}

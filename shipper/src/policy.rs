@@ -1,0 +1,167 @@
+//! Pure decisions of the shipper: what to do with an answer, and how long to wait.
+//!
+//! No clock, no randomness source, no I/O: the caller passes `now` and a uniform
+//! random number, so every rule is table-tested here. The I/O code matches on
+//! `Action` and never looks at a status code itself.
+
+use std::time::Duration;
+
+use episode_common::Class;
+
+/// How many digest/length mismatches an episode may have before it is quarantined.
+pub const MAX_REPACKS: u32 = 3;
+/// How often a conflicting episode is checked again.
+pub const CONFLICT_RECHECK: Duration = Duration::from_secs(3600);
+/// The longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// What to do after an answer (or a failure to get one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Move the episode to shipped/.
+    Retire,
+    /// Leave the episode; check it again after `CONFLICT_RECHECK`.
+    LeaveConflict,
+    /// Drop the outbox archive and pack again now.
+    Repack,
+    /// Move the episode to quarantine/ with the reason.
+    Quarantine,
+    /// Pause all shipping and re-check after a backoff.
+    Hold,
+    /// Back off (all shipping) and retry the episode later; end the pass.
+    Backoff,
+}
+
+/// The action for a class, given how many times this episode was already repacked.
+pub fn action(class: Class, repacks_so_far: u32) -> Action {
+    match class {
+        Class::Shipped => Action::Retire,
+        Class::Conflict => Action::LeaveConflict,
+        Class::Repack if repacks_so_far + 1 >= MAX_REPACKS => Action::Quarantine,
+        Class::Repack => Action::Repack,
+        Class::Fatal => Action::Quarantine,
+        Class::Hold => Action::Hold,
+        Class::Transient => Action::Backoff,
+    }
+}
+
+/// The delay before retry number `failures` (1 for the first retry): full jitter
+/// between `initial` and the exponential cap `min(max, initial × 2^(failures-1))`,
+/// so no retry ever comes sooner than `initial`. `unit` is uniform in [0, 1).
+pub fn backoff(failures: u32, initial: Duration, max: Duration, unit: f64) -> Duration {
+    let exponent = failures.saturating_sub(1).min(32);
+    let cap = initial
+        .saturating_mul(1u32 << exponent.min(31))
+        .min(max)
+        .max(initial);
+    let spread = cap - initial;
+    initial + spread.mul_f64(unit.clamp(0.0, 1.0))
+}
+
+/// The wait after a transient answer: the backoff, or the server's `Retry-After`
+/// (capped at an hour) when that is longer.
+pub fn retry_delay(backoff: Duration, retry_after: Option<Duration>) -> Duration {
+    match retry_after {
+        Some(ra) => backoff.max(ra.min(MAX_RETRY_AFTER)),
+        None => backoff,
+    }
+}
+
+/// Reads `Retry-After`: delay-seconds, or an HTTP-date relative to `now_unix`.
+pub fn parse_retry_after(value: &str, now_unix: i64) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date =
+        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
+    let secs = date.unix_timestamp() - now_unix;
+    Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_follow_the_classes() {
+        let table = [
+            (Class::Shipped, 0, Action::Retire),
+            (Class::Conflict, 0, Action::LeaveConflict),
+            (Class::Repack, 0, Action::Repack),
+            (Class::Repack, 1, Action::Repack),
+            (Class::Repack, 2, Action::Quarantine),
+            (Class::Fatal, 0, Action::Quarantine),
+            (Class::Hold, 0, Action::Hold),
+            (Class::Transient, 0, Action::Backoff),
+            (Class::Transient, 99, Action::Backoff),
+        ];
+        for (class, repacks, want) in table {
+            assert_eq!(
+                action(class, repacks),
+                want,
+                "{class:?} after {repacks} repacks"
+            );
+        }
+    }
+
+    #[test]
+    fn backoff_grows_to_the_cap_and_never_undercuts_the_initial() {
+        let (i, m) = (Duration::from_secs(5), Duration::from_secs(600));
+        assert_eq!(backoff(1, i, m, 0.0), i);
+        assert_eq!(
+            backoff(1, i, m, 0.99),
+            i,
+            "the first retry waits exactly initial"
+        );
+        assert_eq!(backoff(2, i, m, 0.0), i);
+        assert_eq!(backoff(2, i, m, 1.0), Duration::from_secs(10));
+        assert_eq!(backoff(3, i, m, 0.5), Duration::from_millis(12_500));
+        assert_eq!(
+            backoff(8, i, m, 1.0),
+            Duration::from_secs(600),
+            "capped at max"
+        );
+        assert_eq!(
+            backoff(1000, i, m, 1.0),
+            Duration::from_secs(600),
+            "no overflow"
+        );
+        for failures in 1..40 {
+            for unit in [0.0, 0.3, 0.999] {
+                let d = backoff(failures, i, m, unit);
+                assert!(d >= i && d <= m, "{failures} {unit} {d:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_an_hour() {
+        let b = Duration::from_secs(5);
+        assert_eq!(retry_delay(b, None), b);
+        assert_eq!(retry_delay(b, Some(Duration::from_secs(1))), b);
+        assert_eq!(
+            retry_delay(b, Some(Duration::from_secs(120))),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            retry_delay(b, Some(Duration::from_secs(86_400))),
+            MAX_RETRY_AFTER
+        );
+    }
+
+    #[test]
+    fn parses_both_retry_after_forms() {
+        assert_eq!(parse_retry_after("120", 0), Some(Duration::from_secs(120)));
+        let now = 784_111_777; // Sun, 06 Nov 1994 08:49:37 GMT
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:40:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+    }
+}

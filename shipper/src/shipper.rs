@@ -1,0 +1,1038 @@
+//! The shipper's state in a process, and one pass over the data root.
+//!
+//! Owns `Shipper::open` (lock, directories, state, recovery of interrupted
+//! quarantines, orphan sweep) and `Shipper::pass`: sweep, cleanup when due, list
+//! finished episodes oldest first, then a pipeline that packs one episode ahead
+//! while up to `upload_concurrency` uploads are in flight, and acts on each answer
+//! through `policy::action`. A transient failure or a hold stops new uploads and
+//! ends the pass, so a dead receiver sees one probe, not N uploads. Retry state
+//! that prevents retry storms (backoff, hold) is saved the moment it changes.
+//!
+//! Invariant: an episode is retired only after a 2xx to a PUT that carried its
+//! digest, or a HEAD that reports the same archive or tar digest.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use episode_common::wire::format_rfc3339;
+use episode_common::{ByteSize, Class, EpisodeId, Sha256, classify};
+use futures_util::StreamExt as _;
+use futures_util::stream::FuturesUnordered;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::layout::{DataRoot, Place};
+use crate::meta::{self, Meta};
+use crate::pack::{self, Packed};
+use crate::policy::{self, Action};
+use crate::progress::Progress;
+use crate::quarantine::{self, Reason};
+use crate::state::{Backoff, Conflict, Hold, StateFile};
+use crate::transport::{Answer, Failure, Transport};
+
+/// Archives larger than this are asked about with HEAD before they are sent.
+const HEAD_FIRST_BYTES: u64 = 64 << 20;
+
+/// Why the shipper could not open its data root.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("another episode-shipper is already running on {data_root} (lock {lock}{holder})")]
+    Locked {
+        data_root: String,
+        lock: String,
+        holder: String,
+    },
+    #[error("{0}")]
+    Io(String),
+}
+
+/// What one pass did (the JSON `once` prints).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct PassResult {
+    /// Finished episodes found in `episodes/`.
+    pub scanned: usize,
+    /// Retired after a 2xx (including `already_present`).
+    pub shipped: usize,
+    pub already_present: usize,
+    pub conflicts: usize,
+    pub fatal: usize,
+    pub transient_failures: usize,
+    /// Episodes not sent because shipping is on hold.
+    pub held: usize,
+    pub repacked: usize,
+    /// Episodes waiting for their retry time or a conflict re-check.
+    pub waiting: usize,
+    /// Archive bytes of the episodes shipped.
+    pub bytes: u64,
+    pub duration_ms: u64,
+    pub on_hold: bool,
+    /// Why the pass stopped early, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_by: Option<String>,
+}
+
+pub struct Shipper {
+    pub config: Config,
+    pub root: DataRoot,
+    pub transport: Arc<Transport>,
+    pub state: StateFile,
+    pub progress: Arc<Progress>,
+    /// Cancelled on SIGTERM: no new upload is started.
+    pub stop: CancellationToken,
+    /// Raw sizes of pending episodes (they never change once finished).
+    sizes: HashMap<EpisodeId, u64>,
+    warned_invalid: HashSet<String>,
+    _lock: File,
+}
+
+fn unix_ms(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn now_ms() -> i64 {
+    unix_ms(SystemTime::now())
+}
+
+fn wall(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms / 1000)
+        .map(format_rfc3339)
+        .unwrap_or_default()
+}
+
+fn unit_random() -> f64 {
+    rand::random::<f64>()
+}
+
+/// Takes the data root's single-instance lock.
+fn lock(root: &DataRoot) -> Result<File, OpenError> {
+    use std::io::Write as _;
+    let path = root.lock_file();
+    let mut file = File::options()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| OpenError::Io(format!("opening {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let holder = std::fs::read_to_string(&path)
+                .ok()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty());
+            return Err(OpenError::Locked {
+                data_root: root.root.display().to_string(),
+                lock: path.display().to_string(),
+                holder: holder
+                    .map(|pid| format!(", held by pid {pid}"))
+                    .unwrap_or_default(),
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(OpenError::Io(format!("locking {}: {e}", path.display())));
+        }
+    }
+    let _ = file.set_len(0);
+    let _ = writeln!(file, "{}", std::process::id());
+    Ok(file)
+}
+
+/// An episode ready to send.
+struct Prepared {
+    id: EpisodeId,
+    packed: Packed,
+    meta: Meta,
+}
+
+/// What the receiver said about one episode, or why it said nothing.
+enum Reply {
+    Answer(Answer),
+    /// HEAD found the same archive (or tar content) stored.
+    HeadMatch(Answer),
+    /// HEAD found a different archive stored.
+    HeadConflict(Answer),
+    Failure(Failure),
+}
+
+/// A reply in the terms the shipper acts on.
+#[derive(Debug, Clone, PartialEq)]
+struct Judgement {
+    class: Class,
+    outcome: &'static str,
+    status: u16,
+    problem_type: Option<String>,
+    error: String,
+    /// No HTTP answer: the response may have been lost.
+    connection_level: bool,
+    retry_after: Option<Duration>,
+}
+
+fn judge(reply: &Reply) -> Judgement {
+    let base = |class, outcome, a: &Answer| Judgement {
+        class,
+        outcome,
+        status: a.status,
+        problem_type: a.problem_type().map(str::to_owned),
+        error: a.error(),
+        connection_level: false,
+        retry_after: a.retry_after,
+    };
+    match reply {
+        Reply::Answer(a) => {
+            let class = classify(a.status, a.problem_type());
+            let outcome = match class {
+                Class::Shipped if a.status == 201 => "shipped",
+                Class::Shipped => "already_present",
+                Class::Conflict => "conflict",
+                Class::Repack => "repack",
+                Class::Fatal => "fatal",
+                Class::Hold => "hold",
+                Class::Transient => "transient",
+            };
+            base(class, outcome, a)
+        }
+        Reply::HeadMatch(a) => base(Class::Shipped, "already_present", a),
+        Reply::HeadConflict(a) => Judgement {
+            status: 409,
+            error: format!(
+                "HEAD: a different archive is stored (sha256 {})",
+                a.repr_digest.map(|d| d.to_hex()).unwrap_or_default()
+            ),
+            ..base(Class::Conflict, "conflict", a)
+        },
+        Reply::Failure(f) => Judgement {
+            class: Class::Transient,
+            outcome: "transient",
+            status: 0,
+            problem_type: None,
+            error: f.to_string(),
+            connection_level: true,
+            retry_after: None,
+        },
+    }
+}
+
+async fn ship_one(
+    transport: Arc<Transport>,
+    prepared: Prepared,
+    head_first: bool,
+    progress: Arc<Progress>,
+) -> (Prepared, Reply, Duration) {
+    let start = Instant::now();
+    let digests = prepared.packed.digests;
+    if head_first || digests.bytes > HEAD_FIRST_BYTES {
+        match transport.head(&prepared.id).await {
+            Err(f) => return (prepared, Reply::Failure(f), start.elapsed()),
+            Ok(a) if a.status == 200 => {
+                let same = a.repr_digest == Some(digests.sha256)
+                    || a.tar_digest == Some(digests.tar_sha256);
+                if same {
+                    return (prepared, Reply::HeadMatch(a), start.elapsed());
+                }
+                if a.repr_digest.is_some() {
+                    return (prepared, Reply::HeadConflict(a), start.elapsed());
+                }
+            }
+            Ok(a) if a.status == 404 => {}
+            Ok(a) => {
+                if matches!(
+                    classify(a.status, a.problem_type()),
+                    Class::Hold | Class::Transient
+                ) {
+                    return (prepared, Reply::Answer(a), start.elapsed());
+                }
+            }
+        }
+    }
+    let reply = match transport
+        .put(&prepared.id, &prepared.packed, &prepared.meta, &progress)
+        .await
+    {
+        Ok(a) => Reply::Answer(a),
+        Err(f) => Reply::Failure(f),
+    };
+    (prepared, reply, start.elapsed())
+}
+
+/// Reads meta.json and reuses or makes the archive. Blocking.
+fn prepare(
+    root: &DataRoot,
+    id: EpisodeId,
+    level: i32,
+    progress: &Progress,
+) -> Result<Prepared, (EpisodeId, std::io::Error)> {
+    let dir = root.episode_dir(Place::Episodes, &id);
+    let meta = meta::read(&dir);
+    for warning in &meta.warnings {
+        tracing::warn!(episode_id = %id, "meta.json: {warning}; sent without that header");
+    }
+    let packed = match pack::reuse(root, &id, &dir) {
+        Ok(Some(p)) => p,
+        Ok(None) => {
+            pack::pack(root, &dir, &id, level, &|n| progress.add(n)).map_err(|e| (id.clone(), e))?
+        }
+        Err(e) => return Err((id, e)),
+    };
+    Ok(Prepared { id, packed, meta })
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
+}
+
+impl Shipper {
+    /// Locks the data root and recovers from whatever the last run left. Blocking.
+    pub fn open(config: Config, stop: CancellationToken) -> Result<Self, OpenError> {
+        let root = DataRoot::new(&config.data_root);
+        root.ensure()
+            .map_err(|e| OpenError::Io(format!("data_root {}: {e}", config.data_root.display())))?;
+        let lock = lock(&root)?;
+        let (state, warning) = StateFile::load(&root.state, now_ms() / 1000)
+            .map_err(|e| OpenError::Io(e.to_string()))?;
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+        for id in quarantine::recover(&root)
+            .map_err(|e| OpenError::Io(format!("finishing quarantines: {e}")))?
+        {
+            tracing::warn!(episode_id = %id, "quarantined: finished a quarantine interrupted by a crash");
+        }
+        match root.sweep_orphans() {
+            Ok(removed) if !removed.is_empty() => tracing::info!(files = ?removed, "orphans_swept"),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(OpenError::Io(format!(
+                    "sweeping {}: {e}",
+                    root.outbox.display()
+                )));
+            }
+        }
+        Ok(Self {
+            transport: Arc::new(Transport::new(&config)),
+            config,
+            root,
+            state,
+            progress: Arc::new(Progress::default()),
+            stop,
+            sizes: HashMap::new(),
+            warned_invalid: HashSet::new(),
+            _lock: lock,
+        })
+    }
+
+    fn save_state(&mut self) {
+        if let Err(e) = self.state.save() {
+            tracing::error!(error = %e, "cannot save retry state");
+        }
+    }
+
+    async fn cleanup_if_due(&mut self) {
+        let now = now_ms() / 1000;
+        let interval = self.config.quarantine.cleanup_interval.get().as_secs() as i64;
+        let due = interval == 0
+            || self
+                .state
+                .state
+                .last_cleanup_unix
+                .is_none_or(|t| now - t >= interval);
+        if !due {
+            return;
+        }
+        let (root, q_days, s_days) = (
+            self.root.clone(),
+            self.config.quarantine.keep_days,
+            self.config.shipped.keep_days,
+        );
+        let result = blocking(move || {
+            let q = quarantine::prune(&root.quarantine, q_days, SystemTime::now())?;
+            let s = quarantine::prune(&root.shipped, s_days, SystemTime::now())?;
+            std::io::Result::Ok((q, s))
+        })
+        .await;
+        match result {
+            Ok((q, s)) => {
+                if !q.is_empty() {
+                    tracing::info!(n_removed = q.len(), keep_days = q_days, episodes = ?q, "quarantine_cleaned");
+                }
+                if !s.is_empty() {
+                    tracing::info!(n_removed = s.len(), keep_days = s_days, "shipped_cleaned");
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "cleanup failed"),
+        }
+        if interval > 0 {
+            self.state.state.last_cleanup_unix = Some(now);
+            self.save_state();
+        }
+    }
+
+    /// One pass (shipper.md, "One pass").
+    pub async fn pass(&mut self) -> PassResult {
+        let started = Instant::now();
+        let mut result = PassResult::default();
+        let root = self.root.clone();
+        match blocking(move || root.sweep_orphans()).await {
+            Ok(removed) if !removed.is_empty() => tracing::info!(files = ?removed, "orphans_swept"),
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "sweeping the outbox failed"),
+        }
+        self.cleanup_if_due().await;
+        let root = self.root.clone();
+        let finished = match blocking(move || root.finished_episodes()).await {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::error!(error = %e, dir = %self.root.episodes.display(), "cannot list episodes");
+                result.stopped_by = Some(format!("cannot list episodes: {e}"));
+                return result;
+            }
+        };
+        for name in &finished.invalid {
+            if self.warned_invalid.insert(name.clone()) {
+                tracing::warn!(dir = %name, "episode directory name is not a valid episode id; not shipped (rename it)");
+            }
+        }
+        result.scanned = finished.ready.len();
+        let ready: HashSet<&str> = finished.ready.iter().map(EpisodeId::as_str).collect();
+        self.state.retain_pending(|id| ready.contains(id));
+        self.sizes.retain(|id, _| ready.contains(id.as_str()));
+
+        let now = now_ms();
+        let mut probe = false;
+        if let Some(hold) = &self.state.state.hold {
+            if now < hold.recheck_ms {
+                result.on_hold = true;
+                result.held = finished.ready.len();
+                result.stopped_by = Some(format!("on hold: {}", hold.error));
+                self.finish(&mut result, started);
+                return result;
+            }
+            probe = true;
+        }
+        if let Some(backoff) = &self.state.state.backoff
+            && now < backoff.until_ms
+        {
+            result.waiting = finished.ready.len();
+            result.stopped_by = Some(format!(
+                "backing off until {} after: {}",
+                wall(backoff.until_ms),
+                backoff.last_error
+            ));
+            self.finish(&mut result, started);
+            return result;
+        }
+        let queue: Vec<EpisodeId> = finished
+            .ready
+            .into_iter()
+            .filter(|id| match self.state.state.episodes.get(id.as_str()) {
+                None => true,
+                Some(e) => {
+                    e.next_attempt_ms.is_none_or(|t| t <= now)
+                        && e.conflict.as_ref().is_none_or(|c| c.recheck_ms <= now)
+                }
+            })
+            .collect();
+        result.waiting = result.scanned - queue.len();
+        self.progress.set_episodes_total(queue.len() as u64);
+        self.ship(queue, probe, &mut result).await;
+        self.save_state();
+        self.finish(&mut result, started);
+        result
+    }
+
+    fn finish(&mut self, result: &mut PassResult, started: Instant) {
+        result.on_hold = self.state.state.hold.is_some();
+        result.duration_ms = started.elapsed().as_millis() as u64;
+        tracing::info!(
+            scanned = result.scanned,
+            shipped = result.shipped,
+            conflicts = result.conflicts,
+            fatal = result.fatal,
+            transient_failures = result.transient_failures,
+            held = result.held,
+            waiting = result.waiting,
+            bytes = result.bytes,
+            duration_ms = result.duration_ms,
+            "pass_complete"
+        );
+    }
+
+    /// The pipeline: pack ahead, upload with bounded concurrency, act on answers.
+    async fn ship(&mut self, queue: Vec<EpisodeId>, probe: bool, result: &mut PassResult) {
+        let concurrency = self.config.upload_concurrency;
+        let mut limit = if probe { 1 } else { concurrency };
+        let remaining = queue.len();
+        let (tx, mut rx) = mpsc::channel::<Result<Prepared, (EpisodeId, std::io::Error)>>(1);
+        let pack_stop = self.stop.child_token();
+        let packer = {
+            let (root, level, progress, stop) = (
+                self.root.clone(),
+                self.config.compression_level,
+                self.progress.clone(),
+                pack_stop.clone(),
+            );
+            tokio::spawn(async move {
+                for id in queue {
+                    if stop.is_cancelled() {
+                        break;
+                    }
+                    let (root, progress) = (root.clone(), progress.clone());
+                    let prepared = blocking(move || prepare(&root, id, level, &progress)).await;
+                    if tx.send(prepared).await.is_err() {
+                        break;
+                    }
+                }
+            })
+        };
+        let mut in_flight = FuturesUnordered::new();
+        let (mut launching, mut open) = (true, true);
+        loop {
+            let can_launch =
+                launching && open && in_flight.len() < limit && !self.stop.is_cancelled();
+            if !can_launch && in_flight.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some((prepared, reply, took)) = in_flight.next(), if !in_flight.is_empty() => {
+                    match self.act(prepared, reply, took, result).await {
+                        Next::Continue => {
+                            if probe {
+                                limit = concurrency;
+                            }
+                        }
+                        Next::Stop(why) => {
+                            launching = false;
+                            result.stopped_by.get_or_insert(why);
+                        }
+                        Next::Again(prepared) => {
+                            let head_first = self.head_first(&prepared.id);
+                            in_flight.push(ship_one(self.transport.clone(), prepared, head_first, self.progress.clone()));
+                        }
+                    }
+                }
+                item = rx.recv(), if can_launch => match item {
+                    None => open = false,
+                    Some(Err((id, e))) => self.pack_failed(&id, &e),
+                    Some(Ok(prepared)) => {
+                        let head_first = self.head_first(&prepared.id);
+                        in_flight.push(ship_one(self.transport.clone(), prepared, head_first, self.progress.clone()));
+                    }
+                },
+            }
+        }
+        pack_stop.cancel();
+        drop(rx);
+        let _ = packer.await;
+        if self.state.state.hold.is_some() {
+            // Everything this pass did not settle waits for the hold to end.
+            let settled =
+                result.shipped + result.fatal + result.conflicts + result.transient_failures;
+            result.held = remaining.saturating_sub(settled);
+        }
+        if self.stop.is_cancelled() {
+            result.stopped_by.get_or_insert_with(|| "stopping".into());
+        }
+    }
+
+    fn head_first(&self, id: &EpisodeId) -> bool {
+        self.state
+            .state
+            .episodes
+            .get(id.as_str())
+            .is_some_and(|e| e.head_first || e.conflict.is_some())
+    }
+
+    fn pack_failed(&mut self, id: &EpisodeId, error: &std::io::Error) {
+        if !self.root.episode_dir(Place::Episodes, id).exists() {
+            return; // removed while we looked: nothing to ship
+        }
+        let delay = policy::backoff(
+            1,
+            self.config.retry.initial_backoff.get(),
+            self.config.retry.max_backoff.get(),
+            unit_random(),
+        );
+        let episode = self.state.episode(id.as_str());
+        episode.next_attempt_ms = Some(now_ms() + delay.as_millis() as i64);
+        episode.last_error = Some(format!("packing: {error}"));
+        tracing::error!(episode_id = %id, error = %error, retry_in = %episode_common::Dur(delay), "cannot pack the episode");
+    }
+
+    /// Acts on one reply (protocol.md's last table, through `policy::action`).
+    async fn act(
+        &mut self,
+        prepared: Prepared,
+        reply: Reply,
+        took: Duration,
+        result: &mut PassResult,
+    ) -> Next {
+        let j = judge(&reply);
+        let id = prepared.id.clone();
+        let now = now_ms();
+        let episode = self.state.episode(id.as_str());
+        let attempt = episode.attempts + 1;
+        let repacks = episode.repacks;
+        let action = policy::action(j.class, repacks);
+        log_ship_result(&id, &j, attempt, prepared.packed.digests.bytes, took);
+        if j.class != Class::Hold && self.state.state.hold.take().is_some() {
+            tracing::info!(
+                status_code = j.status,
+                "hold_ended: the receiver accepts our requests again"
+            );
+        }
+        if j.class != Class::Transient {
+            self.state.state.backoff = None;
+        }
+        match action {
+            Action::Retire => {
+                let root = self.root.clone();
+                let retire_id = id.clone();
+                if let Err(e) = blocking(move || retire(&root, &retire_id)).await {
+                    tracing::error!(episode_id = %id, error = %e, "shipped but cannot move to shipped/; will be re-checked");
+                    return Next::Continue;
+                }
+                self.state.forget(id.as_str());
+                self.state.state.last_success_unix = Some(now / 1000);
+                self.sizes.remove(&id);
+                result.shipped += 1;
+                if j.outcome == "already_present" {
+                    result.already_present += 1;
+                }
+                result.bytes += prepared.packed.digests.bytes;
+                self.progress.episode_done();
+                Next::Continue
+            }
+            Action::LeaveConflict => {
+                let stored = match &reply {
+                    Reply::Answer(a) => a
+                        .problem
+                        .as_ref()
+                        .and_then(|p| p.extra.get("stored_sha256"))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned),
+                    Reply::HeadConflict(a) => a.repr_digest.map(|d| d.to_hex()),
+                    _ => None,
+                };
+                let episode = self.state.episode(id.as_str());
+                let since = episode
+                    .conflict
+                    .as_ref()
+                    .map_or(now / 1000, |c| c.since_unix);
+                record(episode, &j, attempt, now);
+                episode.conflict = Some(Conflict {
+                    since_unix: since,
+                    stored_sha256: stored,
+                    recheck_ms: now + policy::CONFLICT_RECHECK.as_millis() as i64,
+                });
+                self.keep_in_outbox(&prepared).await;
+                self.save_state();
+                result.conflicts += 1;
+                Next::Continue
+            }
+            Action::Repack => {
+                let episode = self.state.episode(id.as_str());
+                record(episode, &j, attempt, now);
+                episode.repacks += 1;
+                self.save_state();
+                result.repacked += 1;
+                let (root, level, progress) = (
+                    self.root.clone(),
+                    self.config.compression_level,
+                    self.progress.clone(),
+                );
+                let repacked = blocking(move || {
+                    root.remove_outbox(&id).map_err(|e| (id.clone(), e))?;
+                    prepare(&root, id, level, &progress)
+                })
+                .await;
+                match repacked {
+                    Ok(prepared) => Next::Again(prepared),
+                    Err((id, e)) => {
+                        self.pack_failed(&id, &e);
+                        Next::Continue
+                    }
+                }
+            }
+            Action::Quarantine => {
+                let body = match &reply {
+                    Reply::Answer(a) => a.body.clone(),
+                    _ => serde_json::Value::Null,
+                };
+                let reason = Reason {
+                    status_code: j.status,
+                    problem_type: j.problem_type.clone(),
+                    error: if j.status >= 500 {
+                        format!("server error {}", j.status)
+                    } else {
+                        format!("client error {}", j.status)
+                    },
+                    body,
+                    attempts: attempt,
+                    sha256: Some(prepared.packed.digests.sha256.to_hex()),
+                    quarantined_at_wall: wall(now),
+                    quarantined_at_unix: now / 1000,
+                    shipper_version: crate::VERSION.to_owned(),
+                };
+                let root = self.root.clone();
+                let (qid, qreason) = (id.clone(), reason.clone());
+                match blocking(move || quarantine::quarantine(&root, &qid, &qreason)).await {
+                    Ok(()) => {
+                        tracing::warn!(
+                            episode_id = %id,
+                            status_code = j.status,
+                            problem_type = j.problem_type.as_deref().unwrap_or(""),
+                            error = %j.error,
+                            "quarantined: the receiver will not take this episode as it is; see quarantine/{id}/quarantine_reason.json"
+                        );
+                        self.state.forget(id.as_str());
+                        self.sizes.remove(&id);
+                        result.fatal += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(episode_id = %id, error = %e, "cannot quarantine the episode")
+                    }
+                }
+                Next::Continue
+            }
+            Action::Hold => {
+                let failures = self.state.state.hold.as_ref().map_or(0, |h| h.failures) + 1;
+                let delay = self.backoff_delay(failures, j.retry_after);
+                let since = self
+                    .state
+                    .state
+                    .hold
+                    .as_ref()
+                    .map_or(now / 1000, |h| h.since_unix);
+                let episode = self.state.episode(id.as_str());
+                record(episode, &j, attempt, now);
+                if failures == 1 {
+                    tracing::error!(
+                        status_code = j.status,
+                        problem_type = j.problem_type.as_deref().unwrap_or(""),
+                        error = %j.error,
+                        recheck_in = %episode_common::Dur(delay),
+                        "hold_started: shipping paused; the receiver rejects our configuration or credentials (nothing is quarantined)"
+                    );
+                }
+                self.state.state.hold = Some(Hold {
+                    since_unix: since,
+                    status_code: j.status,
+                    problem_type: j.problem_type.clone(),
+                    error: j.error.clone(),
+                    failures,
+                    recheck_ms: now + delay.as_millis() as i64,
+                });
+                self.save_state();
+                result.on_hold = true;
+                Next::Stop(format!("hold: {}", j.error))
+            }
+            Action::Backoff => {
+                let failures = self.state.state.backoff.as_ref().map_or(0, |b| b.failures) + 1;
+                let delay = self.backoff_delay(failures, j.retry_after);
+                let episode = self.state.episode(id.as_str());
+                record(episode, &j, attempt, now);
+                episode.next_attempt_ms = Some(now + delay.as_millis() as i64);
+                episode.head_first = j.connection_level;
+                self.state.state.backoff = Some(Backoff {
+                    failures,
+                    until_ms: now + delay.as_millis() as i64,
+                    last_status: j.status,
+                    last_error: j.error.clone(),
+                });
+                self.save_state();
+                self.keep_in_outbox(&prepared).await;
+                result.transient_failures += 1;
+                Next::Stop(format!(
+                    "transient failure, retrying in {}: {}",
+                    episode_common::Dur(delay),
+                    j.error
+                ))
+            }
+        }
+    }
+
+    fn backoff_delay(&self, failures: u32, retry_after: Option<Duration>) -> Duration {
+        let retry = &self.config.retry;
+        let backoff = policy::backoff(
+            failures,
+            retry.initial_backoff.get(),
+            retry.max_backoff.get(),
+            unit_random(),
+        );
+        // Whole milliseconds: what is persisted is what is waited.
+        let delay = policy::retry_delay(backoff, retry_after);
+        Duration::from_millis(delay.as_millis() as u64)
+    }
+
+    /// Writes an in-memory archive to the outbox so the next pass sends the same bytes.
+    async fn keep_in_outbox(&self, prepared: &Prepared) {
+        if let pack::Body::Memory(_) = prepared.packed.body {
+            let (root, id, packed) = (
+                self.root.clone(),
+                prepared.id.clone(),
+                prepared.packed.clone(),
+            );
+            if let Err(e) = blocking(move || pack::persist(&root, &id, &packed)).await {
+                tracing::warn!(episode_id = %prepared.id, error = %e, "cannot keep the archive in the outbox; it will be packed again");
+            }
+        }
+    }
+
+    /// The one-line summary for systemd's STATUS and the logs.
+    pub async fn status_line(&mut self) -> String {
+        let root = self.root.clone();
+        let known: HashMap<EpisodeId, u64> = self.sizes.clone();
+        let (sizes, n_quarantine, oldest) = blocking(move || {
+            let mut sizes = known;
+            let ready = root
+                .finished_episodes()
+                .map(|f| f.ready)
+                .unwrap_or_default();
+            sizes.retain(|id, _| ready.contains(id));
+            for id in &ready {
+                if !sizes.contains_key(id) {
+                    let dir = root.episode_dir(Place::Episodes, id);
+                    let size = pack::collect_entries(&dir, id)
+                        .map(|(e, _)| pack::raw_size(&e))
+                        .unwrap_or(0);
+                    sizes.insert(id.clone(), size);
+                }
+            }
+            let oldest = ready.first().and_then(|id| episode_age(&root, id));
+            let n_quarantine = crate::layout::entries(&root.quarantine)
+                .map_or(0, |e| e.iter().filter(|(n, _)| !n.starts_with('.')).count());
+            (sizes, n_quarantine, oldest)
+        })
+        .await;
+        let backlog_bytes: u64 = sizes.values().sum();
+        let n_backlog = sizes.len();
+        self.sizes = sizes;
+        let mut line = format!("backlog {n_backlog} ({}", ByteSize(backlog_bytes));
+        if let Some(age) = oldest {
+            line.push_str(&format!(", oldest {}", human_age(age)));
+        }
+        line.push_str(&format!("), quarantine {n_quarantine}"));
+        match self.state.state.last_success_unix {
+            Some(t) => line.push_str(&format!(
+                ", last ship {} ago",
+                human_age((now_ms() / 1000 - t).max(0) as u64)
+            )),
+            None => line.push_str(", nothing shipped yet"),
+        }
+        if let Some(hold) = &self.state.state.hold {
+            line.push_str(&format!(", ON HOLD ({})", hold.error));
+        } else if let Some(b) = &self.state.state.backoff
+            && b.until_ms > now_ms()
+        {
+            line.push_str(&format!(", backing off ({})", b.last_error));
+        }
+        line
+    }
+}
+
+/// Age of a pending episode: from its ULID, else its directory's mtime.
+pub fn episode_age(root: &DataRoot, id: &EpisodeId) -> Option<u64> {
+    let now = time::OffsetDateTime::now_utc();
+    if let Some(t) = episode_common::wire::ulid_time(id.as_str()) {
+        return Some((now - t).whole_seconds().max(0) as u64);
+    }
+    crate::layout::mtime_age_secs(&root.episode_dir(Place::Episodes, id), SystemTime::now())
+}
+
+pub fn human_age(secs: u64) -> String {
+    match secs {
+        0..60 => format!("{secs}s"),
+        60..3600 => format!("{}m", secs / 60),
+        3600..86_400 => format!("{}h", secs / 3600),
+        _ => format!("{}d", secs / 86_400),
+    }
+}
+
+enum Next {
+    Continue,
+    /// Stop starting new uploads (hold, transient).
+    Stop(String),
+    /// Send this (repacked) episode again.
+    Again(Prepared),
+}
+
+fn record(episode: &mut crate::state::EpisodeState, j: &Judgement, attempt: u32, now_ms: i64) {
+    episode.attempts = attempt;
+    episode.last_status = j.status;
+    episode.last_problem = j.problem_type.clone();
+    episode.last_error = Some(j.error.clone()).filter(|e| !e.is_empty());
+    episode.last_attempt_unix = now_ms / 1000;
+}
+
+/// Moves a shipped episode to `shipped/` and drops its outbox files. Blocking.
+fn retire(root: &DataRoot, id: &EpisodeId) -> std::io::Result<()> {
+    match root.move_episode(id, Place::Episodes, Place::Shipped) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let name = format!("{id}.{}", now_ms() / 1000);
+            tracing::warn!(episode_id = %id, kept_as = %name, "shipped/{id} already exists; keeping both");
+            root.move_episode_to(id, Place::Episodes, Place::Shipped, &name)?;
+        }
+        Err(e) => return Err(e),
+    }
+    root.remove_outbox(id)
+}
+
+fn log_ship_result(id: &EpisodeId, j: &Judgement, attempt: u32, bytes: u64, took: Duration) {
+    let duration_ms = took.as_millis() as u64;
+    let problem_type = j.problem_type.as_deref().unwrap_or("");
+    let (outcome, status) = (j.outcome, j.status);
+    macro_rules! event {
+        ($level:ident) => {
+            tracing::$level!(
+                episode_id = %id,
+                outcome,
+                status_code = status,
+                problem_type,
+                error = %j.error,
+                attempt,
+                bytes,
+                duration_ms,
+                "ship_result outcome={outcome} status={status}"
+            )
+        };
+    }
+    match j.class {
+        Class::Shipped => event!(info),
+        Class::Transient | Class::Conflict | Class::Repack => event!(warn),
+        Class::Fatal | Class::Hold => event!(error),
+    }
+}
+
+/// For the tests: the sha256 of an outbox archive, if there is one.
+pub fn outbox_sha256(root: &DataRoot, id: &EpisodeId) -> Option<Sha256> {
+    let sidecar: PathBuf = root.sidecar(id);
+    let digests: pack::Digests = serde_json::from_slice(&std::fs::read(sidecar).ok()?).ok()?;
+    Some(digests.sha256)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use episode_common::problem::{Problem, Slug};
+
+    fn answer(status: u16, slug: Option<Slug>) -> Answer {
+        Answer {
+            status,
+            problem: slug.map(|s| Problem::new(s, "detail")),
+            body: serde_json::Value::Null,
+            retry_after: None,
+            repr_digest: None,
+            tar_digest: None,
+        }
+    }
+
+    #[test]
+    fn judges_replies_into_outcomes() {
+        let cases = [
+            (
+                Reply::Answer(answer(201, None)),
+                Class::Shipped,
+                "shipped",
+                201,
+                false,
+            ),
+            (
+                Reply::Answer(answer(200, None)),
+                Class::Shipped,
+                "already_present",
+                200,
+                false,
+            ),
+            (
+                Reply::HeadMatch(answer(200, None)),
+                Class::Shipped,
+                "already_present",
+                200,
+                false,
+            ),
+            (
+                Reply::HeadConflict(answer(200, None)),
+                Class::Conflict,
+                "conflict",
+                409,
+                false,
+            ),
+            (
+                Reply::Answer(answer(409, Some(Slug::Conflict))),
+                Class::Conflict,
+                "conflict",
+                409,
+                false,
+            ),
+            (
+                Reply::Answer(answer(400, Some(Slug::DigestMismatch))),
+                Class::Repack,
+                "repack",
+                400,
+                false,
+            ),
+            (
+                Reply::Answer(answer(400, Some(Slug::MissingCodeCommit))),
+                Class::Fatal,
+                "fatal",
+                400,
+                false,
+            ),
+            (
+                Reply::Answer(answer(401, Some(Slug::Unauthorized))),
+                Class::Hold,
+                "hold",
+                401,
+                false,
+            ),
+            (
+                Reply::Answer(answer(503, None)),
+                Class::Transient,
+                "transient",
+                503,
+                false,
+            ),
+            (
+                Reply::Failure(Failure::Connection("refused".into())),
+                Class::Transient,
+                "transient",
+                0,
+                true,
+            ),
+            (
+                Reply::Failure(Failure::Material("mTLS material missing".into())),
+                Class::Transient,
+                "transient",
+                0,
+                true,
+            ),
+        ];
+        for (reply, class, outcome, status, connection_level) in cases {
+            let j = judge(&reply);
+            assert_eq!(
+                (j.class, j.outcome, j.status, j.connection_level),
+                (class, outcome, status, connection_level)
+            );
+        }
+        let j = judge(&Reply::Answer(answer(400, Some(Slug::MissingCodeCommit))));
+        assert_eq!(j.problem_type.as_deref(), Some("missing-code-commit"));
+        assert!(j.error.contains("400 missing-code-commit"), "{}", j.error);
+    }
+
+    #[test]
+    fn ages_read_like_a_person_would_say_them() {
+        assert_eq!(human_age(5), "5s");
+        assert_eq!(human_age(300), "5m");
+        assert_eq!(human_age(7200), "2h");
+        assert_eq!(human_age(3 * 86_400), "3d");
+    }
+}

@@ -1,0 +1,229 @@
+//! Everything the shipper must remember across restarts, in `state/retry.json`.
+//!
+//! Owns per-episode retry records (attempts, next attempt, last answer, repacks,
+//! "ask with HEAD first", conflicts), the global backoff and hold, and the times of
+//! the last cleanup and the last success. Written atomically (temp, fsync, rename,
+//! fsync dir) only when it changed, so an idle pass writes nothing. A corrupt file
+//! is set aside with a warning and never blocks start-up; unknown fields are
+//! ignored so an older shipper can read a newer file.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use episode_common::fsx;
+use serde::{Deserialize, Serialize};
+
+pub const FILE_NAME: &str = "retry.json";
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct State {
+    #[serde(default)]
+    pub episodes: BTreeMap<String, EpisodeState>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<Backoff>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hold: Option<Hold>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_cleanup_unix: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_success_unix: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpisodeState {
+    #[serde(default)]
+    pub attempts: u32,
+    /// Unix milliseconds before which the episode is not tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_ms: Option<i64>,
+    #[serde(default)]
+    pub last_status: u16,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_problem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    #[serde(default)]
+    pub last_attempt_unix: i64,
+    #[serde(default)]
+    pub repacks: u32,
+    /// The last attempt lost its answer: ask with HEAD before sending again.
+    #[serde(default)]
+    pub head_first: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<Conflict>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub since_unix: i64,
+    pub stored_sha256: Option<String>,
+    pub recheck_ms: i64,
+}
+
+/// Shipping paused after transient failures.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Backoff {
+    pub failures: u32,
+    pub until_ms: i64,
+    pub last_status: u16,
+    pub last_error: String,
+}
+
+/// Shipping paused because the receiver says the configuration or credentials are wrong.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Hold {
+    pub since_unix: i64,
+    pub status_code: u16,
+    #[serde(default)]
+    pub problem_type: Option<String>,
+    pub error: String,
+    pub failures: u32,
+    pub recheck_ms: i64,
+}
+
+/// The state file and whether memory differs from it.
+#[derive(Debug)]
+pub struct StateFile {
+    path: PathBuf,
+    pub state: State,
+    saved: State,
+}
+
+impl StateFile {
+    /// Loads `state/retry.json`. A missing file is an empty state; a corrupt one is
+    /// renamed to `retry.json.corrupt-<unix>` and reported in the second value.
+    pub fn load(state_dir: &Path, now_unix: i64) -> io::Result<(Self, Option<String>)> {
+        let path = state_dir.join(FILE_NAME);
+        let (state, warning) = match std::fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => (State::default(), None),
+            Err(e) => {
+                return Err(io::Error::new(
+                    e.kind(),
+                    format!("reading {}: {e}", path.display()),
+                ));
+            }
+            Ok(bytes) => match serde_json::from_slice::<State>(&bytes) {
+                Ok(state) => (state, None),
+                Err(e) => {
+                    let aside = state_dir.join(format!("{FILE_NAME}.corrupt-{now_unix}"));
+                    std::fs::rename(&path, &aside)?;
+                    fsx::fsync_dir(state_dir)?;
+                    let warning = format!(
+                        "{} was corrupt ({e}); set aside as {}; starting with empty retry state",
+                        path.display(),
+                        aside.display()
+                    );
+                    (State::default(), Some(warning))
+                }
+            },
+        };
+        Ok((
+            Self {
+                path,
+                saved: state.clone(),
+                state,
+            },
+            warning,
+        ))
+    }
+
+    /// Reads the state without ever changing the disk (`status`, `check`, doctor).
+    pub fn peek(state_dir: &Path) -> Result<State, String> {
+        let path = state_dir.join(FILE_NAME);
+        match std::fs::read(&path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{} is corrupt: {e}", path.display())),
+        }
+    }
+
+    /// Writes the state if it changed since the last save.
+    pub fn save(&mut self) -> io::Result<()> {
+        if self.state == self.saved {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec_pretty(&self.state).map_err(io::Error::other)?;
+        fsx::write_atomic(&self.path, &bytes)?;
+        self.saved = self.state.clone();
+        Ok(())
+    }
+
+    pub fn episode(&mut self, id: &str) -> &mut EpisodeState {
+        self.state.episodes.entry(id.to_owned()).or_default()
+    }
+
+    pub fn forget(&mut self, id: &str) {
+        self.state.episodes.remove(id);
+    }
+
+    /// Drops records of episodes that are no longer pending (shipped, quarantined or
+    /// deleted while the shipper was down).
+    pub fn retain_pending(&mut self, pending: impl Fn(&str) -> bool) {
+        self.state.episodes.retain(|id, _| pending(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_writes_only_on_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, warning) = StateFile::load(dir.path(), 0).unwrap();
+        assert!(warning.is_none());
+        file.save().unwrap();
+        assert!(
+            !dir.path().join(FILE_NAME).exists(),
+            "nothing changed, nothing written"
+        );
+        file.episode("E1").attempts = 2;
+        file.state.backoff = Some(Backoff {
+            failures: 1,
+            until_ms: 99,
+            last_status: 503,
+            last_error: "x".into(),
+        });
+        file.save().unwrap();
+        let mtime = std::fs::metadata(dir.path().join(FILE_NAME))
+            .unwrap()
+            .modified()
+            .unwrap();
+        file.save().unwrap();
+        assert_eq!(
+            std::fs::metadata(dir.path().join(FILE_NAME))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            mtime
+        );
+        let (again, _) = StateFile::load(dir.path(), 0).unwrap();
+        assert_eq!(again.state, file.state);
+        assert_eq!(StateFile::peek(dir.path()).unwrap(), file.state);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_set_aside_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(FILE_NAME), b"{\"episodes\": {\"E1\": ").unwrap();
+        assert!(StateFile::peek(dir.path()).unwrap_err().contains("corrupt"));
+        let (file, warning) = StateFile::load(dir.path(), 1234).unwrap();
+        assert_eq!(file.state, State::default());
+        assert!(warning.unwrap().contains("set aside"));
+        assert!(dir.path().join("retry.json.corrupt-1234").exists());
+        assert!(!dir.path().join(FILE_NAME).exists());
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            br#"{"episodes": {}, "future_field": 1}"#,
+        )
+        .unwrap();
+        assert!(StateFile::load(dir.path(), 0).unwrap().1.is_none());
+    }
+}
