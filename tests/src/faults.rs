@@ -302,3 +302,87 @@ fn forward_down(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::raw::plain_connect;
+    use crate::stub::{Reply, StubServer};
+
+    fn put(conn_addr: SocketAddr, body_len: usize) -> crate::raw::RawConn {
+        let mut conn = plain_connect(conn_addr).unwrap();
+        let len = body_len.to_string();
+        conn.send_head("PUT", "/v1/x", &[("Content-Length", len.as_str())])
+            .unwrap();
+        let _ = conn.send(&vec![7u8; body_len]);
+        conn
+    }
+
+    #[test]
+    fn passes_bytes_and_counts_them() {
+        let stub = StubServer::new(Reply::new(201, &[], serde_json::json!({"ok": true})));
+        let proxy = FaultProxy::new(stub.addr());
+        let mut conn = put(proxy.addr(), 5000);
+        let response = conn.read_response(Duration::from_secs(5)).unwrap();
+        assert_eq!(response.status, 201);
+        assert_eq!(stub.requests()[0].body_len, 5000);
+        assert_eq!(proxy.connections(), 1);
+        assert!(proxy.bytes_up() > 5000);
+    }
+
+    #[test]
+    fn cuts_after_n_bytes() {
+        let stub = StubServer::new(Reply::new(201, &[], serde_json::json!({})));
+        let proxy = FaultProxy::new(stub.addr());
+        proxy.set_mode(Mode::CutAfter(100));
+        let mut conn = put(proxy.addr(), 10_000);
+        assert!(conn.closed_within(Duration::from_secs(5)));
+        assert_eq!(proxy.bytes_up(), 100);
+        assert_eq!(stub.count("PUT"), 0);
+    }
+
+    #[test]
+    fn stalls_after_n_bytes_and_keeps_the_connection() {
+        let stub = StubServer::new(Reply::new(201, &[], serde_json::json!({})));
+        let proxy = FaultProxy::new(stub.addr());
+        proxy.set_mode(Mode::StallAfter(100));
+        let mut conn = put(proxy.addr(), 10_000);
+        assert!(!conn.closed_within(Duration::from_millis(300)));
+        assert_eq!(proxy.bytes_up(), 100);
+        assert_eq!(stub.count("PUT"), 0);
+        // Back to normal for new connections.
+        proxy.set_mode(Mode::Pass);
+        let mut conn = put(proxy.addr(), 10);
+        assert_eq!(
+            conn.read_response(Duration::from_secs(5)).unwrap().status,
+            201
+        );
+    }
+
+    #[test]
+    fn refuses_and_moves_upstream() {
+        let first = StubServer::new(Reply::new(200, &[], serde_json::json!({"which": 1})));
+        let second = StubServer::new(Reply::new(200, &[], serde_json::json!({"which": 2})));
+        let proxy = FaultProxy::new(first.addr());
+        proxy.set_mode(Mode::Refuse);
+        let mut conn = plain_connect(proxy.addr()).unwrap();
+        assert!(conn.closed_within(Duration::from_secs(5)));
+        proxy.set_mode(Mode::Pass);
+        proxy.set_upstream(second.addr());
+        let mut conn = put(proxy.addr(), 1);
+        let response = conn.read_response(Duration::from_secs(5)).unwrap();
+        assert_eq!(response.json()["which"], 2);
+        assert_eq!((first.count("PUT"), second.count("PUT")), (0, 1));
+        assert_eq!(proxy.connections(), 2);
+    }
+
+    #[test]
+    fn a_black_hole_accepts_and_never_answers() {
+        let hole = BlackHole::new();
+        let mut conn = put(hole.addr(), 10);
+        let err = conn.read_response(Duration::from_millis(300)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(hole.connections(), 1);
+        assert!(hole.url().starts_with("https://127.0.0.1:"));
+    }
+}

@@ -29,7 +29,9 @@ pub use faults::{BlackHole, FaultProxy, Mode};
 pub use notify::NotifySocket;
 pub use process::{Proc, bin};
 pub use raw::{RawConn, RawResponse, connect, plain_connect, put_headers, tls_connect};
-pub use receiver::{Answer, Receiver, ReceiverPaths, error_chain, https_client};
+pub use receiver::{
+    Answer, Receiver, ReceiverPaths, error_chain, http_client, http_client_builder, https_client,
+};
 pub use stub::{Reply, StubServer};
 
 /// Polls `f` every 10 ms until it returns true; panics naming `what` after `timeout`.

@@ -108,3 +108,27 @@ impl Drop for NotifySocket {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_datagrams_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = NotifySocket::bind(&dir.path().join("n.sock"));
+        let client = UnixDatagram::unbound().unwrap();
+        for msg in [
+            "READY=1\nSTATUS=up\n",
+            "WATCHDOG=1\n",
+            "WATCHDOG=1\n",
+            "STOPPING=1\n",
+        ] {
+            client.send_to(msg.as_bytes(), socket.path()).unwrap();
+        }
+        let stopping = socket.wait_for(Duration::from_secs(5), "STOPPING=1");
+        assert!(socket.first("READY=1").unwrap() <= stopping);
+        assert_eq!(socket.count("WATCHDOG=1"), 2);
+        assert_eq!(socket.messages().len(), 4);
+    }
+}

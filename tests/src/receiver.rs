@@ -329,6 +329,22 @@ pub fn https_client(ca: &Path, identity: Option<(&Path, &Path)>) -> Client {
         .expect("build client")
 }
 
+/// A client builder for plain-HTTP servers (the stub server): TLS is configured
+/// with no trusted roots, so no process-wide rustls provider is needed (reqwest's
+/// own `Client::new()` panics in this workspace: it is built without a provider).
+/// 10 s timeout.
+pub fn http_client_builder() -> reqwest::blocking::ClientBuilder {
+    let config = episode_common::tls::client_config(Some(&[]), None).expect("client config");
+    Client::builder()
+        .tls_backend_preconfigured(config)
+        .timeout(Duration::from_secs(10))
+}
+
+/// A client for plain-HTTP servers; see `http_client_builder`.
+pub fn http_client() -> Client {
+    http_client_builder().build().expect("build client")
+}
+
 /// An error and all its sources on one line.
 pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();

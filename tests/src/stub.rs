@@ -313,3 +313,79 @@ fn reason(status: u16) -> &'static str {
         _ => "Status",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_as_told_and_records_requests() {
+        let stub = StubServer::new(Reply::problem(503, "unavailable"));
+        let client = crate::receiver::http_client();
+        let url = format!("{}/v1/episodes/lab1/01X", stub.url());
+        let response = client
+            .put(&url)
+            .header("x-host-id", "lab1")
+            .body(vec![1u8; 3000])
+            .send()
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 503);
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+        let body: serde_json::Value = serde_json::from_slice(&response.bytes().unwrap()).unwrap();
+        assert_eq!(body["type"], "unavailable");
+
+        stub.set_reply(Reply::new(
+            307,
+            &[("Location", "http://127.0.0.1:1/elsewhere")],
+            serde_json::json!({}),
+        ));
+        let no_redirects = crate::receiver::http_client_builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
+        let response = no_redirects.head(&url).send().unwrap();
+        assert_eq!(response.status().as_u16(), 307);
+        assert_eq!(
+            response.headers()["location"],
+            "http://127.0.0.1:1/elsewhere"
+        );
+
+        let requests = stub.requests();
+        assert_eq!(requests.len(), 2);
+        assert_eq!(
+            (requests[0].method.as_str(), requests[0].path.as_str()),
+            ("PUT", "/v1/episodes/lab1/01X")
+        );
+        assert_eq!(requests[0].body_len, 3000);
+        assert_eq!(requests[0].header("X-Host-Id"), Some("lab1"));
+        assert_eq!(
+            (stub.count("PUT"), stub.count("HEAD"), stub.count("GET")),
+            (1, 1, 0)
+        );
+    }
+
+    #[test]
+    fn reads_chunked_bodies_and_keeps_connections_alive() {
+        let stub = StubServer::new(Reply::new(200, &[], serde_json::json!({"ok": true})));
+        let mut conn = crate::raw::plain_connect(stub.addr()).unwrap();
+        conn.send_head("PUT", "/a", &[("Transfer-Encoding", "chunked")])
+            .unwrap();
+        conn.send(b"5\r\nhello\r\n3\r\nabc\r\n0\r\n\r\n").unwrap();
+        assert_eq!(
+            conn.read_response(Duration::from_secs(5)).unwrap().status,
+            200
+        );
+        conn.send_head("GET", "/b", &[("Content-Length", "0")])
+            .unwrap();
+        assert_eq!(
+            conn.read_response(Duration::from_secs(5)).unwrap().status,
+            200
+        );
+        let requests = stub.requests();
+        assert_eq!(requests[0].body_len, 8);
+        assert_eq!(requests[1].path, "/b");
+    }
+}

@@ -91,14 +91,27 @@ fn the_handshake_fails_without_a_certificate_from_the_client_ca() {
     let rogue_put = rcv.put_with(&rogue, "lab1", "01EPISODE", &body, &[]);
     assert!(rogue_put.is_err(), "rogue CA certificate got {rogue_put:?}");
 
+    let now = time::OffsetDateTime::now_utc();
+    let (expired_cert, expired_key) = env.pki.issue_client(
+        "lab1",
+        now - time::Duration::days(10),
+        now - time::Duration::days(1),
+    );
+    let expired = https_client(&env.pki.ca, Some((&expired_cert, &expired_key)));
+    let expired_put = rcv.put_with(&expired, "lab1", "01EPISODE", &body, &[]);
+    assert!(
+        expired_put.is_err(),
+        "expired certificate got {expired_put:?}"
+    );
+
     assert!(rcv.stored("lab1", "01EPISODE").is_none());
     assert!(rcv.index_rows().is_empty());
     // The receiver saw (and counted) the refused handshakes.
     let lab1 = rcv.client("lab1");
     wait_until(
         Duration::from_secs(5),
-        "3 failed handshakes counted",
-        || metric(&rcv, &lab1, "receiver_tls_handshake_failures_total") >= 3.0,
+        "4 failed handshakes counted",
+        || metric(&rcv, &lab1, "receiver_tls_handshake_failures_total") >= 4.0,
     );
     // The receiver is up and serving the right clients all along.
     let ok = rcv.put(&rcv.client("lab1"), "lab1", "01EPISODE", &body);
