@@ -2,7 +2,8 @@
 //! the test says (503, 401, 404, 3xx, …).
 //!
 //! Owns a listener on 127.0.0.1:0, one thread per connection (keep-alive; bodies by
-//! Content-Length or chunked, read and counted, not kept), the reply (status,
+//! Content-Length or chunked, read and counted, not kept; a request whose body is
+//! cut short is neither recorded nor answered), the reply (status,
 //! headers, JSON body; changeable at runtime) and a record of every request. It
 //! does not speak TLS or HTTP/2. Invariant: every request is recorded before it is
 //! answered, so a client that saw an answer finds its request in `requests()`.
@@ -211,7 +212,10 @@ fn serve(stream: TcpStream, shared: &Shared) {
                 .header("content-length")
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
-            std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink()).ok()
+            // A body cut short is no request: the client never finished sending it.
+            std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink())
+                .ok()
+                .filter(|n| *n == len)
         };
         let Some(body_len) = body_len else { return };
         request.body_len = body_len;
