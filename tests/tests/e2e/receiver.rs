@@ -68,6 +68,18 @@ fn a_client_certificate_cannot_write_under_another_host() {
         .put_with(&lab1, "lab1", "01EPISODE", &body, &[("x-host-id", "lab1")])
         .unwrap();
     assert_eq!(own.status, 201, "{own:#?}");
+    assert_eq!(own.header("location"), Some("/v1/episodes/lab1/01EPISODE"));
+    assert_eq!(
+        own.header("repr-digest"),
+        Some(Sha256::of(&body).to_field().as_str())
+    );
+    assert_eq!(own.body["host_id"], "lab1");
+    assert_eq!(own.body["episode_id"], "01EPISODE");
+    assert_eq!(own.body["sha256"], Sha256::of(&body).to_hex());
+    assert_eq!(own.body["bytes"], body.len() as u64);
+    assert_eq!(own.body["code_commit"], episode_e2e::receiver::CODE_COMMIT);
+    assert_eq!(own.body["stored"], "created");
+    assert!(own.body["received_at"].is_string(), "{own:#?}");
     let own2 = rcv.put(&rcv.client("lab2"), "lab2", "01EPISODE", &body);
     assert_eq!(own2.status, 201, "{own2:#?}");
     let rows = rcv.index_rows();
@@ -534,8 +546,9 @@ fn a_person_with_curl_can_upload() {
             serde_json::from_slice(&std::fs::read(&out_path).unwrap()).unwrap_or(Value::Null);
         (code.parse().unwrap(), content_type.to_owned(), body)
     };
+    // Over 1 MiB, so curl sends `Expect: 100-continue` and waits for the go-ahead.
     let file = dir.join("episode.tar.zst");
-    std::fs::write(&file, bytes(50_000, 11)).unwrap();
+    std::fs::write(&file, bytes(2 << 20, 11)).unwrap();
     let (code, _, body) = curl(&file, "first.json");
     assert_eq!(code, 201, "{body}");
     assert_eq!(body["stored"], "created");
@@ -543,7 +556,7 @@ fn a_person_with_curl_can_upload() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(body["stored"], "already_present");
     let other = dir.join("other.tar.zst");
-    std::fs::write(&other, bytes(50_000, 12)).unwrap();
+    std::fs::write(&other, bytes(2 << 20, 12)).unwrap();
     let (code, content_type, body) = curl(&other, "third.json");
     assert_eq!(code, 409, "{body}");
     assert_eq!(content_type, "application/problem+json");
@@ -956,4 +969,115 @@ fn sigterm_abandons_an_upload_that_outlasts_the_grace() {
     // The next start cleans up whatever the abandoned upload left.
     let rcv = env.spawn_receiver(&cfg);
     assert!(rcv.incoming_files().is_empty());
+}
+
+#[test]
+fn an_index_whose_last_row_lacks_its_newline_keeps_that_row() {
+    let env = TestEnv::new("unterminated-index");
+    let cfg = env.receiver_config("r", true, "");
+    let mut rcv = env.spawn_receiver(&cfg);
+    let first = bytes(2000, 18);
+    assert_eq!(
+        rcv.put(&rcv.client("lab1"), "lab1", "01FIRST", &first)
+            .status,
+        201
+    );
+    rcv.process.kill();
+    let text = std::fs::read_to_string(&rcv.index_path).unwrap();
+    let row_before: Value = serde_json::from_str(text.trim_end()).unwrap();
+    std::fs::write(&rcv.index_path, text.trim_end_matches('\n')).unwrap();
+
+    let rcv = env.spawn_receiver(&cfg);
+    let created = rcv.put(&rcv.client("lab1"), "lab1", "01SECOND", &bytes(100, 19));
+    assert_eq!(created.status, 201, "{created:#?}");
+    let rows = rcv.index_rows();
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    // The first row survives as it was written (not rebuilt from the archive).
+    assert_eq!(rows[0], row_before);
+    assert_eq!(rows[1]["episode_id"], "01SECOND");
+}
+
+/// Peak resident memory of a process (VmHWM), in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmHWM in /proc/<pid>/status")
+        * 1024
+}
+
+#[test]
+fn a_large_upload_streams_through_bounded_memory() {
+    let env = TestEnv::new("large-upload");
+    let rcv = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let client = rcv.client("lab1");
+    // Warm up: one small upload so buffers and threads exist before measuring.
+    assert_eq!(
+        rcv.put(&client, "lab1", "01WARM", &bytes(100_000, 20))
+            .status,
+        201
+    );
+    let before = peak_rss(rcv.process.pid());
+    let body = bytes(96 << 20, 21);
+    let answer = rcv.put(&client, "lab1", "01LARGE", &body);
+    assert_eq!(answer.status, 201, "{answer:#?}");
+    let grown = peak_rss(rcv.process.pid()).saturating_sub(before);
+    eprintln!(
+        "peak RSS {} KiB before, grew by {} KiB",
+        before >> 10,
+        grown >> 10
+    );
+    assert!(
+        grown < 24 << 20,
+        "peak RSS grew by {} MiB for a 96 MiB upload",
+        grown >> 20
+    );
+    assert_eq!(
+        std::fs::metadata(rcv.paths().archive("lab1", "01LARGE"))
+            .unwrap()
+            .len(),
+        body.len() as u64
+    );
+    assert_eq!(rcv.index_rows()[1]["sha256"], Sha256::of(&body).to_hex());
+}
+
+#[test]
+fn a_replaced_client_ca_takes_effect_without_restart() {
+    let env = TestEnv::new("client-ca-reload");
+    // The receiver trusts clients through its own copy of the client CA file.
+    let client_ca = env.dir("r").join("clients-ca.pem");
+    std::fs::copy(&env.pki.ca, &client_ca).unwrap();
+    let cfg = env.receiver_config(
+        "r",
+        false,
+        &format!(
+            "[tls]\ncert = {}\nkey = {}\nclient_ca = {}\n",
+            episode_e2e::env::toml_str(&env.pki.server_cert),
+            episode_e2e::env::toml_str(&env.pki.server_key),
+            episode_e2e::env::toml_str(&client_ca),
+        ),
+    );
+    let rcv = env.spawn_receiver(&cfg);
+    let livez = |cert: &std::path::Path, key: &std::path::Path| {
+        https_client(&env.pki.ca, Some((cert, key)))
+            .get(format!("{}/livez", rcv.url))
+            .send()
+            .map(|r| r.status().as_u16())
+    };
+    let (lab1_cert, lab1_key) = rcv.identity("lab1");
+    assert_eq!(livez(lab1_cert, lab1_key).unwrap(), 200);
+    assert!(livez(&env.pki.rogue_cert, &env.pki.rogue_key).is_err());
+
+    replace_file(&env.pki.rogue_ca, &client_ca);
+    wait_until(
+        Duration::from_secs(8),
+        "the new client CA to be trusted",
+        || livez(&env.pki.rogue_cert, &env.pki.rogue_key).is_ok_and(|s| s == 200),
+    );
+    assert!(
+        livez(lab1_cert, lab1_key).is_err(),
+        "a certificate of the replaced CA is still accepted"
+    );
 }
