@@ -151,6 +151,35 @@ mod tests {
     use super::*;
 
     #[test]
+    fn receiver_configs_take_extra_keys_and_tables() {
+        let env = TestEnv::new("config-writer");
+        let path = env.receiver_config(
+            "r",
+            true,
+            "free_space_reserve = \"0\"\nmax_episode_bytes = \"1MiB\"\n[window]\nmax_age = \"1d\"\n[auth]\nbearer_token_file = \"/t\"\n",
+        );
+        let table: toml::Table = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+        assert_eq!(table["free_space_reserve"].as_str(), Some("0"));
+        assert_eq!(table["max_episode_bytes"].as_str(), Some("1MiB"));
+        assert_eq!(
+            table["store_root"].as_str().map(Path::new),
+            Some(env.root().join("r/store").as_path())
+        );
+        assert_eq!(
+            table["tls"]["client_ca"].as_str().map(Path::new),
+            Some(env.pki.ca.as_path())
+        );
+        assert_eq!(table["window"]["max_age"].as_str(), Some("1d"));
+        assert_eq!(table["auth"]["bearer_token_file"].as_str(), Some("/t"));
+        let plain: toml::Table = std::fs::read_to_string(env.receiver_config("p", false, ""))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(!plain.contains_key("tls"));
+        assert_eq!(plain["free_space_reserve"].as_str(), Some("1MiB"));
+    }
+
+    #[test]
     fn splits_top_level_keys_from_tables() {
         assert_eq!(split_top_level("a = 1\n"), ("a = 1\n", ""));
         assert_eq!(

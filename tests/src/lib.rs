@@ -8,6 +8,22 @@
 //! itself; the tests in `tests/e2e/` do. Invariant: everything binds 127.0.0.1:0 and
 //! lives under its env's temp root, so tests run in parallel, and every child and
 //! thread it starts is stopped when its owner drops.
+//!
+//! A test reads like this (`E2E_KEEP=1` keeps the temp tree and prints its path):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use episode_e2e::{FaultProxy, Mode, TestEnv, wait_until};
+//!
+//! let env = TestEnv::new("example");
+//! let config = env.receiver_config("r", true, "max_episode_bytes = \"1MiB\"\n[window]\nmax_age = \"1d\"\n");
+//! let receiver = env.spawn_receiver(&config);
+//! let answer = receiver.put(&receiver.client("lab1"), "lab1", "01EPISODE", b"archive");
+//! assert_eq!(answer.status, 201, "{answer:#?}");
+//! let proxy = FaultProxy::new(receiver.addr); // point a shipper at proxy.url()
+//! proxy.set_mode(Mode::StallAfter(4096));
+//! wait_until(Duration::from_secs(5), "one row", || receiver.index_rows().len() == 1);
+//! ```
 
 pub mod env;
 pub mod episodes;

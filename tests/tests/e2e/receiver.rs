@@ -683,18 +683,27 @@ fn listening_on_port_0_prints_the_real_port() {
 fn check_passes_a_consistent_store_and_names_an_episode_whose_archive_is_gone() {
     let env = TestEnv::new("check");
     let cfg = env.receiver_config("r", true, "");
-    let mut rcv = env.spawn_receiver(&cfg);
-    for episode in ["01KEPT", "01LOST"] {
-        let put = rcv.put(&rcv.client("lab1"), "lab1", episode, &bytes(1000, 13));
-        assert_eq!(put.status, 201, "{put:#?}");
-    }
-    rcv.process.kill();
     let check = |env: &TestEnv| {
         run_receiver(
             env,
             &["--config".as_ref(), cfg.as_os_str(), "check".as_ref()],
         )
     };
+    // First boot: nothing exists yet, which is fine, and check creates nothing.
+    let before = tree(env.root());
+    let (code, stdout, stderr) = check(&env);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let logs = |t: Vec<String>| -> Vec<String> {
+        t.into_iter().filter(|p| !p.starts_with("logs/")).collect()
+    };
+    assert_eq!(logs(tree(env.root())), logs(before));
+
+    let mut rcv = env.spawn_receiver(&cfg);
+    for episode in ["01KEPT", "01LOST"] {
+        let put = rcv.put(&rcv.client("lab1"), "lab1", episode, &bytes(1000, 13));
+        assert_eq!(put.status, 201, "{put:#?}");
+    }
+    rcv.process.kill();
     let (code, stdout, stderr) = check(&env);
     assert_eq!(code, 0, "{stdout}\n{stderr}");
 
@@ -1080,4 +1089,24 @@ fn a_replaced_client_ca_takes_effect_without_restart() {
         livez(lab1_cert, lab1_key).is_err(),
         "a certificate of the replaced CA is still accepted"
     );
+}
+
+#[test]
+fn a_listen_address_in_use_is_a_runtime_failure_naming_it() {
+    let env = TestEnv::new("addr-in-use");
+    let first = env.spawn_receiver(&env.receiver_config("a", true, ""));
+    let cfg = env.receiver_config("b", true, "");
+    let addr = first.addr.to_string();
+    let (code, _, stderr) = run_receiver(
+        &env,
+        &[
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--listen".as_ref(),
+            addr.as_ref(),
+            "run".as_ref(),
+        ],
+    );
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&addr), "{stderr}");
 }
