@@ -793,6 +793,12 @@ fn a_changed_token_file_takes_effect_without_restart_and_an_empty_one_is_ignored
     };
     assert_eq!(health("token-one").0, 200);
     assert_eq!(health("token-two"), (401, Some("Bearer".to_owned())));
+    // /livez needs no token; uploads and metrics do.
+    assert_eq!(rcv.get(&client, "/livez").unwrap().status, 200);
+    assert_problem(&rcv.get(&client, "/metrics").unwrap(), 401, "unauthorized");
+    let no_token = rcv.put(&client, "lab1", "01TOKEN", b"x");
+    assert_problem(&no_token, 401, "unauthorized");
+    assert_eq!(no_token.header("www-authenticate"), Some("Bearer"));
 
     let next = env.dir("secrets").join("token.next");
     std::fs::write(&next, "token-two\n").unwrap();
@@ -1109,4 +1115,53 @@ fn a_listen_address_in_use_is_a_runtime_failure_naming_it() {
     );
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains(&addr), "{stderr}");
+}
+
+#[test]
+fn the_same_content_in_another_compression_is_already_present() {
+    let env = TestEnv::new("tar-digest");
+    let rcv = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let lab1 = rcv.client("lab1");
+    let events = episode_e2e::episodes::jsonl(&mut rand::rng(), 200_000);
+    let packed = pack("01SAMETAR", &[("events.jsonl", &events[..])]);
+    let tar_digest = packed.tar_sha256.to_field();
+    let first = rcv
+        .put_with(
+            &lab1,
+            "lab1",
+            "01SAMETAR",
+            &packed.bytes,
+            &[("x-tar-digest", &tar_digest)],
+        )
+        .unwrap();
+    assert_eq!(first.status, 201, "{first:#?}");
+
+    // The same tar stream, compressed harder: other bytes, same content.
+    let tar_bytes = zstd::decode_all(&packed.bytes[..]).unwrap();
+    let recompressed = zstd::encode_all(&tar_bytes[..], 19).unwrap();
+    assert_ne!(recompressed, packed.bytes);
+    let again = rcv
+        .put_with(
+            &lab1,
+            "lab1",
+            "01SAMETAR",
+            &recompressed,
+            &[("x-tar-digest", &tar_digest)],
+        )
+        .unwrap();
+    assert_eq!(again.status, 200, "{again:#?}");
+    assert_eq!(again.body["stored"], "already_present");
+    // A 200 reports the archive that is stored, not the one just sent.
+    assert_eq!(again.body["sha256"], packed.sha256.to_hex());
+    assert_eq!(again.body["bytes"], packed.bytes.len() as u64);
+
+    let head = rcv.head(&lab1, "lab1", "01SAMETAR");
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("x-tar-digest"), Some(tar_digest.as_str()));
+    assert_eq!(
+        head.header("content-length"),
+        Some(packed.bytes.len().to_string().as_str())
+    );
+    assert_eq!(rcv.stored("lab1", "01SAMETAR"), Some(packed.bytes.clone()));
+    assert_eq!(rcv.index_rows().len(), 1);
 }
