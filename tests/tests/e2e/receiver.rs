@@ -85,6 +85,15 @@ fn a_client_certificate_cannot_write_under_another_host() {
     let rows = rcv.index_rows();
     assert_eq!(rows_for(&rows, "lab1", "01EPISODE")[0]["client"], "lab1");
     assert_eq!(rows_for(&rows, "lab2", "01EPISODE")[0]["client"], "lab2");
+
+    // Nor read about another host's episodes, nor speak for it.
+    assert_eq!(rcv.head(&lab1, "lab2", "01EPISODE").status, 403);
+    let health = lab1
+        .get(format!("{}/v1/health", rcv.url))
+        .header("x-host-id", "lab2")
+        .send()
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 403);
 }
 
 // 2
@@ -1164,4 +1173,38 @@ fn the_same_content_in_another_compression_is_already_present() {
     );
     assert_eq!(rcv.stored("lab1", "01SAMETAR"), Some(packed.bytes.clone()));
     assert_eq!(rcv.index_rows().len(), 1);
+}
+
+#[test]
+#[ignore = "receiver bug: an index row whose archive is gone still gets 200 already_present (and HEAD 200), so the shipper retires an episode the store lost"]
+fn a_row_whose_archive_is_gone_never_answers_already_present() {
+    let env = TestEnv::new("lost-archive");
+    let cfg = env.receiver_config("r", true, "");
+    let mut rcv = env.spawn_receiver(&cfg);
+    let body = bytes(5000, 22);
+    assert_eq!(
+        rcv.put(&rcv.client("lab1"), "lab1", "01GONE", &body).status,
+        201
+    );
+    rcv.process.kill();
+    // The archive is lost (disk trouble, an operator's rm); its index row stays.
+    std::fs::remove_file(rcv.paths().archive("lab1", "01GONE")).unwrap();
+
+    let rcv = env.spawn_receiver(&cfg);
+    let lab1 = rcv.client("lab1");
+    let head = rcv.head(&lab1, "lab1", "01GONE");
+    assert_ne!(
+        head.status, 200,
+        "HEAD reports an archive that is not stored"
+    );
+    // A re-upload must not be told "already present" unless the archive is stored
+    // once the answer is sent.
+    let again = rcv.put(&lab1, "lab1", "01GONE", &body);
+    assert!(
+        !(200..300).contains(&again.status)
+            || rcv.stored("lab1", "01GONE").as_deref() == Some(&body[..]),
+        "answered {} {} while the store has no archive",
+        again.status,
+        again.body
+    );
 }
