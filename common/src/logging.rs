@@ -50,9 +50,12 @@ pub fn init(format: LogFormat, identifier: &str) {
         registry.with(journal).init();
         return;
     }
+    use std::io::IsTerminal as _;
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let stderr = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(colour);
     if format == LogFormat::Json {
         registry
             .with(

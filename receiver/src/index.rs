@@ -94,20 +94,19 @@ impl Index {
         Some(arc)
     }
 
-    /// Inserts unless present; returns false for a duplicate key.
+    /// Sets the entry of a key; returns false when it replaced one (a later row for
+    /// the same key: an archive that was lost and uploaded again).
     fn insert(&self, host_id: HostId, episode_id: EpisodeId, entry: Entry) -> bool {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let inserted = match map.entry(host_id).or_default().entry(episode_id) {
-            std::collections::hash_map::Entry::Occupied(_) => false,
-            std::collections::hash_map::Entry::Vacant(v) => {
-                v.insert(entry);
-                true
-            }
-        };
-        if inserted {
+        let fresh = map
+            .entry(host_id)
+            .or_default()
+            .insert(episode_id, entry)
+            .is_none();
+        if fresh {
             self.rows.fetch_add(1, Ordering::Relaxed);
         }
-        inserted
+        fresh
     }
 
     pub fn entry_of(&self, row: &IndexRow) -> Entry {
@@ -131,7 +130,8 @@ pub struct LoadReport {
     pub torn_tail: Option<(u64, usize, bool)>,
     /// Lines that are not valid rows: `(line number, error)`. Kept in the file.
     pub bad_lines: Vec<(u64, String)>,
-    /// Keys that appear more than once (the first row wins).
+    /// Keys that appear more than once (the last row wins: a later row is written
+    /// only when an archive was lost and uploaded again).
     pub duplicates: Vec<(HostId, EpisodeId)>,
 }
 
@@ -277,6 +277,27 @@ impl IndexFile {
     }
 }
 
+/// The stored entry of a key, if its archive is really in the store. An index row
+/// whose archive is gone (deleted by hand, lost to a disk) counts as not stored, so
+/// the receiver never reports an archive it could not hand back. Blocking (a stat).
+pub fn stored_entry(
+    index: &Index,
+    store_root: &Path,
+    host_id: &HostId,
+    episode_id: &EpisodeId,
+) -> Option<Entry> {
+    let entry = index.get(host_id, episode_id)?;
+    if archive_path(store_root, host_id, episode_id).exists() {
+        return Some(entry);
+    }
+    tracing::error!(
+        host_id = %host_id,
+        episode_id = %episode_id,
+        "archive_missing: the index has a row but the store has no archive; treating it as not stored"
+    );
+    None
+}
+
 /// An upload, verified and fsynced in `incoming_root`, asking to be published.
 pub struct Publish {
     pub temp: PathBuf,
@@ -386,17 +407,18 @@ impl CommitLoop {
         let mut keys_in_batch: HashSet<(HostId, EpisodeId)> = HashSet::new();
         for publish in batch {
             let (host_id, episode_id) = (&publish.row.host_id, &publish.row.episode_id);
-            let existing = self.index.get(host_id, episode_id).or_else(|| {
-                keys_in_batch
-                    .contains(&(host_id.clone(), episode_id.clone()))
-                    .then(|| {
-                        placed.iter().find(|(p, ..)| {
-                            p.row.host_id == *host_id && p.row.episode_id == *episode_id
+            let existing = stored_entry(&self.index, &self.store_root, host_id, episode_id)
+                .or_else(|| {
+                    keys_in_batch
+                        .contains(&(host_id.clone(), episode_id.clone()))
+                        .then(|| {
+                            placed.iter().find(|(p, ..)| {
+                                p.row.host_id == *host_id && p.row.episode_id == *episode_id
+                            })
                         })
-                    })
-                    .flatten()
-                    .map(|(_, e, _)| e.clone())
-            });
+                        .flatten()
+                        .map(|(_, e, _)| e.clone())
+                });
             if let Some(entry) = existing {
                 let _ = std::fs::remove_file(&publish.temp);
                 let _ = publish.reply.send(Ok(Published::Existing(entry)));
@@ -601,9 +623,10 @@ mod tests {
         );
         assert_eq!(
             index.get(&a.host_id, &a.episode_id).unwrap().bytes,
-            1,
-            "the first row wins"
+            99,
+            "the last row wins"
         );
+        assert_eq!(index.len(), 1);
     }
 
     #[tokio::test]

@@ -254,7 +254,7 @@ async fn head_episode(State(state): State<Arc<AppState>>, req: Request) -> Respo
     let (mut parts, _body) = req.into_parts();
     let response = match episode_target(&state, &mut parts).await {
         Err(p) => problem_response(p),
-        Ok((host_id, episode_id)) => match state.index.get(&host_id, &episode_id) {
+        Ok((host_id, episode_id)) => match lookup(&state, &host_id, &episode_id).await {
             None => problem_response(Problem::new(
                 Slug::NotFound,
                 format!("{host_id}/{episode_id} is not stored"),
@@ -273,6 +273,22 @@ async fn head_episode(State(state): State<Arc<AppState>>, req: Request) -> Respo
     };
     state.metrics.record("head", response.status().as_u16());
     response
+}
+
+/// The stored entry of a key whose archive exists (a stat, off the async workers).
+async fn lookup(state: &Arc<AppState>, host_id: &HostId, episode_id: &EpisodeId) -> Option<Entry> {
+    let (state, host_id, episode_id) = (state.clone(), host_id.clone(), episode_id.clone());
+    tokio::task::spawn_blocking(move || {
+        crate::index::stored_entry(
+            &state.index,
+            &state.config.store_root,
+            &host_id,
+            &episode_id,
+        )
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 fn insert_digest(headers: &mut HeaderMap, name: &'static str, value: String) {
@@ -360,7 +376,7 @@ fn log_answer(parts: &Parts, status: u16, problem: Option<&str>, started: Instan
     }
 }
 
-async fn decide_put(state: &AppState, parts: &mut Parts) -> Result<Decision, Problem> {
+async fn decide_put(state: &Arc<AppState>, parts: &mut Parts) -> Result<Decision, Problem> {
     if state.is_draining() {
         return Err(Problem::new(
             Slug::Unavailable,
@@ -387,11 +403,11 @@ async fn decide_put(state: &AppState, parts: &mut Parts) -> Result<Decision, Pro
         free_after_claims,
     )?;
     let slot = state.slots.try_acquire(&host_id, put.content_length)?;
-    match admission::dedupe(
-        put.sha256,
-        put.tar_sha256,
-        state.index.get(&host_id, &episode_id),
-    ) {
+    let stored = match state.index.contains(&host_id, &episode_id) {
+        true => lookup(state, &host_id, &episode_id).await,
+        false => None,
+    };
+    match admission::dedupe(put.sha256, put.tar_sha256, stored) {
         Dedupe::New => {
             let client = parts
                 .extensions

@@ -1177,7 +1177,6 @@ fn the_same_content_in_another_compression_is_already_present() {
 }
 
 #[test]
-#[ignore = "receiver bug: an index row whose archive is gone still gets 200 already_present (and HEAD 200), so the shipper retires an episode the store lost"]
 fn a_row_whose_archive_is_gone_never_answers_already_present() {
     let env = TestEnv::new("lost-archive");
     let cfg = env.receiver_config("r", true, "");
