@@ -406,16 +406,15 @@ impl Shipper {
         self.sizes.retain(|id, _| ready.contains(id.as_str()));
 
         let now = now_ms();
-        let mut probe = false;
-        if let Some(hold) = &self.state.state.hold {
-            if now < hold.recheck_ms {
-                result.on_hold = true;
-                result.held = finished.ready.len();
-                result.stopped_by = Some(format!("on hold: {}", hold.error));
-                self.finish(&mut result, started);
-                return result;
-            }
-            probe = true;
+        // A hold whose re-check is due lets the pass run: its first upload is the probe.
+        if let Some(hold) = &self.state.state.hold
+            && now < hold.recheck_ms
+        {
+            result.on_hold = true;
+            result.held = finished.ready.len();
+            result.stopped_by = Some(format!("on hold: {}", hold.error));
+            self.finish(&mut result, started);
+            return result;
         }
         if let Some(backoff) = &self.state.state.backoff
             && now < backoff.until_ms
@@ -442,7 +441,7 @@ impl Shipper {
             .collect();
         result.waiting = result.scanned - queue.len();
         self.progress.set_episodes_total(queue.len() as u64);
-        self.ship(queue, probe, &mut result).await;
+        self.ship(queue, &mut result).await;
         self.save_state();
         self.finish(&mut result, started);
         result
@@ -466,9 +465,12 @@ impl Shipper {
     }
 
     /// The pipeline: pack ahead, upload with bounded concurrency, act on answers.
-    async fn ship(&mut self, queue: Vec<EpisodeId>, probe: bool, result: &mut PassResult) {
+    async fn ship(&mut self, queue: Vec<EpisodeId>, result: &mut PassResult) {
+        // Every pass starts with one upload in flight and opens up to the configured
+        // concurrency after the first answer: a dead receiver (or one that holds)
+        // sees one probe per pass, not one upload per slot.
         let concurrency = self.config.upload_concurrency;
-        let mut limit = if probe { 1 } else { concurrency };
+        let mut limit = 1;
         let remaining = queue.len();
         let (tx, mut rx) = mpsc::channel::<Result<Prepared, (EpisodeId, std::io::Error)>>(1);
         let pack_stop = self.stop.child_token();
@@ -503,11 +505,7 @@ impl Shipper {
             tokio::select! {
                 Some((prepared, reply, took)) = in_flight.next(), if !in_flight.is_empty() => {
                     match self.act(prepared, reply, took, result).await {
-                        Next::Continue => {
-                            if probe {
-                                limit = concurrency;
-                            }
-                        }
+                        Next::Continue => limit = concurrency,
                         Next::Stop(why) => {
                             launching = false;
                             result.stopped_by.get_or_insert(why);

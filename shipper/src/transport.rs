@@ -208,12 +208,16 @@ impl Transport {
             .pool_idle_timeout(Some(Duration::from_secs(60)))
             .pool_max_idle_per_host(self.pool_size)
             .http1_only();
-        if self.base_url.starts_with("https://") {
+        // reqwest is built without a process-wide crypto provider, so it always gets
+        // our rustls config; for plain http:// (loopback tests) it is never used.
+        let https = self.base_url.starts_with("https://");
+        {
             let roots = match &r.ca_bundle {
                 Some(p) => {
                     Some(tls::load_certs(p).map_err(|e| material("receiver.ca_bundle", &e))?)
                 }
-                None => None,
+                None if https => None,
+                None => Some(Vec::new()),
             };
             let identity = match (&r.client_cert, &r.client_key) {
                 (Some(c), Some(k)) => Some((

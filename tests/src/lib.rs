@@ -33,6 +33,7 @@ pub mod pki;
 pub mod process;
 pub mod raw;
 pub mod receiver;
+pub mod shipper;
 pub mod stub;
 
 use std::time::{Duration, Instant};
@@ -48,6 +49,7 @@ pub use raw::{RawConn, RawResponse, connect, plain_connect, put_headers, tls_con
 pub use receiver::{
     Answer, Receiver, ReceiverPaths, error_chain, http_client, http_client_builder, https_client,
 };
+pub use shipper::{Host, Run};
 pub use stub::{Reply, StubServer};
 
 /// Polls `f` every 10 ms until it returns true; panics naming `what` after `timeout`.

@@ -2,3 +2,4 @@
 //! through the `episode_e2e` harness.
 
 mod receiver;
+mod shipper;

@@ -1,0 +1,765 @@
+//! The shipper against a live receiver over mTLS (and against stubs that play a
+//! misbehaving receiver): the original Python suite, plus hold, persisted backoff,
+//! the single-instance lock, SIGTERM mid-upload and malformed meta.json.
+
+use std::time::{Duration, SystemTime};
+
+use episode_e2e::{
+    BlackHole, FaultProxy, Host, Mode, Reply, StubServer, TestEnv, archive_files, dir_files,
+    wait_until, write_episode,
+};
+use serde_json::{Value, json};
+
+const ID: &str = "01EPISODE";
+
+fn meta() -> Value {
+    json!({"code_commit": "3f2c1e9a", "started_at": 1_795_341_600})
+}
+
+/// A finished episode with a few files.
+fn episode(host: &Host, id: &str) -> std::path::PathBuf {
+    write_episode(
+        &host.data_root,
+        id,
+        &[
+            ("events.jsonl", b"{\"ts\":1}\n".as_slice()),
+            ("telemetry-proc.jsonl", &b"{\"cpu\":1.5}\n".repeat(500)),
+        ],
+        Some(meta()),
+        true,
+    )
+}
+
+fn once(env: &TestEnv, host: &Host) -> Value {
+    let run = env.shipper(host, &["once"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    run.json()
+}
+
+#[test]
+fn ping_reports_the_host_and_schema_version_and_writes_nothing() {
+    let env = TestEnv::new("ping-ok");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, "");
+    let run = env.shipper(&host, &["ping"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    let out = run.json();
+    assert_eq!(
+        (out["ok"].as_bool(), out["status"].as_u64()),
+        (Some(true), Some(200)),
+        "{out}"
+    );
+    assert_eq!(out["host_id"], "lab1");
+    assert_eq!(out["schema_version"], 1);
+    assert!(receiver.index_rows().is_empty(), "ping wrote to the index");
+    assert!(std::fs::read_dir(&receiver.store_root).map_or(true, |mut d| d.next().is_none()));
+}
+
+#[test]
+fn a_wrong_bearer_token_is_401_and_the_right_one_is_ok() {
+    let env = TestEnv::new("ping-token");
+    let token = env.dir("secrets").join("token");
+    std::fs::write(&token, "right-token\n").unwrap();
+    let config = env.receiver_config(
+        "r",
+        true,
+        &format!(
+            "[auth]\nbearer_token_file = {}\n",
+            episode_e2e::env::toml_str(&token)
+        ),
+    );
+    let receiver = env.spawn_receiver(&config);
+    let wrong = env.dir("secrets").join("wrong");
+    std::fs::write(&wrong, "wrong-token").unwrap();
+    let receiver_table = |token_file: &std::path::Path| {
+        format!(
+            "[receiver]\nurl = {:?}\nca_bundle = {}\nclient_cert = {}\nclient_key = {}\nbearer_token_file = {}\n",
+            receiver.url,
+            episode_e2e::env::toml_str(&env.pki.ca),
+            episode_e2e::env::toml_str(&env.pki.client_cert("lab1")),
+            episode_e2e::env::toml_str(&env.pki.client_key("lab1")),
+            episode_e2e::env::toml_str(token_file),
+        )
+    };
+    let bad = env.shipper_host("bad", "lab1", &receiver.url, &receiver_table(&wrong));
+    let run = env.shipper(&bad, &["ping"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert_eq!(run.json()["status"], 401, "{run}");
+    let good = env.shipper_host("good", "lab1", &receiver.url, &receiver_table(&token));
+    let run = env.shipper(&good, &["ping"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(run.json()["ok"], true);
+}
+
+#[test]
+fn an_unreachable_receiver_is_status_0_with_an_error() {
+    let env = TestEnv::new("ping-down");
+    // Nothing listens on port 1 of loopback: the connection is refused at once.
+    let host = env.shipper_host("lab1", "lab1", "https://127.0.0.1:1", "");
+    let run = env.shipper(&host, &["ping"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    let out = run.json();
+    assert_eq!(
+        (out["ok"].as_bool(), out["status"].as_u64()),
+        (Some(false), Some(0)),
+        "{out}"
+    );
+    assert!(
+        out["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{out}"
+    );
+}
+
+#[test]
+fn missing_mtls_material_does_not_stop_the_shipper_and_ping_says_so() {
+    let env = TestEnv::new("no-ca");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let missing = env.root().join("not-issued-yet/ca.pem");
+    let table = format!(
+        "[receiver]\nurl = {:?}\nca_bundle = {}\nclient_cert = {}\nclient_key = {}\n",
+        receiver.url,
+        episode_e2e::env::toml_str(&missing),
+        episode_e2e::env::toml_str(&env.pki.client_cert("lab1")),
+        episode_e2e::env::toml_str(&env.pki.client_key("lab1")),
+    );
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, &table);
+    episode(&host, ID);
+    let run = env.shipper(&host, &["ping"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(
+        run.json()["error"]
+            .as_str()
+            .unwrap()
+            .contains("mTLS material missing"),
+        "{run}"
+    );
+    // A pass runs, fails transiently, and keeps everything.
+    let pass = once(&env, &host);
+    assert_eq!(pass["transient_failures"], 1, "{pass}");
+    assert_eq!(host.list(&host.episodes()), [ID]);
+    assert!(host.list(&host.quarantine()).is_empty());
+}
+
+#[test]
+fn one_finished_episode_ships_and_its_archive_round_trips() {
+    let env = TestEnv::new("ship-one");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, "");
+    let dir = episode(&host, ID);
+    let original = dir_files(&dir);
+    let pass = once(&env, &host);
+    assert_eq!(
+        (pass["scanned"].as_u64(), pass["shipped"].as_u64()),
+        (Some(1), Some(1)),
+        "{pass}"
+    );
+    assert_eq!(host.list(&host.shipped()), [ID]);
+    assert!(host.list(&host.episodes()).is_empty());
+    assert!(
+        host.list(&host.outbox()).is_empty(),
+        "outbox not emptied: {:?}",
+        host.list(&host.outbox())
+    );
+    let stored = receiver.stored("lab1", ID).expect("stored at the receiver");
+    assert_eq!(
+        archive_files(&stored),
+        original,
+        "the archive holds exactly the episode's files"
+    );
+    let rows = receiver.index_rows();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["episode_id"], ID);
+    assert_eq!(rows[0]["code_commit"], "3f2c1e9a");
+    assert_eq!(rows[0]["started_at"], "2026-11-22T10:00:00Z");
+    assert_eq!(rows[0]["client"], "lab1");
+    assert!(rows[0]["tar_sha256"].is_string());
+    // The shipped copy is untouched.
+    assert_eq!(dir_files(&host.shipped().join(ID)), original);
+}
+
+#[test]
+fn an_episode_without_done_marker_is_untouched() {
+    let env = TestEnv::new("not-done");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, "");
+    let dir = write_episode(
+        &host.data_root,
+        ID,
+        &[("a.jsonl", b"x".as_slice())],
+        Some(meta()),
+        false,
+    );
+    let before = dir_files(&dir);
+    let pass = once(&env, &host);
+    assert_eq!(pass["scanned"], 0, "{pass}");
+    assert_eq!(dir_files(&dir), before);
+    assert!(host.list(&host.outbox()).is_empty() && receiver.index_rows().is_empty());
+}
+
+#[test]
+fn reshipping_after_a_crash_before_retire_is_already_present_and_not_indexed_twice() {
+    let env = TestEnv::new("reship");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, "");
+    episode(&host, ID);
+    assert_eq!(once(&env, &host)["shipped"], 1);
+    // As if the shipper crashed after the 201 but before the move: the directory is
+    // back where it was.
+    std::fs::rename(host.shipped().join(ID), host.episodes().join(ID)).unwrap();
+    let pass = once(&env, &host);
+    assert_eq!(
+        (pass["shipped"].as_u64(), pass["already_present"].as_u64()),
+        (Some(1), Some(1)),
+        "{pass}"
+    );
+    assert_eq!(receiver.index_rows().len(), 1);
+    assert_eq!(host.list(&host.shipped()), [ID]);
+}
+
+#[test]
+fn a_conflict_leaves_the_episode_and_is_not_resent_every_pass() {
+    let env = TestEnv::new("conflict");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    // Someone already stored different bytes under this id.
+    let other = episode_e2e::pack(ID, &[("other.txt", b"other data")]);
+    assert_eq!(
+        receiver
+            .put(&receiver.client("lab1"), "lab1", ID, &other.bytes)
+            .status,
+        201
+    );
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, "");
+    episode(&host, ID);
+    let pass = once(&env, &host);
+    assert_eq!(pass["conflicts"], 1, "{pass}");
+    assert_eq!(
+        host.list(&host.episodes()),
+        [ID],
+        "the episode stays where it is"
+    );
+    assert!(host.list(&host.quarantine()).is_empty() && host.list(&host.shipped()).is_empty());
+    let state = host.retry_state();
+    assert_eq!(
+        state["episodes"][ID]["conflict"]["stored_sha256"],
+        other.sha256.to_hex(),
+        "{state}"
+    );
+    // The next pass does not send it again (it is re-checked hourly).
+    let puts_before = put_count(&receiver);
+    let pass = once(&env, &host);
+    assert_eq!(
+        (pass["conflicts"].as_u64(), pass["waiting"].as_u64()),
+        (Some(0), Some(1)),
+        "{pass}"
+    );
+    assert_eq!(put_count(&receiver), puts_before);
+    // status shows it.
+    let status = env.shipper(&host, &["status", "--json"]).json();
+    assert_eq!(status["conflicts"][0]["episode_id"], ID, "{status}");
+    assert_eq!(
+        receiver.stored("lab1", ID).unwrap(),
+        other.bytes,
+        "the stored archive is untouched"
+    );
+}
+
+/// PUTs the receiver has answered, from its metrics.
+fn put_count(receiver: &episode_e2e::Receiver) -> u64 {
+    let answer = receiver
+        .get(&receiver.client("lab1"), "/metrics")
+        .expect("GET /metrics");
+    let text = answer.body.as_str().unwrap_or("").to_owned();
+    text.lines()
+        .filter(|l| l.starts_with("receiver_responses_total{route=\"put\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn a_dead_receiver_leaves_the_episode_and_its_archive_for_the_next_pass() {
+    let env = TestEnv::new("receiver-down");
+    let host = env.shipper_host("lab1", "lab1", "https://127.0.0.1:1", "");
+    episode(&host, ID);
+    let pass = once(&env, &host);
+    assert_eq!(
+        (
+            pass["shipped"].as_u64(),
+            pass["transient_failures"].as_u64()
+        ),
+        (Some(0), Some(1)),
+        "{pass}"
+    );
+    assert_eq!(host.list(&host.episodes()), [ID]);
+    assert!(
+        host.outbox().join(format!("{ID}.tar.zst")).is_file(),
+        "outbox: {:?}",
+        host.list(&host.outbox())
+    );
+    assert!(host.list(&host.quarantine()).is_empty());
+}
+
+#[test]
+fn a_dead_receiver_gets_one_probe_not_one_upload_per_episode() {
+    let env = TestEnv::new("one-probe");
+    let hole = BlackHole::new();
+    // A black hole answers nothing: each attempt waits for idle_timeout.
+    let table = format!(
+        "[receiver]\nurl = {:?}\nidle_timeout = \"1s\"\nconnect_timeout = \"1s\"\nca_bundle = {}\nclient_cert = {}\nclient_key = {}\n",
+        hole.url(),
+        episode_e2e::env::toml_str(&env.pki.ca),
+        episode_e2e::env::toml_str(&env.pki.client_cert("lab1")),
+        episode_e2e::env::toml_str(&env.pki.client_key("lab1")),
+    );
+    let host = env.shipper_host("lab1", "lab1", &hole.url(), &table);
+    for i in 0..5 {
+        episode(&host, &format!("01EP{i}"));
+    }
+    let started = std::time::Instant::now();
+    let pass = once(&env, &host);
+    assert_eq!(pass["transient_failures"], 1, "{pass}");
+    assert!(
+        hole.connections() <= 4,
+        "{} connections for one pass",
+        hole.connections()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "the pass took {:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn a_fatal_400_quarantines_with_the_reason_and_the_next_pass_is_a_no_op() {
+    let env = TestEnv::new("fatal");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, "");
+    write_episode(
+        &host.data_root,
+        ID,
+        &[("a.jsonl", b"{}\n".as_slice())],
+        Some(json!({"started_at": 1_795_341_600})),
+        true,
+    );
+    let pass = once(&env, &host);
+    assert_eq!(pass["fatal"], 1, "{pass}");
+    assert_eq!(host.list(&host.quarantine()), [ID]);
+    assert!(host.list(&host.episodes()).is_empty() && host.list(&host.outbox()).is_empty());
+    let reason: Value = serde_json::from_slice(
+        &std::fs::read(host.quarantine().join(ID).join("quarantine_reason.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(reason["status_code"], 400, "{reason}");
+    assert_eq!(reason["problem_type"], "missing-code-commit");
+    assert_eq!(
+        reason["body"]["type"], "missing-code-commit",
+        "the receiver's body is kept"
+    );
+    assert!(reason["error"].as_str().unwrap().contains("400"));
+    assert_eq!(reason["attempts"], 1);
+    assert_eq!(reason["sha256"].as_str().map(str::len), Some(64));
+    assert!(
+        reason["quarantined_at_wall"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    assert!(reason["quarantined_at_unix"].as_i64().unwrap() > 1_700_000_000);
+    assert!(reason["shipper_version"].is_string());
+    let pass = once(&env, &host);
+    assert_eq!(
+        (
+            pass["scanned"].as_u64(),
+            pass["fatal"].as_u64(),
+            pass["shipped"].as_u64()
+        ),
+        (Some(0), Some(0), Some(0)),
+        "{pass}"
+    );
+    // requeue puts it back without its reason file.
+    let run = env.shipper(&host, &["requeue", "--status", "400"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(host.list(&host.episodes()), [ID]);
+    assert!(
+        !host
+            .episodes()
+            .join(ID)
+            .join("quarantine_reason.json")
+            .exists()
+    );
+}
+
+#[test]
+fn a_401_holds_shipping_and_quarantines_nothing() {
+    let env = TestEnv::new("hold");
+    let stub = StubServer::new(Reply::problem(401, "unauthorized"));
+    let host = env.shipper_host(
+        "lab1",
+        "lab1",
+        &stub.url(),
+        "[retry]\ninitial_backoff = \"30s\"\nmax_backoff = \"1m\"\n",
+    );
+    for id in ["01A", "01B", "01C"] {
+        episode(&host, id);
+    }
+    let pass = once(&env, &host);
+    assert_eq!(pass["on_hold"], true, "{pass}");
+    assert_eq!(pass["held"], 3, "{pass}");
+    assert_eq!(stub.count("PUT"), 1, "one request, then the hold");
+    assert!(host.list(&host.quarantine()).is_empty());
+    assert_eq!(host.list(&host.episodes()), ["01A", "01B", "01C"]);
+    // The hold survives a restart: the next run sends nothing until its re-check.
+    let pass = once(&env, &host);
+    assert_eq!(
+        (pass["on_hold"].as_bool(), pass["held"].as_u64()),
+        (Some(true), Some(3)),
+        "{pass}"
+    );
+    assert_eq!(stub.count("PUT"), 1);
+    let status = env.shipper(&host, &["status", "--json"]).json();
+    assert_eq!(status["hold"]["status_code"], 401, "{status}");
+}
+
+#[test]
+fn backoff_survives_a_restart() {
+    let env = TestEnv::new("backoff-restart");
+    let stub = StubServer::new(Reply::problem(503, "unavailable"));
+    let host = env.shipper_host(
+        "lab1",
+        "lab1",
+        &stub.url(),
+        "[retry]\ninitial_backoff = \"2s\"\nmax_backoff = \"4s\"\n",
+    );
+    episode(&host, ID);
+    assert_eq!(once(&env, &host)["transient_failures"], 1);
+    assert_eq!(stub.count("PUT"), 1);
+    // Restarted at once: still backing off, nothing sent.
+    for _ in 0..3 {
+        let pass = once(&env, &host);
+        assert_eq!(pass["transient_failures"], 0, "{pass}");
+    }
+    assert_eq!(
+        stub.count("PUT"),
+        1,
+        "a restart must not shorten the backoff"
+    );
+    let until = host.retry_state()["backoff"]["until_ms"].as_i64().unwrap();
+    // Once the backoff has passed, the next run tries again.
+    wait_until(Duration::from_secs(5), "the backoff to pass", || {
+        now_ms() > until
+    });
+    stub.set_reply(Reply::new(201, &[], json!({})));
+    let pass = once(&env, &host);
+    assert_eq!(pass["shipped"], 1, "{pass}");
+    assert_eq!(stub.count("PUT"), 2);
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+#[test]
+fn retry_after_is_honoured() {
+    let env = TestEnv::new("retry-after");
+    let stub = StubServer::new(Reply::new(
+        429,
+        &[("retry-after", "30")],
+        json!({"type": "too-many-uploads", "status": 429}),
+    ));
+    let host = env.shipper_host("lab1", "lab1", &stub.url(), "");
+    episode(&host, ID);
+    let before = now_ms();
+    assert_eq!(once(&env, &host)["transient_failures"], 1);
+    let until = host.retry_state()["backoff"]["until_ms"].as_i64().unwrap();
+    assert!(
+        until - before >= 29_000,
+        "backoff of {} ms ignores Retry-After: 30",
+        until - before
+    );
+}
+
+#[test]
+fn a_second_shipper_on_the_same_data_root_is_refused() {
+    let env = TestEnv::new("lock");
+    let hole = BlackHole::new();
+    let host = env.shipper_host("lab1", "lab1", &hole.url(), "");
+    let daemon = env.spawn_shipper(&host, |_| {});
+    wait_until(
+        Duration::from_secs(5),
+        "the daemon to hold the lock",
+        || std::fs::read_to_string(host.state().join("lock")).is_ok_and(|s| !s.trim().is_empty()),
+    );
+    let run = env.shipper(&host, &["once"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(run.stderr.contains("already running"), "{run}");
+    drop(daemon);
+}
+
+#[test]
+fn a_malformed_meta_json_does_not_crash_anything() {
+    let env = TestEnv::new("bad-meta");
+    let receiver =
+        env.spawn_receiver(&env.receiver_config("r", true, "require_code_commit = false\n"));
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, "");
+    let dir = write_episode(
+        &host.data_root,
+        ID,
+        &[("a.jsonl", b"{}\n".as_slice())],
+        None,
+        true,
+    );
+    std::fs::write(dir.join("meta.json"), b"{\"code_commit\": \"abc\", oops").unwrap();
+    let run = env.shipper(&host, &["once"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(run.json()["shipped"], 1, "{run}");
+    assert!(
+        run.stderr.contains("meta.json"),
+        "the problem is named in the log:\n{run}"
+    );
+    let rows = receiver.index_rows();
+    assert_eq!(rows[0]["code_commit"], Value::Null);
+}
+
+#[test]
+fn orphan_archives_and_partials_are_swept() {
+    let env = TestEnv::new("orphans");
+    let host = env.shipper_host("lab1", "lab1", "https://127.0.0.1:1", "");
+    std::fs::create_dir_all(host.outbox()).unwrap();
+    for name in [
+        "01GONE.tar.zst",
+        "01GONE.json",
+        "01GONE.tar.zst.partial",
+        "01LIVE.tar.zst.partial",
+    ] {
+        std::fs::write(host.outbox().join(name), b"leftover").unwrap();
+    }
+    write_episode(
+        &host.data_root,
+        "01LIVE",
+        &[("a", b"x".as_slice())],
+        Some(meta()),
+        false,
+    );
+    once(&env, &host);
+    assert!(
+        host.list(&host.outbox()).is_empty(),
+        "left: {:?}",
+        host.list(&host.outbox())
+    );
+}
+
+#[test]
+fn quarantine_cleanup_honours_keep_days_zero_and_the_interval_gate() {
+    let env = TestEnv::new("cleanup");
+    let host = env.shipper_host(
+        "lab1",
+        "lab1",
+        "https://127.0.0.1:1",
+        "[quarantine]\nkeep_days = 30\ncleanup_interval = \"1h\"\n",
+    );
+    let old = |name: &str| {
+        let dir = host.quarantine().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("quarantine_reason.json"), b"{}").unwrap();
+        let when = SystemTime::now() - Duration::from_secs(40 * 86_400);
+        std::fs::File::open(&dir)
+            .unwrap()
+            .set_modified(when)
+            .unwrap();
+    };
+    std::fs::create_dir_all(host.quarantine()).unwrap();
+    old("01OLD");
+    let young = host.quarantine().join("01YOUNG");
+    std::fs::create_dir_all(&young).unwrap();
+    once(&env, &host);
+    assert_eq!(
+        host.list(&host.quarantine()),
+        ["01YOUNG"],
+        "the 40-day-old entry is removed"
+    );
+    // Within cleanup_interval nothing is cleaned again, even a new old entry.
+    old("01OLD2");
+    once(&env, &host);
+    assert_eq!(
+        host.list(&host.quarantine()),
+        ["01OLD2", "01YOUNG"],
+        "held back by the interval gate"
+    );
+
+    // keep_days = 0 disables cleanup.
+    let keep = env.shipper_host(
+        "keep",
+        "lab1",
+        "https://127.0.0.1:1",
+        "[quarantine]\nkeep_days = 0\ncleanup_interval = \"0s\"\n",
+    );
+    let dir = keep.quarantine().join("01ANCIENT");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::File::open(&dir)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(400 * 86_400))
+        .unwrap();
+    once(&env, &keep);
+    assert_eq!(keep.list(&keep.quarantine()), ["01ANCIENT"]);
+}
+
+#[test]
+fn the_heartbeat_fires_each_pass_and_a_failing_one_does_not_stop_the_loop() {
+    let env = TestEnv::new("heartbeat");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, "scan_interval = \"200ms\"\n");
+    let notify = env.notify_socket();
+    let daemon = env.spawn_shipper(&host, |cmd| {
+        cmd.env("NOTIFY_SOCKET", notify.path())
+            .env("WATCHDOG_USEC", "2000000");
+    });
+    notify.wait_for(Duration::from_secs(5), "READY=1");
+    wait_until(Duration::from_secs(5), "three heartbeats", || {
+        notify.count("WATCHDOG=1") >= 3
+    });
+    assert!(
+        notify.count("STATUS=backlog") >= 1,
+        "{:?}",
+        notify.messages()
+    );
+    drop(daemon);
+
+    // A notify socket that does not exist: every notify fails, the loop goes on.
+    let broken = env.shipper_host(
+        "broken",
+        "lab1",
+        &receiver.url,
+        "scan_interval = \"200ms\"\n",
+    );
+    let daemon = env.spawn_shipper(&broken, |cmd| {
+        cmd.env("NOTIFY_SOCKET", env.root().join("no-such-dir/notify.sock"))
+            .env("WATCHDOG_USEC", "2000000");
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    episode(&broken, ID);
+    wait_until(
+        Duration::from_secs(5),
+        "the episode to ship despite failing notifies",
+        || broken.list(&broken.shipped()) == [ID],
+    );
+    drop(daemon);
+}
+
+#[test]
+fn sigterm_mid_upload_exits_0_with_a_consistent_data_root() {
+    let env = TestEnv::new("sigterm-upload");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let proxy = FaultProxy::new(receiver.addr);
+    proxy.set_mode(Mode::StallAfter(64 << 10));
+    let host = env.shipper_host("lab1", "lab1", &proxy.url(), "shutdown_grace = \"1s\"\n");
+    // An episode too large to fit in the stalled window.
+    let big: Vec<u8> = (0..12_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    write_episode(
+        &host.data_root,
+        ID,
+        &[("blob.bin", big.as_slice())],
+        Some(meta()),
+        true,
+    );
+    let notify = env.notify_socket();
+    let mut daemon = env.spawn_shipper(&host, |cmd| {
+        cmd.env("NOTIFY_SOCKET", notify.path());
+    });
+    notify.wait_for(Duration::from_secs(5), "READY=1");
+    wait_until(Duration::from_secs(8), "the upload to be under way", || {
+        proxy.bytes_up() >= 64 << 10
+    });
+    daemon.signal(libc::SIGTERM);
+    let status = daemon
+        .wait_exit(Duration::from_secs(5))
+        .expect("exit within the grace");
+    assert_eq!(status.code(), Some(0), "{}", daemon.report());
+    assert!(notify.count("STOPPING=1") >= 1);
+    // Consistent: the episode is still pending, its archive (if any) complete, no partials.
+    assert_eq!(host.list(&host.episodes()), [ID]);
+    assert!(
+        host.list(&host.outbox())
+            .iter()
+            .all(|n| !n.ends_with(".partial")),
+        "{:?}",
+        host.list(&host.outbox())
+    );
+    assert!(host.list(&host.shipped()).is_empty());
+    // And the next run ships it.
+    proxy.set_mode(Mode::Pass);
+    assert_eq!(once(&env, &host)["shipped"], 1);
+    assert_eq!(
+        receiver.stored("lab1", ID).map(|b| archive_files(&b)),
+        Some(dir_files(&host.shipped().join(ID)))
+    );
+}
+
+#[test]
+fn certificates_that_appear_later_are_picked_up_without_a_restart() {
+    let env = TestEnv::new("late-certs");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let later = env.dir("later");
+    let (cert, key) = (later.join("client.pem"), later.join("client.key"));
+    let table = format!(
+        "[receiver]\nurl = {:?}\nca_bundle = {}\nclient_cert = {}\nclient_key = {}\n",
+        receiver.url,
+        episode_e2e::env::toml_str(&env.pki.ca),
+        episode_e2e::env::toml_str(&cert),
+        episode_e2e::env::toml_str(&key),
+    );
+    let host = env.shipper_host(
+        "lab1",
+        "lab1",
+        &receiver.url,
+        &format!("{table}[retry]\ninitial_backoff = \"200ms\"\nmax_backoff = \"500ms\"\n"),
+    );
+    episode(&host, ID);
+    let daemon = env.spawn_shipper(&host, |_| {});
+    wait_until(
+        Duration::from_secs(5),
+        "a transient failure naming the missing material",
+        || daemon.stderr().contains("mTLS material missing"),
+    );
+    std::fs::copy(env.pki.client_cert("lab1"), &cert).unwrap();
+    std::fs::copy(env.pki.client_key("lab1"), &key).unwrap();
+    wait_until(
+        Duration::from_secs(8),
+        "the episode to ship once the files exist",
+        || host.list(&host.shipped()) == [ID],
+    );
+    assert_eq!(receiver.index_rows().len(), 1);
+    drop(daemon);
+}
+
+#[test]
+fn config_errors_exit_78_naming_the_key() {
+    let env = TestEnv::new("shipper-config");
+    let host = env.shipper_host(
+        "lab1",
+        "lab1",
+        "https://127.0.0.1:1",
+        "compression_level = 99\n",
+    );
+    for args in [["once"].as_slice(), &["check"], &["run"], &["status"]] {
+        let run = env.shipper(&host, args);
+        assert_eq!(run.code(), Some(78), "{args:?}: {run}");
+        assert!(
+            run.stderr.contains("compression_level") && run.stderr.contains("shipper.toml"),
+            "{run}"
+        );
+    }
+    let typo = env.shipper_host(
+        "typo",
+        "lab1",
+        "https://127.0.0.1:1",
+        "scan_intervall = \"5s\"\n",
+    );
+    let run = env.shipper(&typo, &["check"]);
+    assert_eq!(run.code(), Some(78), "{run}");
+    assert!(run.stderr.contains("scan_intervall"), "{run}");
+}
