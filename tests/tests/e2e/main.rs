@@ -3,3 +3,4 @@
 
 mod receiver;
 mod shipper;
+mod units;

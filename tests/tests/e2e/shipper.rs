@@ -763,3 +763,159 @@ fn config_errors_exit_78_naming_the_key() {
     assert_eq!(run.code(), Some(78), "{run}");
     assert!(run.stderr.contains("scan_intervall"), "{run}");
 }
+
+#[test]
+fn digest_mismatches_repack_and_the_third_quarantines() {
+    let env = TestEnv::new("repack");
+    let stub = StubServer::new(Reply::problem(400, "digest-mismatch"));
+    let host = env.shipper_host("lab1", "lab1", &stub.url(), "");
+    episode(&host, ID);
+    let pass = once(&env, &host);
+    assert_eq!(
+        (pass["repacked"].as_u64(), pass["fatal"].as_u64()),
+        (Some(2), Some(1)),
+        "{pass}"
+    );
+    assert_eq!(
+        stub.count("PUT"),
+        3,
+        "sent, repacked and sent twice, then quarantined"
+    );
+    let reason: Value = serde_json::from_slice(
+        &std::fs::read(host.quarantine().join(ID).join("quarantine_reason.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        (reason["problem_type"].as_str(), reason["attempts"].as_u64()),
+        (Some("digest-mismatch"), Some(3)),
+        "{reason}"
+    );
+    // Every attempt carried the same, correct digests (the archive is deterministic).
+    let digests: Vec<Option<String>> = stub
+        .requests()
+        .iter()
+        .map(|r| r.header("repr-digest").map(str::to_owned))
+        .collect();
+    assert!(
+        digests.iter().all(|d| d.is_some() && *d == digests[0]),
+        "{digests:?}"
+    );
+}
+
+#[test]
+fn urls_that_are_not_a_receiver_hold_instead_of_quarantining() {
+    for (status, headers) in [
+        (404, vec![]),
+        (405, vec![]),
+        (501, vec![]),
+        (301, vec![("location", "http://elsewhere/")]),
+    ] {
+        let env = TestEnv::new(&format!("hold-{status}"));
+        let stub = StubServer::new(Reply::new(
+            status,
+            &headers,
+            json!({"detail": "not a receiver"}),
+        ));
+        let host = env.shipper_host("lab1", "lab1", &stub.url(), "");
+        episode(&host, ID);
+        let pass = once(&env, &host);
+        assert_eq!(
+            (pass["on_hold"].as_bool(), pass["fatal"].as_u64()),
+            (Some(true), Some(0)),
+            "{status}: {pass}"
+        );
+        assert_eq!(host.list(&host.episodes()), [ID], "{status}");
+        assert!(host.list(&host.quarantine()).is_empty(), "{status}");
+        assert_eq!(
+            host.retry_state()["hold"]["status_code"],
+            status,
+            "{status}"
+        );
+    }
+}
+
+#[test]
+fn an_idle_pass_writes_nothing() {
+    let env = TestEnv::new("idle-pass");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, "");
+    episode(&host, ID);
+    assert_eq!(once(&env, &host)["shipped"], 1);
+    let snapshot = |h: &Host| -> Vec<(String, Option<SystemTime>)> {
+        episode_e2e::tree(&h.data_root)
+            .into_iter()
+            .filter(|p| !p.ends_with("lock"))
+            .map(|p| {
+                let m = std::fs::metadata(h.data_root.join(&p))
+                    .ok()
+                    .and_then(|m| m.modified().ok());
+                (p, m)
+            })
+            .collect()
+    };
+    let before = snapshot(&host);
+    std::thread::sleep(Duration::from_millis(20));
+    let pass = once(&env, &host);
+    assert_eq!(
+        (pass["scanned"].as_u64(), pass["shipped"].as_u64()),
+        (Some(0), Some(0)),
+        "{pass}"
+    );
+    assert_eq!(
+        snapshot(&host),
+        before,
+        "an idle pass changed the data root"
+    );
+}
+
+#[test]
+fn check_validates_read_only_and_status_reports_everything() {
+    let env = TestEnv::new("check-status");
+    let host = env.shipper_host("lab1", "lab1", "https://127.0.0.1:1", "");
+    std::fs::remove_dir_all(&host.data_root).unwrap();
+    let run = env.shipper(&host, &["check"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(!host.data_root.exists(), "check created the data root");
+    // A backlog, a quarantined episode, an unfinished one: status tells them apart.
+    episode(&host, "01A");
+    episode(&host, "01B");
+    write_episode(
+        &host.data_root,
+        "01REC",
+        &[("a", b"x".as_slice())],
+        None,
+        false,
+    );
+    let q = host.quarantine().join("01Q");
+    std::fs::create_dir_all(&q).unwrap();
+    std::fs::write(q.join("quarantine_reason.json"), json!({"status_code": 412, "problem_type": "out-of-window", "error": "x", "body": null, "attempts": 1, "sha256": null, "quarantined_at_wall": "2026-11-22T10:00:00Z", "quarantined_at_unix": 1, "shipper_version": "0"}).to_string()).unwrap();
+    let status = env.shipper(&host, &["status", "--json"]).json();
+    assert_eq!(status["backlog"]["episodes"], 2, "{status}");
+    assert_eq!(status["backlog"]["unfinished"], 1);
+    assert!(status["backlog"]["bytes"].as_u64().unwrap() > 6000);
+    assert_eq!(status["backlog"]["oldest"], "01A");
+    assert_eq!(status["quarantine"]["total"], 1);
+    assert_eq!(status["quarantine"]["by_reason"]["412 out-of-window"], 1);
+    assert_eq!(status["hold"], Value::Null);
+    let human = env.shipper(&host, &["status"]);
+    assert_eq!(human.code(), Some(0), "{human}");
+    assert!(
+        human.stdout.contains("backlog     2 episode(s)")
+            && human.stdout.contains("412 out-of-window"),
+        "{human}"
+    );
+    // A corrupt state file is a note, not a failure, and is set aside at the next start.
+    std::fs::create_dir_all(host.state()).unwrap();
+    std::fs::write(host.state().join("retry.json"), b"{ torn").unwrap();
+    let run = env.shipper(&host, &["check"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(run.stdout.contains("corrupt"), "{run}");
+    once(&env, &host);
+    assert!(
+        host.list(&host.state())
+            .iter()
+            .any(|n| n.starts_with("retry.json.corrupt-")),
+        "{:?}",
+        host.list(&host.state())
+    );
+}

@@ -1,0 +1,95 @@
+//! The systemd units as shipped: `systemd-analyze verify` must accept them, and they
+//! must say what the specs promise (Type=notify, the watchdog, exit 78 not
+//! restarted, hardening).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use episode_e2e::{TestEnv, bin};
+
+fn unit(name: &str) -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../systemd")
+        .join(name);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+#[test]
+fn the_units_pass_systemd_analyze_verify() {
+    if Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze is not installed; skipping");
+        return;
+    }
+    let env = TestEnv::new("units");
+    let dir = env.dir("units");
+    for name in ["episode-shipper", "episode-receiver"] {
+        // Verify against the binaries just built (verify checks ExecStart exists).
+        let text = unit(&format!("{name}.service")).replace(
+            &format!("/usr/local/bin/{name}"),
+            bin(name).to_str().unwrap(),
+        );
+        std::fs::write(dir.join(format!("{name}.service")), text).unwrap();
+    }
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(dir.join("episode-shipper.service"))
+        .arg(dir.join("episode-receiver.service"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    let relevant: Vec<&str> = stderr.lines().filter(|l| l.contains("episode-")).collect();
+    assert!(
+        relevant.is_empty(),
+        "warnings about our units:\n{}",
+        relevant.join("\n")
+    );
+}
+
+#[test]
+fn the_units_say_what_the_specs_promise() {
+    let shipper = unit("episode-shipper.service");
+    for line in [
+        "Type=notify",
+        "WatchdogSec=180",
+        "Restart=on-failure",
+        "RestartPreventExitStatus=78",
+        "StateDirectory=episode-shipper",
+        "ProtectSystem=strict",
+        "ReadWritePaths=/var/lib/episode-shipper",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+    ] {
+        assert!(
+            shipper.lines().any(|l| l.trim() == line),
+            "episode-shipper.service lacks {line}"
+        );
+    }
+    assert!(
+        shipper
+            .lines()
+            .any(|l| l.starts_with("ExecStartPre=") && l.trim_end().ends_with(" check"))
+    );
+    let receiver = unit("episode-receiver.service");
+    for line in [
+        "Type=notify",
+        "RestartPreventExitStatus=78",
+        "StateDirectory=episode-receiver",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "User=episode-receiver",
+    ] {
+        assert!(
+            receiver.lines().any(|l| l.trim() == line),
+            "episode-receiver.service lacks {line}"
+        );
+    }
+}
