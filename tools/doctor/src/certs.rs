@@ -65,10 +65,19 @@ pub struct CertFacts {
 impl CertFacts {
     /// The client certificate's identities (DNS SANs, then CN), when it was read.
     pub fn identities(&self) -> Option<Vec<String>> {
-        self.cert
-            .value()
-            .map(|info| info.identities().map(str::to_owned).collect())
+        self.cert.value().map(identities)
     }
+}
+
+/// The certificate's identities without repeats (a CN usually equals a SAN).
+fn identities(info: &CertInfo) -> Vec<String> {
+    let mut ids: Vec<String> = Vec::new();
+    for id in info.identities() {
+        if !ids.iter().any(|known| known == id) {
+            ids.push(id.to_owned());
+        }
+    }
+    ids
 }
 
 fn classify_error<T>(path: &Path, err: TlsError) -> Loaded<T> {
@@ -356,7 +365,7 @@ pub fn certificates_row(f: &CertFacts, now_unix: i64, ctx: &Context) -> Row {
         }
         Loaded::Ok(p, info) => {
             let (level, words) = expiry(info.not_before, info.not_after, now_unix);
-            let ids: Vec<String> = info.identities().map(str::to_owned).collect();
+            let ids = identities(info);
             row.note(
                 level,
                 format!("client certificate [{}] {words}", quoted(&ids)),

@@ -1,0 +1,413 @@
+//! Test support: a unique temp tree per test with a shipper config, a data root,
+//! a PATH directory for fake `journalctl`/`systemctl` scripts, an rcgen PKI, an
+//! in-process receiver on 127.0.0.1:0, and running the real `episode-doctor`.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use serde_json::Value;
+use time::OffsetDateTime;
+
+/// The deliberately dead receiver: nothing listens on port 1.
+pub const DEAD_URL: &str = "https://127.0.0.1:1";
+
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    /// The only directory on the doctor's PATH.
+    pub bin: PathBuf,
+    pub config: PathBuf,
+    pub data: PathBuf,
+    /// An empty journal file, used unless a test passes its own.
+    pub empty_journal: PathBuf,
+}
+
+/// What one run of the doctor gave.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub command: String,
+}
+
+impl Run {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "{}: stdout is not JSON ({e})\nstdout:\n{}\nstderr:\n{}",
+                self.command, self.stdout, self.stderr
+            )
+        })
+    }
+
+    /// The row named `check` of the JSON output.
+    pub fn row(&self, check: &str) -> Value {
+        let json = self.json();
+        json["rows"]
+            .as_array()
+            .expect("rows")
+            .iter()
+            .find(|r| r["check"] == check)
+            .cloned()
+            .unwrap_or_else(|| panic!("no row {check} in {json:#}"))
+    }
+
+    pub fn level(&self, check: &str) -> String {
+        self.row(check)["level"].as_str().unwrap_or("").to_owned()
+    }
+
+    pub fn finding(&self, check: &str) -> String {
+        self.row(check)["finding"].as_str().unwrap_or("").to_owned()
+    }
+
+    pub fn fix(&self, check: &str) -> String {
+        self.row(check)["fix"].as_str().unwrap_or("").to_owned()
+    }
+
+    /// Context for a failed assertion.
+    pub fn show(&self) -> String {
+        format!(
+            "{} exited {}\nstdout:\n{}\nstderr:\n{}",
+            self.command, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+impl Env {
+    /// A config naming `url` and a data root that exists (with the shipper's dirs).
+    pub fn new(url: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("doctor-test-")
+            .tempdir()
+            .expect("tempdir");
+        let bin = dir.path().join("bin");
+        let data = dir.path().join("data");
+        for d in [&bin, &data] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        for sub in ["episodes", "outbox", "shipped", "quarantine", "state"] {
+            std::fs::create_dir_all(data.join(sub)).unwrap();
+        }
+        let empty_journal = dir.path().join("empty-journal.jsonl");
+        std::fs::write(&empty_journal, "").unwrap();
+        let env = Self {
+            config: dir.path().join("shipper.toml"),
+            dir,
+            bin,
+            data,
+            empty_journal,
+        };
+        env.write_config(url, "");
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Rewrites the config with `url` and extra `[receiver]` lines.
+    pub fn write_config(&self, url: &str, receiver_extra: &str) {
+        let text = format!(
+            "host_id = \"lab1\"\ndata_root = {:?}\n\n[receiver]\nurl = {url:?}\nconnect_timeout = \"3s\"\n{receiver_extra}\n",
+            self.data
+        );
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// An executable script `name` on the doctor's PATH.
+    pub fn fake(&self, name: &str, body: &str) {
+        let path = self.bin.join(name);
+        let tmp = self.bin.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+    }
+
+    /// A `systemctl` that reports the unit active and running with a watchdog.
+    pub fn fake_systemctl_running(&self) {
+        self.fake(
+            "systemctl",
+            "printf 'LoadState=loaded\\nActiveState=active\\nSubState=running\\nNRestarts=0\\nWatchdogUSec=3min\\nResult=success\\nExecMainStatus=0\\n'",
+        );
+    }
+
+    /// Writes journal lines to a file and returns its path.
+    pub fn journal_file(&self, name: &str, lines: &[String]) -> PathBuf {
+        let path = self.path(name);
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Runs the doctor with `args`, PATH = only `bin`, nothing else inherited.
+    pub fn doctor(&self, args: &[&str]) -> Run {
+        self.doctor_env(args, &[])
+    }
+
+    pub fn doctor_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Run {
+        let exe = env!("CARGO_BIN_EXE_episode-doctor");
+        let mut cmd = Command::new(exe);
+        cmd.env_clear().env("PATH", &self.bin).args(args);
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let command = format!("PATH={} {exe} {}", self.bin.display(), args.join(" "));
+        let start = Instant::now();
+        let out = cmd.output().expect("run episode-doctor");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "{command} took {:?}",
+            start.elapsed()
+        );
+        Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            command,
+        }
+    }
+
+    /// `--config <config> --json --journal-file <empty>` plus `extra`.
+    pub fn doctor_json(&self, extra: &[&str]) -> Run {
+        let config = self.config.to_str().unwrap().to_owned();
+        let mut args = vec!["--config", &config, "--json"];
+        let journal = self.empty_journal.to_str().unwrap().to_owned();
+        if !extra.contains(&"--journal-file") {
+            args.extend(["--journal-file", &journal]);
+        }
+        args.extend_from_slice(extra);
+        self.doctor(&args)
+    }
+
+    /// A finished episode directory `episodes/<id>/` with a file and done.marker.
+    pub fn episode(&self, id: &str, done: bool) {
+        let dir = self.data.join("episodes").join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("meta.json"), br#"{"code_commit":"abc"}"#).unwrap();
+        std::fs::write(dir.join("events.jsonl"), vec![b'x'; 1000]).unwrap();
+        if done {
+            std::fs::write(dir.join("done.marker"), b"").unwrap();
+        }
+    }
+
+    /// A quarantine entry with its reason file.
+    pub fn quarantined(&self, id: &str, status: u16, problem: Option<&str>) {
+        let dir = self.data.join("quarantine").join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("done.marker"), b"").unwrap();
+        let reason = serde_json::json!({
+            "status_code": status,
+            "problem_type": problem,
+            "error": format!("client error {status}"),
+            "body": {"type": problem, "status": status},
+            "attempts": 1,
+            "sha256": "00",
+            "quarantined_at_wall": "2026-11-22T10:00:00Z",
+            "quarantined_at_unix": 1_795_341_600,
+            "shipper_version": "0.1.0"
+        });
+        std::fs::write(
+            dir.join("quarantine_reason.json"),
+            serde_json::to_vec_pretty(&reason).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+/// Unix microseconds `ago` before now, as journald writes `__REALTIME_TIMESTAMP`.
+pub fn micros_ago(ago: Duration) -> String {
+    let now = OffsetDateTime::now_utc() - ago;
+    (now.unix_timestamp_nanos() / 1000).to_string()
+}
+
+/// A native journal line of a `ship_result` event, `ago` in the past.
+pub fn ship_line(outcome: &str, status: u16, problem: &str, id: &str, ago: Duration) -> String {
+    serde_json::json!({
+        "__REALTIME_TIMESTAMP": micros_ago(ago),
+        "_SYSTEMD_UNIT": "episode-shipper.service",
+        "SYSLOG_IDENTIFIER": "episode-shipper",
+        "PRIORITY": "3",
+        "MESSAGE": format!("ship_result outcome={outcome} status={status}"),
+        "OUTCOME": outcome,
+        "STATUS_CODE": status.to_string(),
+        "PROBLEM_TYPE": problem,
+        "EPISODE_ID": id,
+        "ERROR": if status >= 400 { format!("{status} {problem}: rejected") } else { String::new() },
+        "ATTEMPT": "1",
+    })
+    .to_string()
+}
+
+/// A journal line with only the message text (no structured fields).
+pub fn text_line(message: &str, ago: Duration) -> String {
+    serde_json::json!({
+        "__REALTIME_TIMESTAMP": micros_ago(ago),
+        "SYSLOG_IDENTIFIER": "episode-shipper",
+        "MESSAGE": message,
+    })
+    .to_string()
+}
+
+pub const MINUTE: Duration = Duration::from_secs(60);
+
+/// A throw-away CA that issues server and client certificates.
+pub struct Ca {
+    pub pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// A certificate and its key, as PEM.
+pub struct Leaf {
+    pub cert: String,
+    pub key: String,
+}
+
+impl Ca {
+    pub fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} CA"));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(3650);
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A client certificate for `host` (CN and DNS SAN), valid `from`..`until` from now.
+    pub fn client(&self, host: &str, from: time::Duration, until: time::Duration) -> Leaf {
+        let mut params = CertificateParams::new(vec![host.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, host);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now + from;
+        params.not_after = now + until;
+        self.sign(params)
+    }
+
+    /// A server certificate for 127.0.0.1 and localhost.
+    pub fn server(&self) -> Leaf {
+        let mut params =
+            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(365);
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        }
+    }
+}
+
+pub fn write(path: &Path, text: &str) -> PathBuf {
+    std::fs::write(path, text).unwrap();
+    path.to_owned()
+}
+
+/// A receiver running in this process on 127.0.0.1:0; stopped on drop.
+pub struct Receiver {
+    pub url: String,
+    _dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Receiver {
+    /// Starts a receiver with `extra` config text (e.g. a `[tls]` table). The URL
+    /// is https:// when `extra` has `[tls]`.
+    pub fn start(extra: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("doctor-receiver-")
+            .tempdir()
+            .unwrap();
+        let root = dir.path();
+        let text = format!(
+            "store_root = {:?}\nincoming_root = {:?}\nindex_path = {:?}\nfree_space_reserve = \"1MiB\"\nshutdown_grace = \"1s\"\n{extra}\n",
+            root.join("store"),
+            root.join("incoming"),
+            root.join("index.jsonl"),
+        );
+        let path = root.join("receiver.toml");
+        std::fs::write(&path, text).unwrap();
+        let config = episode_receiver::config::Config::load(&path).unwrap();
+        let (state, _) = episode_receiver::open(config, &path).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+                addr_tx.send(listener.local_addr().unwrap()).unwrap();
+                let state: Arc<episode_receiver::AppState> = state;
+                episode_receiver::server::run(state, listener, None, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+            });
+        });
+        let addr = addr_rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("receiver bound");
+        let scheme = if extra.contains("[tls]") {
+            "https"
+        } else {
+            "http"
+        };
+        Self {
+            url: format!("{scheme}://127.0.0.1:{}", addr.port()),
+            _dir: dir,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
