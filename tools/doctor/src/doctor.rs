@@ -94,10 +94,17 @@ pub fn diagnose(opts: &Options) -> anyhow::Result<Report> {
             }
         }
         let label = since::label(opts.since);
+        let source = match &opts.journal_file {
+            Some(path) => format!("file {}", path.display()),
+            None => format!("unit {}", opts.unit),
+        };
         rows.push(match journal {
-            JournalText::Lines(text) => {
-                journal_row(&classify_journal(text.lines(), cutoff_us), &ctx, &label)
-            }
+            JournalText::Lines(text) => journal_row(
+                &classify_journal(text.lines(), cutoff_us),
+                &ctx,
+                &label,
+                &source,
+            ),
             JournalText::Unreadable { reason, fix } => unreadable_row(&reason, &fix),
         });
         Ok(Report { rows })

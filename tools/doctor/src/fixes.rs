@@ -71,7 +71,7 @@ impl Context {
 /// 412 out-of-window.
 pub fn out_of_window(ctx: &Context) -> String {
     format!(
-        "check the clock with `timedatectl` (\"System clock synchronized: yes\"; the receiver's window is judged by the episodes' started_at), then, once the window is right, {}",
+        "check the clock with `timedatectl` (synchronized? the receiver judges the window by the episodes' started_at); once the clock or the receiver's window is right: {}",
         ctx.shipper("requeue --status 412")
     )
 }
@@ -82,10 +82,10 @@ pub fn fatal(ctx: &Context, status: u16, problem_type: Option<&str>) -> String {
     match (status, problem_type) {
         (412, _) => out_of_window(ctx),
         (_, Some("missing-code-commit")) => format!(
-            "fix the recorder so meta.json carries code_commit (and add it to the affected episodes' meta.json), then {requeue}"
+            "have the recorder write code_commit into meta.json (and add it to the quarantined episodes' meta.json), then {requeue}"
         ),
         (_, Some("missing-started-at")) => format!(
-            "fix the recorder so meta.json carries started_at (and add it to the affected episodes' meta.json), then {requeue}"
+            "have the recorder write started_at into meta.json (and add it to the quarantined episodes' meta.json), then {requeue}"
         ),
         (_, Some("invalid-id")) => format!(
             "episode ids must match [A-Za-z0-9][A-Za-z0-9._-]{{0,127}}: rename the directories in {}, then {requeue}",

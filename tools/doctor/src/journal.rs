@@ -457,17 +457,18 @@ pub fn finding(class: JournalClass, count: &ClassCount) -> String {
     }
 }
 
-/// The journal row for what was read in the last `since` ("10m").
-pub fn journal_row(summary: &JournalSummary, ctx: &Context, since: &str) -> Row {
+/// The journal row for what was read in the last `since` ("10m") from `source`
+/// ("unit episode-shipper", "file /tmp/j.jsonl").
+pub fn journal_row(summary: &JournalSummary, ctx: &Context, since: &str, source: &str) -> Row {
     let mut row = Row::new(Check::Journal);
     if summary.ship_events() == 0 {
         let what = if summary.passes > 0 {
             format!(
-                "{} pass(es), no uploads in the last {since} ({} unit)",
-                summary.passes, ctx.unit
+                "{} pass(es), no uploads in the last {since} ({source})",
+                summary.passes
             )
         } else {
-            format!("no ship attempts in the last {since} ({} unit)", ctx.unit)
+            format!("no ship attempts in the last {since} ({source})")
         };
         row.note(Level::Green, what);
         return row;
@@ -769,7 +770,7 @@ mod tests {
         lines.push(ship("fatal", 413, "too-large", "X2", 100));
         lines.push(ship("shipped", 201, "", "X3", 100));
         let s = classify_journal(lines.iter().map(String::as_str), 0);
-        let row = journal_row(&s, &ctx(), "10m");
+        let row = journal_row(&s, &ctx(), "10m", "unit episode-shipper");
         assert_eq!(row.level(), Level::Red);
         let findings = row.findings();
         assert_eq!(findings[0], "12 ship(s) rejected as out-of-window (412)");
@@ -795,6 +796,7 @@ mod tests {
                 &classify_journal(lines.iter().map(String::as_str), 0),
                 &c,
                 "10m",
+                "unit episode-shipper",
             )
         };
         let empty = row(vec![]);
@@ -806,7 +808,7 @@ mod tests {
         );
         assert_eq!(
             row(vec![journal("pass_complete", &[], 1)]).finding_line(),
-            "1 pass(es), no uploads in the last 10m (episode-shipper unit)"
+            "1 pass(es), no uploads in the last 10m (unit episode-shipper)"
         );
         let clean = row(vec![
             ship("shipped", 201, "", "E1", 1),

@@ -72,7 +72,7 @@ fn every_journal_class_is_counted_with_412_listed_before_400() {
     for want in [
         "`timedatectl`",
         "`episode-shipper requeue --status 412 --config",
-        "meta.json carries code_commit",
+        "code_commit into meta.json",
         "requeue --status 400",
         "max_episode_bytes",
         "receiver.bearer_token_file",
@@ -147,7 +147,10 @@ fn an_empty_journal_is_green() {
     assert_eq!(run.level("journal"), "green", "{}", run.show());
     assert_eq!(
         run.finding("journal"),
-        "no ship attempts in the last 10m (episode-shipper unit)"
+        format!(
+            "no ship attempts in the last 10m (file {})",
+            env.empty_journal.display()
+        )
     );
     assert_eq!(run.row("journal")["fix"], Value::Null);
 }
