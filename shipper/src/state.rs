@@ -3,7 +3,8 @@
 //! Owns per-episode retry records (attempts, next attempt, last answer, repacks,
 //! "ask with HEAD first", conflicts), the global backoff and hold, and the times of
 //! the last cleanup and the last success. Written atomically (temp, fsync, rename,
-//! fsync dir) only when it changed, so an idle pass writes nothing. A corrupt file
+//! fsync dir) only when it changed, so an idle pass writes nothing; the temp file of
+//! a save a crash interrupted is removed at the next load. A corrupt file
 //! is set aside with a warning and never blocks start-up; unknown fields are
 //! ignored so an older shipper can read a newer file.
 
@@ -93,7 +94,10 @@ pub struct StateFile {
 impl StateFile {
     /// Loads `state/retry.json`. A missing file is an empty state; a corrupt one is
     /// renamed to `retry.json.corrupt-<unix>` and reported in the second value.
+    /// Temp files of saves a crash interrupted are removed (the caller holds the
+    /// data root's lock, so no save is in progress).
     pub fn load(state_dir: &Path, now_unix: i64) -> io::Result<(Self, Option<String>)> {
+        remove_interrupted_saves(state_dir)?;
         let path = state_dir.join(FILE_NAME);
         let (state, warning) = match std::fs::read(&path) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => (State::default(), None),
@@ -165,6 +169,36 @@ impl StateFile {
     }
 }
 
+/// Removes `.retry.json.<pid>.tmp` files: `fsx::write_atomic` leaves one when the
+/// process dies between writing its temp file and renaming it over `retry.json`.
+fn remove_interrupted_saves(state_dir: &Path) -> io::Result<()> {
+    let prefix = format!(".{FILE_NAME}.");
+    let entries = match std::fs::read_dir(state_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut removed = false;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let interrupted = name
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"));
+        if interrupted {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    if removed {
+        fsx::fsync_dir(state_dir)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +248,31 @@ mod tests {
         assert!(warning.unwrap().contains("set aside"));
         assert!(dir.path().join("retry.json.corrupt-1234").exists());
         assert!(!dir.path().join(FILE_NAME).exists());
+    }
+
+    #[test]
+    fn temp_files_of_interrupted_saves_are_removed_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut file, _) = StateFile::load(dir.path(), 0).unwrap();
+        file.episode("E1").attempts = 1;
+        file.save().unwrap();
+        // What a SIGKILL between the temp write and the rename leaves behind.
+        std::fs::write(dir.path().join(".retry.json.4242.tmp"), b"{\"episo").unwrap();
+        for keep in ["lock", "retry.json.corrupt-7", ".other.tmp"] {
+            std::fs::write(dir.path().join(keep), b"x").unwrap();
+        }
+        let (again, warning) = StateFile::load(dir.path(), 0).unwrap();
+        assert!(warning.is_none());
+        assert_eq!(again.state, file.state);
+        let mut names: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [".other.tmp", "lock", "retry.json", "retry.json.corrupt-7"]
+        );
     }
 
     #[test]

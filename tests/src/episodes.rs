@@ -91,6 +91,22 @@ pub fn jsonl(rng: &mut impl rand::Rng, n_bytes: usize) -> Vec<u8> {
 /// `meta.json` (`code_commit`, `started_at`), `events.jsonl`, `labels.jsonl` and
 /// `telemetry-proc.jsonl`. Returns the ids, sorted.
 pub fn write_mixed_episodes(data_root: &Path, n: usize, seed: u64) -> Vec<String> {
+    // Mostly small, some medium, a few large.
+    write_episodes_sized(data_root, n, seed, |rng| match rng.random_range(0..10) {
+        0 => rng.random_range(4 << 20..8 << 20),
+        1..=3 => rng.random_range(64 << 10..1 << 20),
+        _ => rng.random_range(1 << 10..16 << 10),
+    })
+}
+
+/// As `write_mixed_episodes`, with the size of each `telemetry-proc.jsonl` drawn by
+/// `telemetry_bytes` (called once per episode, in id order, with the batch's rng).
+pub fn write_episodes_sized(
+    data_root: &Path,
+    n: usize,
+    seed: u64,
+    mut telemetry_bytes: impl FnMut(&mut StdRng) -> usize,
+) -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(seed);
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -101,12 +117,7 @@ pub fn write_mixed_episodes(data_root: &Path, n: usize, seed: u64) -> Vec<String
     for i in 0..n {
         let ms = start_ms + i as u64 * 1000;
         let id = ulid(ms, &mut rng);
-        // Mostly small, some medium, a few large.
-        let telemetry_bytes = match rng.random_range(0..10) {
-            0 => rng.random_range(4 << 20..8 << 20),
-            1..=3 => rng.random_range(64 << 10..1 << 20),
-            _ => rng.random_range(1 << 10..16 << 10),
-        };
+        let telemetry_bytes = telemetry_bytes(&mut rng);
         let events_bytes = rng.random_range(512..4096);
         let events = jsonl(&mut rng, events_bytes);
         let labels = jsonl(&mut rng, 300);
@@ -131,6 +142,14 @@ pub fn write_mixed_episodes(data_root: &Path, n: usize, seed: u64) -> Vec<String
         ids.push(id);
     }
     ids
+}
+
+/// `len` bytes that zstd cannot shrink (a multiplicative hash of the position,
+/// varied by `salt`): an archive as large as its content, so an upload takes time.
+pub fn noise(len: usize, salt: u32) -> Vec<u8> {
+    (0..len as u32)
+        .map(|i| ((i ^ salt.rotate_left(16)).wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect()
 }
 
 /// An archive made in memory.
@@ -279,6 +298,14 @@ mod tests {
         let packed = pack(&ids[0], &borrowed);
         assert_eq!(archive_files(&packed.bytes), files);
         assert_eq!(packed.sha256, Sha256::of(&packed.bytes));
+    }
+
+    #[test]
+    fn noise_does_not_compress() {
+        let data = noise(1 << 20, 5);
+        assert_ne!(data, noise(1 << 20, 6));
+        let packed = zstd::encode_all(&data[..], 3).unwrap();
+        assert!(packed.len() * 10 > data.len() * 9, "{}", packed.len());
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// What the stub answers.
 #[derive(Debug, Clone)]
@@ -54,6 +54,8 @@ pub struct Request {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub body_len: u64,
+    /// When its request line arrived.
+    pub at: Instant,
 }
 
 impl Request {
@@ -168,6 +170,7 @@ fn serve(stream: TcpStream, shared: &Shared) {
             Ok(0) | Err(_) => return,
             Ok(_) => {}
         }
+        let at = Instant::now();
         let request_line = request_line.trim_end();
         if request_line.is_empty() {
             continue;
@@ -194,6 +197,7 @@ fn serve(stream: TcpStream, shared: &Shared) {
             path,
             headers,
             body_len: 0,
+            at,
         };
         if request
             .header("expect")
