@@ -81,6 +81,27 @@ impl Host {
         names
     }
 
+    /// Rewrites `state/retry.json` as if every wait in it (the global backoff, each
+    /// episode's next attempt) had elapsed: time travel for a test that cannot wait
+    /// out a long `Retry-After`. Only while no shipper runs on this host.
+    pub fn expire_waits(&self) {
+        let mut state = self.retry_state();
+        if let Some(backoff) = state.get_mut("backoff").and_then(|b| b.as_object_mut()) {
+            backoff.insert("until_ms".into(), 0.into());
+        }
+        if let Some(episodes) = state.get_mut("episodes").and_then(|e| e.as_object_mut()) {
+            for episode in episodes.values_mut() {
+                if let Some(e) = episode.as_object_mut()
+                    && e.contains_key("next_attempt_ms")
+                {
+                    e.insert("next_attempt_ms".into(), 0.into());
+                }
+            }
+        }
+        let bytes = serde_json::to_vec_pretty(&state).expect("state json");
+        std::fs::write(self.state().join("retry.json"), bytes).expect("write retry.json");
+    }
+
     /// `state/retry.json` parsed, or null when absent.
     pub fn retry_state(&self) -> serde_json::Value {
         std::fs::read(self.state().join("retry.json"))

@@ -272,3 +272,477 @@ fn torture_a_shipper_killed_at_random_instants() {
     }
     shipper_killed_at_random_instants("torture-shipper", Plan::TORTURE);
 }
+
+/// A `[receiver]` table for `url` with the test PKI, and `idle_timeout`.
+fn receiver_table(env: &TestEnv, url: &str, idle_timeout: &str) -> String {
+    format!(
+        "[receiver]\nurl = {url:?}\nidle_timeout = {idle_timeout:?}\nconnect_timeout = \"2s\"\nca_bundle = {}\nclient_cert = {}\nclient_key = {}\n",
+        episode_e2e::env::toml_str(&env.pki.ca),
+        episode_e2e::env::toml_str(&env.pki.client_cert("lab1")),
+        episode_e2e::env::toml_str(&env.pki.client_key("lab1")),
+    )
+}
+
+/// Restarts the receiver behind `proxy` (a new port); checks that its start-up
+/// emptied `incoming_root` before anything could reach it.
+fn restart_behind(env: &TestEnv, receiver: &mut Receiver, proxy: &FaultProxy) {
+    episode_e2e::restart_receiver(env, receiver);
+    assert!(
+        receiver.incoming_files().is_empty(),
+        "incoming not emptied at start-up: {:?}",
+        receiver.incoming_files()
+    );
+    proxy.set_upstream(receiver.addr);
+}
+
+fn receiver_killed_mid_upload(name: &str, n_episodes: usize, n_kills: usize) {
+    let started = Instant::now();
+    let seed = seed("E2E_SEED");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let env = TestEnv::new(name);
+    let mut receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let proxy = FaultProxy::new(receiver.addr);
+    let host = env.shipper_host("lab1", "lab1", &proxy.url(), FAST_RETRY);
+    let originals = backlog(&host, n_episodes, 10, &mut rng);
+    let mut shipper = env.spawn_shipper(&host, |_| {});
+    let mut kills = 0;
+    while kills < n_kills && !host.list(&host.episodes()).is_empty() {
+        // Wait for a body on the wire: bytes moving through the proxy and a temp file
+        // in incoming; then a few random milliseconds more.
+        let before = proxy.bytes_up();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && !(proxy.bytes_up() > before && !receiver.incoming_files().is_empty())
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..=30)));
+        receiver.process.kill();
+        kills += 1;
+        assert!(!shipper.has_exited(), "{}", shipper.report());
+        assert_consistent(&host, &originals);
+        // Down for a while: the shipper meets refused connections and backs off.
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..=500)));
+        restart_behind(&env, &mut receiver, &proxy);
+    }
+    eprintln!(
+        "{name}: {kills} receiver kills mid-upload over {} episodes",
+        originals.len()
+    );
+    assert!(kills >= n_kills, "the backlog ran out after {kills} kills");
+    wait_until(
+        Duration::from_secs(30),
+        "the shipper to ship everything",
+        || host.list(&host.episodes()).is_empty(),
+    );
+    stop(&mut shipper);
+    assert_all_stored_once(&env, &mut receiver, &host, &originals);
+    eprintln!("{name}: passed in {:?}", started.elapsed());
+}
+
+/// SIGTERM, then exit 0 within the shipper's grace (2 s in the harness) and a margin.
+fn stop(shipper: &mut Proc) {
+    shipper.signal(libc::SIGTERM);
+    let status = shipper
+        .wait_exit(Duration::from_secs(4))
+        .unwrap_or_else(|| panic!("no exit within the grace\n{}", shipper.report()));
+    assert_eq!(status.code(), Some(0), "{}", shipper.report());
+}
+
+#[test]
+fn a_receiver_killed_mid_upload_loses_and_duplicates_nothing() {
+    receiver_killed_mid_upload("kill-receiver", 40, 6);
+}
+
+#[test]
+fn torture_a_receiver_killed_mid_upload() {
+    if !torture() {
+        eprintln!("skipped: set E2E_TORTURE=1");
+        return;
+    }
+    receiver_killed_mid_upload("torture-receiver", 200, 60);
+}
+
+#[test]
+fn a_connection_cut_mid_body_is_retried() {
+    let env = TestEnv::new("cut-mid-body");
+    let mut receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let proxy = FaultProxy::new(receiver.addr);
+    // Every connection is cut 256 KiB in: inside the body of a 2 MiB archive.
+    proxy.set_mode(Mode::CutAfter(256 << 10));
+    let host = env.shipper_host("lab1", "lab1", &proxy.url(), FAST_RETRY);
+    let blob = noise(2 << 20, 1);
+    write_episode(
+        &host.data_root,
+        "01CUT",
+        &[("camera.bin", blob.as_slice())],
+        Some(json!({"code_commit": "3f2c1e9a", "started_at": 1_795_341_600})),
+        true,
+    );
+    let originals = Originals::snapshot(&host);
+    let mut shipper = env.spawn_shipper(&host, |_| {});
+    wait_until(Duration::from_secs(8), "three cut attempts", || {
+        proxy.connections() >= 3
+    });
+    assert!(receiver.stored("lab1", "01CUT").is_none());
+    assert!(receiver.index_rows().is_empty());
+    assert_consistent(&host, &originals);
+    assert_eq!(host.list(&host.episodes()), ["01CUT"]);
+    let state = host.retry_state();
+    assert_eq!(
+        state["backoff"]["last_status"], 0,
+        "a cut is a connection-level failure: {state}"
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the receiver to drop the cut bodies",
+        || receiver.incoming_files().is_empty(),
+    );
+    proxy.set_mode(Mode::Pass);
+    wait_until(Duration::from_secs(8), "the retry to ship it", || {
+        host.list(&host.shipped()) == ["01CUT"]
+    });
+    stop(&mut shipper);
+    assert_all_stored_once(&env, &mut receiver, &host, &originals);
+}
+
+#[test]
+fn a_stalled_upload_stops_the_heartbeat_and_is_retried() {
+    const PERIOD: Duration = Duration::from_secs(1);
+    let env = TestEnv::new("stall");
+    let mut receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let proxy = FaultProxy::new(receiver.addr);
+    proxy.set_mode(Mode::StallAfter(1 << 20));
+    let host = env.shipper_host(
+        "lab1",
+        "lab1",
+        &proxy.url(),
+        &format!("{}{FAST_RETRY}", receiver_table(&env, &proxy.url(), "3s")),
+    );
+    // Larger than what the socket buffers between shipper and proxy can absorb.
+    let blob = noise(12 << 20, 2);
+    write_episode(
+        &host.data_root,
+        "01STALL",
+        &[("camera.bin", blob.as_slice())],
+        Some(json!({"code_commit": "3f2c1e9a", "started_at": 1_795_341_600})),
+        true,
+    );
+    let originals = Originals::snapshot(&host);
+    let notify = env.notify_socket();
+    let mut shipper = env.spawn_shipper(&host, |cmd| {
+        cmd.env("NOTIFY_SOCKET", notify.path())
+            .env("WATCHDOG_USEC", PERIOD.as_micros().to_string());
+    });
+    notify.wait_for(Duration::from_secs(5), "READY=1");
+    wait_until(Duration::from_secs(8), "the upload to stall", || {
+        proxy.bytes_up() >= 1 << 20
+    });
+    let stalled_at = Instant::now();
+    wait_until(Duration::from_secs(8), "the stall to be detected", || {
+        host.retry_state()["backoff"]["failures"].as_u64() >= Some(1)
+    });
+    let detected_at = Instant::now();
+    proxy.set_mode(Mode::Pass);
+    let heartbeats = |from: Instant, to: Instant| -> Vec<Instant> {
+        notify
+            .messages()
+            .into_iter()
+            .filter(|(t, m)| m.contains("WATCHDOG=1") && *t >= from && *t <= to)
+            .map(|(t, _)| t)
+            .collect()
+    };
+    let mut marks = vec![stalled_at];
+    marks.extend(heartbeats(stalled_at, detected_at));
+    marks.push(detected_at);
+    let longest = marks.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        longest > PERIOD,
+        "the heartbeat went on while nothing moved (longest gap {longest:?}): {:?}",
+        notify.messages()
+    );
+    assert!(
+        host.retry_state()["backoff"]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("idle_timeout")),
+        "{}",
+        host.retry_state()
+    );
+    wait_until(Duration::from_secs(10), "the retry to ship it", || {
+        host.list(&host.shipped()) == ["01STALL"]
+    });
+    // The heartbeat is back: regular, well within the period.
+    let shipped_at = Instant::now();
+    std::thread::sleep(2 * PERIOD);
+    let mut marks = vec![shipped_at];
+    marks.extend(heartbeats(shipped_at, Instant::now()));
+    assert!(marks.len() >= 4, "heartbeats did not resume: {marks:?}");
+    let longest = marks.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(longest < PERIOD, "longest gap after recovery {longest:?}");
+    stop(&mut shipper);
+    assert_all_stored_once(&env, &mut receiver, &host, &originals);
+}
+
+#[test]
+fn a_receiver_restarted_while_the_shipper_runs_is_recovered_from_without_help() {
+    let seed = seed("E2E_SEED");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let env = TestEnv::new("receiver-restart");
+    let mut receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let proxy = FaultProxy::new(receiver.addr);
+    let host = env.shipper_host("lab1", "lab1", &proxy.url(), FAST_RETRY);
+    let originals = backlog(&host, 40, 5, &mut rng);
+    let mut shipper = env.spawn_shipper(&host, |_| {});
+    wait_until(Duration::from_secs(10), "a few episodes to ship", || {
+        host.list(&host.shipped()).len() >= 5
+    });
+    // A deploy: the receiver stops cleanly and is down for longer than max_backoff.
+    receiver.process.signal(libc::SIGTERM);
+    let status = receiver
+        .process
+        .wait_exit(Duration::from_secs(5))
+        .expect("the receiver exits on SIGTERM");
+    assert_eq!(status.code(), Some(0), "{}", receiver.process.report());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        host.retry_state()["backoff"]["failures"].as_u64() >= Some(1),
+        "the shipper noticed: {}",
+        host.retry_state()
+    );
+    let shipped_before = host.list(&host.shipped()).len();
+    restart_behind(&env, &mut receiver, &proxy);
+    let restarted = Instant::now();
+    // No help from outside: the shipper's own backoff (≤ 1 s) brings it back.
+    wait_until(Duration::from_secs(3), "the shipper to resume", || {
+        host.list(&host.shipped()).len() > shipped_before
+    });
+    eprintln!(
+        "receiver-restart: resumed {:?} after the restart",
+        restarted.elapsed()
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "the shipper to ship everything",
+        || host.list(&host.episodes()).is_empty(),
+    );
+    assert!(!shipper.has_exited(), "{}", shipper.report());
+    stop(&mut shipper);
+    assert_all_stored_once(&env, &mut receiver, &host, &originals);
+}
+
+#[test]
+fn sigterm_stops_the_shipper_cleanly_wherever_it_lands() {
+    let seed = seed("E2E_SEED");
+    let mut rng = StdRng::seed_from_u64(seed);
+    let env = TestEnv::new("sigterm-shipper");
+    let mut receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, FAST_RETRY);
+    let originals = backlog(&host, 40, 10, &mut rng);
+    let mut n_stops = 0;
+    for _ in 0..5 {
+        let notify = env.notify_socket();
+        let mut shipper = env.spawn_shipper(&host, |cmd| {
+            cmd.env("NOTIFY_SOCKET", notify.path());
+        });
+        notify.wait_for(Duration::from_secs(5), "READY=1");
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..=200)));
+        let asked = Instant::now();
+        stop(&mut shipper);
+        n_stops += 1;
+        assert!(
+            notify.first("STOPPING=1").is_some_and(|t| t >= asked),
+            "no STOPPING=1: {:?}",
+            notify.messages()
+        );
+        assert_consistent(&host, &originals);
+        let partials: Vec<String> = host
+            .list(&host.outbox())
+            .into_iter()
+            .filter(|n| n.ends_with(".partial"))
+            .collect();
+        assert!(partials.is_empty(), "a clean stop left {partials:?}");
+        if host.list(&host.episodes()).is_empty() {
+            break;
+        }
+    }
+    eprintln!("sigterm-shipper: {n_stops} SIGTERMs");
+    run_to_completion(&env, &host, Duration::from_secs(30));
+    assert_all_stored_once(&env, &mut receiver, &host, &originals);
+}
+
+#[test]
+fn sigterm_stops_the_receiver_cleanly_mid_upload() {
+    let env = TestEnv::new("sigterm-receiver");
+    let config = env.receiver_config("r", true, "shutdown_grace = \"2s\"\n");
+    let notify = env.notify_socket();
+    let mut receiver = env.spawn_receiver_with(&config, |cmd| {
+        cmd.env("NOTIFY_SOCKET", notify.path());
+    });
+    let proxy = FaultProxy::new(receiver.addr);
+    let host = env.shipper_host("lab1", "lab1", &proxy.url(), FAST_RETRY);
+    let mut rng = StdRng::seed_from_u64(seed("E2E_SEED"));
+    let originals = backlog(&host, 30, 10, &mut rng);
+    let mut shipper = env.spawn_shipper(&host, |_| {});
+    wait_until(Duration::from_secs(10), "an upload in progress", || {
+        !receiver.incoming_files().is_empty()
+    });
+    let asked = Instant::now();
+    receiver.process.signal(libc::SIGTERM);
+    let status = receiver
+        .process
+        .wait_exit(Duration::from_secs(4))
+        .unwrap_or_else(|| panic!("no exit within the grace\n{}", receiver.process.report()));
+    assert_eq!(status.code(), Some(0), "{}", receiver.process.report());
+    assert!(
+        notify.first("STOPPING=1").is_some_and(|t| t >= asked),
+        "no STOPPING=1: {:?}",
+        notify.messages()
+    );
+    assert_consistent(&host, &originals);
+    restart_behind(&env, &mut receiver, &proxy);
+    wait_until(
+        Duration::from_secs(30),
+        "the shipper to ship everything",
+        || host.list(&host.episodes()).is_empty(),
+    );
+    stop(&mut shipper);
+    assert_all_stored_once(&env, &mut receiver, &host, &originals);
+}
+
+#[test]
+fn a_crash_loop_against_a_503_does_not_put_more_often_than_the_persisted_backoff() {
+    let env = TestEnv::new("crash-loop");
+    let stub = StubServer::new(Reply::problem(503, "unavailable"));
+    let initial = Duration::from_secs(2);
+    let host = env.shipper_host(
+        "lab1",
+        "lab1",
+        &stub.url(),
+        "[retry]\ninitial_backoff = \"2s\"\nmax_backoff = \"8s\"\n",
+    );
+    for id in ["01A", "01B", "01C"] {
+        write_episode(
+            &host.data_root,
+            id,
+            &[("events.jsonl", b"{\"ts\":1}\n".as_slice())],
+            Some(json!({"code_commit": "3f2c1e9a", "started_at": 1_795_341_600})),
+            true,
+        );
+    }
+    let originals = Originals::snapshot(&host);
+    let mut rng = StdRng::seed_from_u64(seed("E2E_SEED"));
+    let started = Instant::now();
+    for _ in 0..10 {
+        let shipper = env.spawn_shipper(&host, |_| {});
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..=300)));
+        drop(shipper); // SIGKILL: systemd restarts it
+    }
+    let elapsed = started.elapsed();
+    let puts: Vec<Instant> = stub
+        .requests()
+        .iter()
+        .filter(|r| r.method == "PUT")
+        .map(|r| r.at)
+        .collect();
+    let state = host.retry_state();
+    eprintln!(
+        "crash-loop: 10 restarts in {elapsed:?}, {} PUTs, state {state}",
+        puts.len()
+    );
+    // Every attempt was on disk before the next start could look.
+    assert_eq!(
+        state["backoff"]["failures"].as_u64(),
+        Some(puts.len() as u64),
+        "{state}"
+    );
+    let bound = (elapsed.as_millis() / initial.as_millis()) as usize + 1;
+    assert!(
+        !puts.is_empty() && puts.len() <= bound,
+        "{} PUTs in {elapsed:?} with a {initial:?} backoff (at most {bound})",
+        puts.len()
+    );
+    for pair in puts.windows(2) {
+        assert!(
+            pair[1] - pair[0] + Duration::from_millis(20) >= initial,
+            "two PUTs {:?} apart",
+            pair[1] - pair[0]
+        );
+    }
+    assert_eq!(stub.count("HEAD"), 0, "{:?}", stub.requests());
+    let placement = assert_consistent(&host, &originals);
+    assert_eq!(placement.pending, 3);
+}
+
+/// A receiver short of disk space answers 507 (with `Retry-After: 60`); the shipper
+/// backs off, keeps everything and quarantines nothing; once the receiver restarts
+/// with a sane reserve and the wait is over, everything ships. `wait_out` waits the
+/// real minute; otherwise the shipper is stopped and its persisted waits expired.
+fn receiver_short_of_disk_space(name: &str, wait_out: bool) {
+    let env = TestEnv::new(name);
+    let config = env.receiver_config("r", true, "free_space_reserve = \"1000TiB\"\n");
+    let mut receiver = env.spawn_receiver(&config);
+    let proxy = FaultProxy::new(receiver.addr);
+    let host = env.shipper_host("lab1", "lab1", &proxy.url(), FAST_RETRY);
+    let mut rng = StdRng::seed_from_u64(seed("E2E_SEED"));
+    let originals = backlog(&host, 12, 10, &mut rng);
+    let mut shipper = env.spawn_shipper(&host, |_| {});
+    wait_until(Duration::from_secs(10), "a 507", || {
+        host.retry_state()["backoff"]["last_status"] == 507
+    });
+    // It backs off for the receiver's Retry-After, not its own 200 ms. (An earlier
+    // attempt may have lost its early 507 to the connection being closed under a
+    // body over 1 MiB: a transient failure like any other.)
+    let failures = host.retry_state()["backoff"]["failures"].clone();
+    std::thread::sleep(Duration::from_millis(1500));
+    let state = host.retry_state();
+    assert_eq!(state["backoff"]["failures"], failures, "{state}");
+    let until_ms = state["backoff"]["until_ms"].as_u64().unwrap();
+    assert!(
+        until_ms > now_ms() + 50_000,
+        "Retry-After: 60 not honoured: {state}"
+    );
+    assert!(receiver.index_rows().is_empty());
+    assert!(receiver.incoming_files().is_empty());
+    let placement = assert_consistent(&host, &originals);
+    assert_eq!(
+        placement.pending,
+        originals.len(),
+        "nothing shipped, nothing lost"
+    );
+    let first = originals.ids().into_iter().next().unwrap();
+    assert!(
+        host.outbox().join(format!("{first}.tar.zst")).is_file(),
+        "the archive is kept for the retry: {:?}",
+        host.list(&host.outbox())
+    );
+    // The operator frees space (here: a sane reserve) and restarts the receiver.
+    receiver.process.kill();
+    env.receiver_config("r", true, "");
+    restart_behind(&env, &mut receiver, &proxy);
+    if !wait_out {
+        stop(&mut shipper);
+        host.expire_waits();
+        shipper = env.spawn_shipper(&host, |_| {});
+    }
+    let deadline =
+        Duration::from_millis(until_ms.saturating_sub(now_ms())) + Duration::from_secs(15);
+    wait_until(deadline, "the shipper to ship everything", || {
+        host.list(&host.episodes()).is_empty()
+    });
+    stop(&mut shipper);
+    assert_all_stored_once(&env, &mut receiver, &host, &originals);
+}
+
+#[test]
+fn a_receiver_short_of_disk_space_is_waited_for_and_loses_nothing() {
+    receiver_short_of_disk_space("disk-pressure", false);
+}
+
+#[test]
+fn torture_a_receiver_short_of_disk_space_is_waited_out() {
+    if !torture() {
+        eprintln!("skipped: set E2E_TORTURE=1");
+        return;
+    }
+    receiver_short_of_disk_space("torture-disk", true);
+}
