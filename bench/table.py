@@ -89,11 +89,12 @@ def main():
         "PUT p99, 1M-row index vs empty (8 clients)",
         fmt(big_p99, " ms"), f"empty {fmt(empty_p99, ' ms')}", fmt(r, "x"),
         "<= 1.2x", verdict(None if r is None else r <= 1.2)))
-    once = n("idle_once_s")
+    pass_ms, once_ms = n("idle_pass_ms"), n("idle_once_wall_ms")
     rows.append((
         "shipper pass, 100k shipped, none pending",
-        fmt(None if once is None else once * 1000, " ms", 1), "whole `once` process, start-up included", "",
-        "<= 5 ms", verdict(None if once is None else once * 1000 <= 5)))
+        f"{fmt(pass_ms, ' ms', 0)} (pass_complete duration_ms)",
+        f"whole `once` process {fmt(once_ms, ' ms', 1)}", "",
+        "<= 5 ms", verdict(None if pass_ms is None else pass_ms <= 5)))
     idle = n("idle_cpu_percent")
     rows.append((
         "shipper idle CPU (daemon, 10 s)",

@@ -52,6 +52,12 @@ pub struct Options {
     pub max_uploads_per_host: usize,
     /// Episodes placed directly in each host's `shipped/` before the shippers start.
     pub preshipped: u64,
+    /// A cached `DIR/shipped/` lent to the first host by rename for the run (and
+    /// given back, minus what this run shipped), instead of generating `preshipped`.
+    pub preshipped_dir: Option<PathBuf>,
+    /// Mode `run`, after `--idle`: stop the daemons and time this many `once` passes
+    /// with nothing pending (the receiver still up).
+    pub once_runs: usize,
     /// Mode `run`: fresh episodes to time from `done.marker` to their index row.
     pub probes: usize,
     /// Mode `run`: how long to sample the shippers' CPU once nothing is pending.
@@ -81,6 +87,10 @@ pub struct FleetReport {
     pub marker_to_stored_max_ms: Option<f64>,
     /// CPU of all shippers together while idle, percent of one core (mode `run`).
     pub idle_cpu_percent: Option<f64>,
+    /// `once` with nothing pending: whole-process wall time, ms (median).
+    pub idle_once_wall_ms: Option<f64>,
+    /// `once` with nothing pending: the pass's own `duration_ms` (median).
+    pub idle_pass_ms: Option<f64>,
     pub work_dir: String,
 }
 
@@ -266,6 +276,76 @@ fn wait_for_row(
 }
 
 pub fn run(options: &Options) -> Result<FleetReport> {
+    let lent = match &options.preshipped_dir {
+        Some(dir) => {
+            let work = options
+                .work
+                .clone()
+                .context("--preshipped-dir needs --work")?;
+            Some(Lent::take(
+                &dir.join("shipped"),
+                &work.join("hosts").join(host_name(0)).join("shipped"),
+            )?)
+        }
+        None => None,
+    };
+    let result = run_inner(options);
+    if let Some(lent) = lent {
+        lent.give_back()?;
+    }
+    result
+}
+
+/// A directory moved in by rename for the run; the entries it had are moved back.
+struct Lent {
+    home: PathBuf,
+    here: PathBuf,
+    names: HashSet<std::ffi::OsString>,
+}
+
+impl Lent {
+    fn take(home: &Path, here: &Path) -> Result<Self> {
+        let names = fs::read_dir(home)
+            .with_context(|| format!("reading {}", home.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<std::io::Result<HashSet<_>>>()
+            .with_context(|| format!("reading {}", home.display()))?;
+        if let Some(parent) = here.parent() {
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        }
+        if here.exists() {
+            fs::remove_dir_all(here).with_context(|| format!("removing {}", here.display()))?;
+        }
+        fs::rename(home, here)
+            .with_context(|| format!("moving {} to {}", home.display(), here.display()))?;
+        Ok(Self {
+            home: home.to_owned(),
+            here: here.to_owned(),
+            names,
+        })
+    }
+
+    fn give_back(self) -> Result<()> {
+        for entry in
+            fs::read_dir(&self.here).with_context(|| format!("reading {}", self.here.display()))?
+        {
+            let entry = entry.with_context(|| format!("reading {}", self.here.display()))?;
+            if !self.names.contains(&entry.file_name()) {
+                fs::remove_dir_all(entry.path())
+                    .with_context(|| format!("removing {}", entry.path().display()))?;
+            }
+        }
+        fs::rename(&self.here, &self.home).with_context(|| {
+            format!(
+                "moving {} back to {}",
+                self.here.display(),
+                self.home.display()
+            )
+        })
+    }
+}
+
+fn run_inner(options: &Options) -> Result<FleetReport> {
     if options.hosts == 0 {
         bail!("--hosts must be at least 1");
     }
@@ -454,12 +534,17 @@ pub fn run(options: &Options) -> Result<FleetReport> {
             }
             report.elapsed_s = started.elapsed().as_secs_f64();
             probe_and_idle(options, &configs, &shippers, &index, &mut report)?;
+            if options.once_runs > 0 {
+                shippers.clear();
+                idle_passes(options, &configs[0], &mut report)?;
+            }
         }
     }
     let (rows, archive_bytes, _) = count_rows(&index, &host_set)?;
     report.index_rows = rows;
     report.archive_bytes = archive_bytes;
-    report.verified = rows == expected + report.marker_to_stored_ms.len() as u64;
+    report.expected_rows = expected + report.marker_to_stored_ms.len() as u64;
+    report.verified = rows == report.expected_rows;
     report.episodes_per_s = expected as f64 / report.elapsed_s.max(1e-9);
     report.raw_mb_per_s = raw_bytes as f64 / 1e6 / report.elapsed_s.max(1e-9);
     drop(shippers);
@@ -532,6 +617,41 @@ fn probe_and_idle(
     Ok(())
 }
 
+/// `once` passes on the first host with nothing pending: wall time and the pass's
+/// own `duration_ms`, medians.
+fn idle_passes(
+    options: &Options,
+    (_, dir, config): &(String, PathBuf, PathBuf),
+    report: &mut FleetReport,
+) -> Result<()> {
+    let mut wall = Vec::new();
+    let mut pass = Vec::new();
+    for _ in 0..options.once_runs {
+        let started = Instant::now();
+        let output = Command::new(&options.shipper_bin)
+            .arg("--config")
+            .arg(config)
+            .args(["--log-format", "text", "once"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .with_context(|| format!("running {} once", options.shipper_bin.display()))?;
+        wall.push(started.elapsed().as_secs_f64() * 1000.0);
+        let text = String::from_utf8_lossy(&output.stdout);
+        let value = text
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .with_context(|| format!("no JSON result from once (data root {})", dir.display()))?;
+        if let Some(ms) = value.get("duration_ms").and_then(serde_json::Value::as_f64) {
+            pass.push(ms);
+        }
+    }
+    report.idle_once_wall_ms = crate::stats::median(&wall);
+    report.idle_pass_ms = crate::stats::median(&pass);
+    Ok(())
+}
+
 /// A work directory under the system temp dir, removed on drop unless kept.
 struct TempDir(PathBuf, bool);
 
@@ -588,6 +708,27 @@ mod tests {
         assert_eq!(v["index_path"].as_str(), Some("/w/r \"q\"/index.jsonl"));
         assert_eq!(v["tls"]["client_ca"].as_str(), Some("/w/pki/ca.pem"));
         assert_eq!(v["max_uploads_per_host"].as_integer(), Some(4));
+    }
+
+    #[test]
+    fn a_lent_directory_comes_back_without_what_the_run_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = dir.path().join("cache/shipped");
+        for name in ["a", "b"] {
+            fs::create_dir_all(home.join(name)).unwrap();
+        }
+        let here = dir.path().join("work/hosts/lab1/shipped");
+        let lent = Lent::take(&home, &here).unwrap();
+        assert!(!home.exists() && here.join("a").exists());
+        fs::create_dir_all(here.join("c/x")).unwrap();
+        lent.give_back().unwrap();
+        let mut names: Vec<_> = fs::read_dir(&home)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        assert!(!here.exists());
     }
 
     #[test]

@@ -177,6 +177,12 @@ struct FleetArgs {
     /// Tiny episodes put straight into each host's shipped/ first (an old host).
     #[arg(long, default_value_t = 0)]
     preshipped: u64,
+    /// Lend DIR/shipped/ (by rename) to the first host instead; given back afterwards.
+    #[arg(long, requires = "work", conflicts_with = "preshipped")]
+    preshipped_dir: Option<PathBuf>,
+    /// Mode `run`: after --idle, stop the daemons and time this many idle `once` passes.
+    #[arg(long, default_value_t = 0)]
+    once_runs: usize,
     /// Mode `run`: fresh episodes timed from done.marker to their index row.
     #[arg(long, default_value_t = 0)]
     probes: usize,
@@ -352,6 +358,8 @@ fn run(cli: Cli) -> Result<()> {
                 scan_interval: a.scan_interval,
                 max_uploads_per_host: a.max_uploads_per_host,
                 preshipped: a.preshipped,
+                preshipped_dir: a.preshipped_dir,
+                once_runs: a.once_runs,
                 probes: a.probes,
                 idle: a.idle,
                 timeout: a.timeout,
@@ -386,6 +394,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 if let Some(cpu) = report.idle_cpu_percent {
                     println!("idle shippers: {cpu:.2}% of one core in total");
+                }
+                if let (Some(wall), Some(pass)) = (report.idle_once_wall_ms, report.idle_pass_ms) {
+                    println!("idle `once`: {wall:.1} ms whole process, pass {pass:.0} ms");
                 }
                 for failure in &report.shipper_failures {
                     println!("shipper failed: {failure}");
