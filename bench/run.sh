@@ -89,6 +89,7 @@ mkdir -p "$W"
   echo "mem_gib $(awk '/MemTotal/ { printf "%.0f", $2 / 1048576 }' /proc/meminfo)"
   echo "fs $(findmnt -no FSTYPE -T "$W" 2>/dev/null || echo unknown)"
   echo "commit $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "loadavg_start $(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,)"
 } >>"$RESULTS"
 
 # ---- build once ------------------------------------------------------------------
@@ -460,6 +461,7 @@ if want shipper; then
 fi
 
 # ---- the table -------------------------------------------------------------------
+record loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,)"
 python3 "$REPO/bench/table.py" "$RESULTS" | tee "$W/table.md"
 log "table saved to $W/table.md; removing the run directories"
 rm -rf "$RUNDIR"

@@ -106,7 +106,8 @@ def main():
         "<= 200 ms (max)", verdict(None if mx is None else mx <= 200)))
 
     print(f"Machine: {v.get('cpus', '?')} cores ({v.get('cpu_model', '?').replace('_', ' ')}), "
-          f"{v.get('mem_gib', '?')} GiB, {v.get('fs', '?')}; commit {v.get('commit', '?')}; {v.get('date', '?')}")
+          f"{v.get('mem_gib', '?')} GiB, {v.get('fs', '?')}; commit {v.get('commit', '?')}; {v.get('date', '?')}; "
+          f"load average {v.get('loadavg_start', '?')} at the start, {v.get('loadavg_end', '?')} at the end")
     print()
     header = ("measure", "ours", "reference", "ratio", "target", "verdict")
     print("| " + " | ".join(header) + " |")
