@@ -190,6 +190,11 @@ pub fn assert_all_stored_once(
         Vec::<&String>::new(),
         "recorded but not indexed"
     );
+    assert_eq!(
+        list(&receiver.store_root),
+        [originals.host_id.clone()],
+        "the store root holds more than the host's directory"
+    );
     let host_dir = receiver.store_root.join(&originals.host_id);
     let stored: BTreeSet<String> = list(&host_dir).into_iter().collect();
     let expected: BTreeSet<String> = ids.iter().map(|id| format!("{id}.tar.zst")).collect();

@@ -340,13 +340,18 @@ fn receiver_killed_mid_upload(name: &str, n_episodes: usize, n_kills: usize) {
     eprintln!("{name}: passed in {:?}", started.elapsed());
 }
 
-/// SIGTERM, then exit 0 within the shipper's grace (2 s in the harness) and a margin.
-fn stop(shipper: &mut Proc) {
-    shipper.signal(libc::SIGTERM);
-    let status = shipper
-        .wait_exit(Duration::from_secs(4))
-        .unwrap_or_else(|| panic!("no exit within the grace\n{}", shipper.report()));
-    assert_eq!(status.code(), Some(0), "{}", shipper.report());
+/// `shutdown_grace` of the harness's shipper configs and of `sigterm_stops_the_receiver…`.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// SIGTERM, then exit 0 within the grace (and a margin for start-up and exit).
+fn stop(process: &mut Proc) {
+    let asked = Instant::now();
+    process.signal(libc::SIGTERM);
+    let status = process
+        .wait_exit(GRACE + Duration::from_secs(1))
+        .unwrap_or_else(|| panic!("no exit within the grace\n{}", process.report()));
+    assert_eq!(status.code(), Some(0), "{}", process.report());
+    assert!(asked.elapsed() <= GRACE + Duration::from_secs(1));
 }
 
 #[test]
@@ -456,6 +461,7 @@ fn a_stalled_upload_stops_the_heartbeat_and_is_retried() {
     marks.extend(heartbeats(stalled_at, detected_at));
     marks.push(detected_at);
     let longest = marks.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    eprintln!("stall: no heartbeat for {longest:?} while stalled");
     assert!(
         longest > PERIOD,
         "the heartbeat went on while nothing moved (longest gap {longest:?}): {:?}",
@@ -512,10 +518,17 @@ fn a_receiver_restarted_while_the_shipper_runs_is_recovered_from_without_help() 
     let shipped_before = host.list(&host.shipped()).len();
     restart_behind(&env, &mut receiver, &proxy);
     let restarted = Instant::now();
-    // No help from outside: the shipper's own backoff (≤ 1 s) brings it back.
-    wait_until(Duration::from_secs(3), "the shipper to resume", || {
-        host.list(&host.shipped()).len() > shipped_before
-    });
+    // No help from outside: the shipper comes back when its persisted wait is over
+    // (its own backoff of at most 1 s, or the draining receiver's Retry-After: 5).
+    let until_ms = host.retry_state()["backoff"]["until_ms"]
+        .as_u64()
+        .unwrap_or(0);
+    let wait = Duration::from_millis(until_ms.saturating_sub(now_ms()));
+    wait_until(
+        wait + Duration::from_secs(2),
+        "the shipper to resume",
+        || host.list(&host.shipped()).len() > shipped_before,
+    );
     eprintln!(
         "receiver-restart: resumed {:?} after the restart",
         restarted.elapsed()
@@ -587,12 +600,7 @@ fn sigterm_stops_the_receiver_cleanly_mid_upload() {
         !receiver.incoming_files().is_empty()
     });
     let asked = Instant::now();
-    receiver.process.signal(libc::SIGTERM);
-    let status = receiver
-        .process
-        .wait_exit(Duration::from_secs(4))
-        .unwrap_or_else(|| panic!("no exit within the grace\n{}", receiver.process.report()));
-    assert_eq!(status.code(), Some(0), "{}", receiver.process.report());
+    stop(&mut receiver.process);
     assert!(
         notify.first("STOPPING=1").is_some_and(|t| t >= asked),
         "no STOPPING=1: {:?}",
