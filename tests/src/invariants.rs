@@ -43,10 +43,8 @@ impl Originals {
     /// after the first snapshot, while the shipper runs).
     pub fn add_new(&mut self, host: &Host) {
         for id in host.list(&host.episodes()) {
-            if !self.episodes.contains_key(&id) {
-                let files = dir_files(&host.episodes().join(&id));
-                self.episodes.insert(id, files);
-            }
+            let dir = host.episodes().join(&id);
+            self.episodes.entry(id).or_insert_with(|| dir_files(&dir));
         }
     }
 
@@ -192,7 +190,7 @@ pub fn assert_all_stored_once(
     );
     assert_eq!(
         list(&receiver.store_root),
-        [originals.host_id.clone()],
+        std::slice::from_ref(&originals.host_id),
         "the store root holds more than the host's directory"
     );
     let host_dir = receiver.store_root.join(&originals.host_id);
