@@ -756,3 +756,46 @@ fn torture_a_receiver_short_of_disk_space_is_waited_out() {
     }
     receiver_short_of_disk_space("torture-disk", true);
 }
+
+#[test]
+fn what_a_kill_leaves_in_the_data_root_is_cleaned_at_the_next_start() {
+    let env = TestEnv::new("kill-leftovers");
+    let host = env.shipper_host("lab1", "lab1", "https://127.0.0.1:1", "");
+    write_episode(
+        &host.data_root,
+        "01LIVE",
+        &[("events.jsonl", b"{\"ts\":1}\n".as_slice())],
+        Some(json!({"code_commit": "3f2c1e9a", "started_at": 1_795_341_600})),
+        true,
+    );
+    let originals = Originals::snapshot(&host);
+    // A SIGKILL inside a retry-state save, a pack, a sidecar write, and a retire.
+    std::fs::create_dir_all(host.state()).unwrap();
+    std::fs::create_dir_all(host.outbox()).unwrap();
+    std::fs::write(host.state().join(".retry.json.4242.tmp"), b"{\"epis").unwrap();
+    for name in [
+        "01LIVE.tar.zst.partial",
+        ".01LIVE.json.4242.tmp",
+        "01GONE.tar.zst",
+        "01GONE.json",
+    ] {
+        std::fs::write(host.outbox().join(name), b"leftover").unwrap();
+    }
+    let run = env.shipper(&host, &["once"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_consistent(&host, &originals);
+    let left: Vec<String> = episode_e2e::tree(&host.data_root)
+        .into_iter()
+        .filter(|p| p.starts_with("state/") || p.starts_with("outbox/"))
+        .collect();
+    assert!(
+        left.iter().all(|p| [
+            "state/lock",
+            "state/retry.json",
+            "outbox/01LIVE.tar.zst",
+            "outbox/01LIVE.json"
+        ]
+        .contains(&p.as_str())),
+        "left behind: {left:?}"
+    );
+}
