@@ -133,12 +133,21 @@ impl CertInfo {
         })
     }
 
-    /// The names a client certificate may act as: its DNS SANs and its subject CN.
-    pub fn identities(&self) -> impl Iterator<Item = &str> {
-        self.dns_sans
+    /// The names a client certificate may act as: its DNS SANs, then its subject CN,
+    /// each once (a CN usually repeats a SAN).
+    pub fn identities(&self) -> Vec<String> {
+        let mut names: Vec<String> = Vec::new();
+        for name in self
+            .dns_sans
             .iter()
             .map(String::as_str)
             .chain(self.subject_cn.as_deref())
+        {
+            if !names.iter().any(|n| n == name) {
+                names.push(name.to_owned());
+            }
+        }
+        names
     }
 
     /// One name to record as the client of a request (CN, else the first SAN).
@@ -373,10 +382,7 @@ mod tests {
         let certs = parse_certs(Path::new("leaf.pem"), pki.leaf_pem.as_bytes()).unwrap();
         let info = CertInfo::parse(&certs[0]).unwrap();
         assert_eq!(info.subject_cn.as_deref(), Some("lab1"));
-        assert_eq!(
-            info.identities().collect::<Vec<_>>(),
-            ["lab1.example", "lab1"]
-        );
+        assert_eq!(info.identities(), ["lab1.example", "lab1"]);
         assert!(info.not_after > info.not_before);
         assert!(!info.is_ca);
     }

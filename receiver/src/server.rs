@@ -36,18 +36,10 @@ const RELOAD_EVERY: Duration = Duration::from_secs(2);
 pub fn peer_identity(certs: Option<&[CertificateDer<'static>]>) -> Option<PeerIdentity> {
     let leaf = certs?.first()?;
     match CertInfo::parse(leaf) {
-        Ok(info) => {
-            let mut names: Vec<String> = Vec::new();
-            for name in info.identities() {
-                if !names.iter().any(|n| n == name) {
-                    names.push(name.to_owned());
-                }
-            }
-            Some(PeerIdentity {
-                names,
-                primary: info.primary_identity().map(str::to_owned),
-            })
-        }
+        Ok(info) => Some(PeerIdentity {
+            names: info.identities(),
+            primary: info.primary_identity().map(str::to_owned),
+        }),
         Err(e) => {
             tracing::warn!(error = %e, "client certificate verified but not parseable; no identity");
             Some(PeerIdentity {

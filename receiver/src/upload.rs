@@ -138,7 +138,9 @@ fn write_file(path: &Path, mut rx: mpsc::Receiver<Msg>) -> io::Result<(Sha256, u
                 len += chunk.len() as u64;
             }
             Msg::Finish => {
-                file.sync_all()?;
+                // fdatasync persists the data and the size; the name is made durable
+                // by the directory fsync after the rename.
+                file.sync_data()?;
                 return Ok((Sha256(hasher.finalize().into()), len));
             }
         }

@@ -124,11 +124,32 @@ impl DataRoot {
         to: Place,
         name: &str,
     ) -> io::Result<()> {
-        let source = self.episode_dir(from, episode_id);
-        let target = self.dir(to).join(name);
-        fsx::rename_noreplace(&source, &target)?;
-        fsx::fsync_dir(self.dir(from))?;
-        fsx::fsync_dir(self.dir(to))
+        self.rename_episode(episode_id, from, to, name)?;
+        self.sync_places(&[from, to])
+    }
+
+    /// The rename of a move without its fsyncs; the caller owes a `sync_places`
+    /// before it reports the move done. Used to retire many episodes with one
+    /// fsync per directory: a retire lost to a crash is only a re-ship that the
+    /// receiver answers `already_present`.
+    pub fn rename_episode(
+        &self,
+        episode_id: &EpisodeId,
+        from: Place,
+        to: Place,
+        name: &str,
+    ) -> io::Result<()> {
+        fsx::rename_noreplace(
+            &self.episode_dir(from, episode_id),
+            &self.dir(to).join(name),
+        )
+    }
+
+    /// Makes the entries of these places durable (after renames in them).
+    pub fn sync_places(&self, places: &[Place]) -> io::Result<()> {
+        places
+            .iter()
+            .try_for_each(|place| fsx::fsync_dir(self.dir(*place)))
     }
 
     /// Removes the outbox files of an episode (archive, partial, sidecar).

@@ -472,7 +472,8 @@ impl Shipper {
         let concurrency = self.config.upload_concurrency;
         let mut limit = 1;
         let remaining = queue.len();
-        let (tx, mut rx) = mpsc::channel::<Result<Prepared, (EpisodeId, std::io::Error)>>(1);
+        let (tx, mut rx) =
+            mpsc::channel::<Result<Prepared, (EpisodeId, std::io::Error)>>(concurrency);
         let pack_stop = self.stop.child_token();
         let packer = {
             let (root, level, progress, stop) = (
@@ -529,6 +530,14 @@ impl Shipper {
         pack_stop.cancel();
         drop(rx);
         let _ = packer.await;
+        if result.shipped > 0 {
+            let root = self.root.clone();
+            let synced =
+                blocking(move || root.sync_places(&[Place::Episodes, Place::Shipped])).await;
+            if let Err(e) = synced {
+                tracing::error!(error = %e, "cannot fsync episodes/ and shipped/ after retiring");
+            }
+        }
         if self.state.state.hold.is_some() {
             // Everything this pass did not settle waits for the hold to end.
             let settled =
@@ -871,13 +880,14 @@ fn record(episode: &mut crate::state::EpisodeState, j: &Judgement, attempt: u32,
 }
 
 /// Moves a shipped episode to `shipped/` and drops its outbox files. Blocking.
+/// The directories are fsynced once per pass (`Shipper::sync_retired`).
 fn retire(root: &DataRoot, id: &EpisodeId) -> std::io::Result<()> {
-    match root.move_episode(id, Place::Episodes, Place::Shipped) {
+    match root.rename_episode(id, Place::Episodes, Place::Shipped, id.as_str()) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let name = format!("{id}.{}", now_ms() / 1000);
             tracing::warn!(episode_id = %id, kept_as = %name, "shipped/{id} already exists; keeping both");
-            root.move_episode_to(id, Place::Episodes, Place::Shipped, &name)?;
+            root.rename_episode(id, Place::Episodes, Place::Shipped, &name)?;
         }
         Err(e) => return Err(e),
     }

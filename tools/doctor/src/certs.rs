@@ -65,19 +65,8 @@ pub struct CertFacts {
 impl CertFacts {
     /// The client certificate's identities (DNS SANs, then CN), when it was read.
     pub fn identities(&self) -> Option<Vec<String>> {
-        self.cert.value().map(identities)
+        self.cert.value().map(CertInfo::identities)
     }
-}
-
-/// The certificate's identities without repeats (a CN usually equals a SAN).
-fn identities(info: &CertInfo) -> Vec<String> {
-    let mut ids: Vec<String> = Vec::new();
-    for id in info.identities() {
-        if !ids.iter().any(|known| known == id) {
-            ids.push(id.to_owned());
-        }
-    }
-    ids
 }
 
 fn classify_error<T>(path: &Path, err: TlsError) -> Loaded<T> {
@@ -365,7 +354,7 @@ pub fn certificates_row(f: &CertFacts, now_unix: i64, ctx: &Context) -> Row {
         }
         Loaded::Ok(p, info) => {
             let (level, words) = expiry(info.not_before, info.not_after, now_unix);
-            let ids = identities(info);
+            let ids = info.identities();
             row.note(
                 level,
                 format!("client certificate [{}] {words}", quoted(&ids)),
