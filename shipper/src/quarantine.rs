@@ -146,15 +146,20 @@ pub fn list(root: &DataRoot, now: SystemTime) -> io::Result<Vec<Entry>> {
 }
 
 /// Removes entries of `dir` whose mtime is older than `keep_days` (0 keeps all),
-/// each by a rename to a hidden name first; also finishes removals a crash cut short.
+/// each by a rename to a hidden name first; also finishes removals a crash cut short
+/// (when retention is on).
 pub fn prune(dir: &Path, keep_days: u32, now: SystemTime) -> io::Result<Vec<String>> {
     let mut removed = Vec::new();
+    if keep_days == 0 {
+        // Retention off: never list a directory that may hold 100,000 episodes.
+        return Ok(removed);
+    }
     for (name, path) in layout::entries(dir)? {
         if name.starts_with(TRASH_PREFIX) {
             std::fs::remove_dir_all(&path)?;
             continue;
         }
-        if keep_days == 0 || name.starts_with('.') {
+        if name.starts_with('.') {
             continue;
         }
         let old = layout::mtime_age_secs(&path, now)

@@ -450,18 +450,34 @@ impl Shipper {
     fn finish(&mut self, result: &mut PassResult, started: Instant) {
         result.on_hold = self.state.state.hold.is_some();
         result.duration_ms = started.elapsed().as_millis() as u64;
-        tracing::info!(
-            scanned = result.scanned,
-            shipped = result.shipped,
-            conflicts = result.conflicts,
-            fatal = result.fatal,
-            transient_failures = result.transient_failures,
-            held = result.held,
-            waiting = result.waiting,
-            bytes = result.bytes,
-            duration_ms = result.duration_ms,
-            "pass_complete"
-        );
+        // A pass that attempted nothing is logged at debug: an idle daemon must not
+        // write a journal line every scan_interval.
+        let attempted = result.shipped
+            + result.conflicts
+            + result.fatal
+            + result.transient_failures
+            + result.repacked;
+        macro_rules! event {
+            ($level:ident) => {
+                tracing::$level!(
+                    scanned = result.scanned,
+                    shipped = result.shipped,
+                    conflicts = result.conflicts,
+                    fatal = result.fatal,
+                    transient_failures = result.transient_failures,
+                    held = result.held,
+                    waiting = result.waiting,
+                    bytes = result.bytes,
+                    duration_ms = result.duration_ms,
+                    "pass_complete"
+                )
+            };
+        }
+        if attempted > 0 {
+            event!(info);
+        } else {
+            event!(debug);
+        }
     }
 
     /// The pipeline: pack ahead, upload with bounded concurrency, act on answers.
