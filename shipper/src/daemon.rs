@@ -19,7 +19,7 @@ use crate::notify::Notifier;
 use crate::progress::{Display, Progress};
 use crate::shipper::{OpenError, PassResult, Shipper};
 
-/// How often the heartbeat looks at the byte counter.
+/// How often the heartbeat looks at the byte counter, at most.
 const HEARTBEAT_TICK: Duration = Duration::from_secs(1);
 
 async fn open(config: Config, stop: CancellationToken) -> Result<Shipper, OpenError> {
@@ -125,11 +125,14 @@ pub async fn run(config: Config) -> Result<(), OpenError> {
         status = %status,
         "ready"
     );
-    if watchdog.is_some() {
+    if let Some(period) = watchdog {
+        // Several looks per watchdog period, so moving bytes are never missed.
+        let tick = HEARTBEAT_TICK.min(period / 4);
         tokio::spawn(heartbeat(
             shipper.progress.clone(),
             notifier.clone(),
             stop.clone(),
+            tick,
         ));
     }
     let mut wake = watch_episodes(&shipper);
@@ -168,11 +171,16 @@ pub async fn run(config: Config) -> Result<(), OpenError> {
 }
 
 /// WATCHDOG=1 whenever bytes moved since the last look.
-async fn heartbeat(progress: Arc<Progress>, notifier: Arc<Notifier>, stop: CancellationToken) {
+async fn heartbeat(
+    progress: Arc<Progress>,
+    notifier: Arc<Notifier>,
+    stop: CancellationToken,
+    tick: Duration,
+) {
     let mut last = progress.total();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(HEARTBEAT_TICK) => {}
+            () = tokio::time::sleep(tick) => {}
             () = stop.cancelled() => return,
         }
         let now = progress.total();

@@ -35,8 +35,11 @@ use crate::quarantine::{self, Reason};
 use crate::state::{Backoff, Conflict, Hold, StateFile};
 use crate::transport::{Answer, Failure, Transport};
 
-/// Archives larger than this are asked about with HEAD before they are sent.
-const HEAD_FIRST_BYTES: u64 = 64 << 20;
+/// Archives larger than this are asked about with HEAD before they are sent: the
+/// receiver drains at most 1 MiB of a body it answered early (200, 409, 4xx) and
+/// closes the connection otherwise, so the answer to a larger PUT may be lost to a
+/// reset; a HEAD costs one round trip and never loses it.
+const HEAD_FIRST_BYTES: u64 = 1 << 20;
 
 /// Why the shipper could not open its data root.
 #[derive(Debug, thiserror::Error)]
