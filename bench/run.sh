@@ -159,9 +159,11 @@ if [ ! -f "$PKI/lab1.pem" ]; then
   rm -rf "$W/pki-seed"
 fi
 
-# Runs are written to fresh directories and deleted only between phases: ext4
-# without a journal skips recently freed inodes on create, so deleting right before
-# a timed run would slow the next run's file creations.
+# Runs are written to fresh directories and deleted only between phases, and every
+# timed run starts after `sync` and a pause: ext4 without a journal skips inodes
+# freed in the last 5 s (300 s while their inode table block is dirty) when it
+# creates files, so a run right after deletions (the previous run's outbox, say)
+# measured 1.5 s slower on SMALL here. Dirty page writeback is flushed the same way.
 settle() { sync; sleep "${1:-6}"; }
 RUNDIR=$W/runs
 rm -rf "$RUNDIR"
@@ -249,6 +251,7 @@ peer_once() { # NAME DATA_ROOT EXPECTED RUN
   local name=$1 root=$2 expected=$3 i=$4 dir t stored
   reset_root "$root"
   dir=$RUNDIR/peer-$name-$i
+  settle
   start_nginx "$dir"
   local t0
   t0=$(now)
@@ -265,6 +268,7 @@ ours_once() { # NAME DATA_ROOT EXPECTED RUN
   local name=$1 root=$2 expected=$3 i=$4 dir t rows
   reset_root "$root"
   dir=$RUNDIR/ours-$name-$i
+  settle
   receiver_config "$dir"
   start_receiver "$dir"
   shipper_config "$dir/shipper.toml" "$root" "$RECV_URL"
@@ -349,6 +353,7 @@ if want put; then
   ours=() theirs=() ours_p99=() theirs_p99=() ours_cpu=() theirs_cpu=() r_put=()
   for i in $(seq 1 "$PUT_RUNS"); do
     dir=$RUNDIR/put-ours-$i
+    settle
     receiver_config "$dir"
     start_receiver "$dir"
     put_load "$RECV_URL/v1/episodes/{host}/{id}" "$dir/put.json" -c 64 --size 4096 --duration "${PUT_SECONDS}s"
@@ -359,6 +364,7 @@ if want put; then
     [ "$(json_field transport_errors <"$dir/put.json")" = 0 ] || log "ours run $i had transport errors: $dir/put.json"
 
     dir=$RUNDIR/put-nginx-$i
+    settle
     start_nginx "$dir"
     put_load "https://127.0.0.1:$NGX_PORT/v1/episodes/{host}/{id}.tar.zst" "$dir/put.json" -c 64 --size 4096 --duration "${PUT_SECONDS}s"
     stop_pid "$NGX_PID"
@@ -457,7 +463,7 @@ if want shipper; then
   if [ "$HAVE_SHIPPER" = 1 ]; then
     # 100k tiny shipped episodes, cached: lent to the fleet's host by one rename.
     PRE=$DATA/preshipped
-    stamp="$PRESHIPPED $(md5sum "$LOADGEN" | cut -c1-12)"
+    stamp="$PRESHIPPED 200 7 v1" # count, bytes, seed, generator format
     if [ ! -f "$PRE/.stamp" ] || [ "$(cat "$PRE/.stamp")" != "$stamp" ] || [ ! -d "$PRE/shipped" ]; then
       log "(vii) generating $PRESHIPPED shipped episodes (once; cached)"
       rm -rf "$PRE"
