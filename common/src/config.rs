@@ -46,18 +46,20 @@ impl Dur {
                 return Err(err());
             }
             let n: u64 = rest[..digits].parse().map_err(|_| err())?;
-            rest = &rest[digits..];
+            rest = rest[digits..].trim_start();
             let unit_len = rest
-                .find(|c: char| c.is_ascii_digit() || c == ' ')
+                .find(|c: char| !c.is_ascii_alphabetic())
                 .unwrap_or(rest.len());
             let unit = &rest[..unit_len];
             rest = rest[unit_len..].trim_start();
+            // The short units of the specs, and the words journalctl and people use.
             let per_unit = match unit {
-                "ms" => Duration::from_millis(1),
-                "s" => Duration::from_secs(1),
-                "m" => Duration::from_secs(60),
-                "h" => Duration::from_secs(3600),
-                "d" => Duration::from_secs(86_400),
+                "ms" | "msec" => Duration::from_millis(1),
+                "s" | "sec" | "secs" | "second" | "seconds" => Duration::from_secs(1),
+                "m" | "min" | "mins" | "minute" | "minutes" => Duration::from_secs(60),
+                "h" | "hr" | "hrs" | "hour" | "hours" => Duration::from_secs(3600),
+                "d" | "day" | "days" => Duration::from_secs(86_400),
+                "w" | "week" | "weeks" => Duration::from_secs(7 * 86_400),
                 _ => return Err(err()),
             };
             let part = per_unit
@@ -233,12 +235,25 @@ mod tests {
             ("0s", Duration::ZERO),
             ("1h30m", Duration::from_secs(5400)),
             ("1h 30m", Duration::from_secs(5400)),
+            ("10min", Duration::from_secs(600)),
+            ("5 s", Duration::from_secs(5)),
+            ("2 days", Duration::from_secs(2 * 86_400)),
+            ("1 hour 30 minutes", Duration::from_secs(5400)),
             (" 2s ", Duration::from_secs(2)),
         ];
         for (text, want) in table {
             assert_eq!(Dur::parse(text), Ok(Dur(want)), "{text}");
         }
-        for bad in ["", "5", "s", "5x", "-5s", "5 s", "1.5s", "99999999999d"] {
+        for bad in [
+            "",
+            "5",
+            "s",
+            "5x",
+            "-5s",
+            "1.5s",
+            "5 parsecs",
+            "99999999999d",
+        ] {
             assert!(Dur::parse(bad).is_err(), "{bad:?}");
         }
     }

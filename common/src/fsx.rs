@@ -2,7 +2,7 @@
 //!
 //! Owns the four moves every durable publish is made of: fsync a directory, rename
 //! without ever replacing the target, write a small file atomically, and read free
-//! space. Synchronous on purpose: callers run them off the async workers. Acts only
+//! space; plus hashing a whole file and stamping one to notice it changed. Synchronous on purpose: callers run them off the async workers. Acts only
 //! on the paths it is given.
 
 use std::ffi::CString;
@@ -91,6 +91,47 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+/// Identifies a version of a file without reading it (size, mtime, inode), to
+/// notice that a certificate or token was replaced on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    mtime: Option<std::time::SystemTime>,
+    ino: u64,
+}
+
+impl FileStamp {
+    /// The stamp of `path`, or `None` when it cannot be stat'ed (e.g. not there yet).
+    pub fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            len: meta.len(),
+            mtime: meta.modified().ok(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+/// The sha256 and length of a whole file, read on the calling thread.
+pub fn hash_file(path: &Path) -> io::Result<(crate::Sha256, u64)> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut file = File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((crate::Sha256(hasher.finalize().into()), len))
+}
+
 /// True when `err` means the disk (or quota) is full.
 pub fn is_no_space(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
@@ -131,6 +172,22 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, ["state.json"]);
+    }
+
+    #[test]
+    fn hashes_and_stamps_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, b"abc").unwrap();
+        assert_eq!(hash_file(&p).unwrap(), (crate::Sha256::of(b"abc"), 3));
+        let before = FileStamp::of(&p).unwrap();
+        write_atomic(&p, b"abcd").unwrap();
+        assert_ne!(
+            FileStamp::of(&p),
+            Some(before),
+            "a replaced file has a new stamp"
+        );
+        assert_eq!(FileStamp::of(&dir.path().join("missing")), None);
     }
 
     #[test]

@@ -8,30 +8,13 @@
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
 
 use episode_common::tls;
 use rustls::ServerConfig;
 
+use episode_common::fsx::FileStamp;
+
 use crate::config::Config;
-
-/// Identifies a file version without reading it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    mtime: Option<SystemTime>,
-    ino: u64,
-}
-
-fn stamp(path: &PathBuf) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt as _;
-    let meta = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        len: meta.len(),
-        mtime: meta.modified().ok(),
-        ino: meta.ino(),
-    })
-}
 
 #[derive(Debug, Clone)]
 struct TlsFiles {
@@ -45,7 +28,7 @@ pub struct Credentials {
     token_file: Option<PathBuf>,
     server_config: RwLock<Option<Arc<ServerConfig>>>,
     token: RwLock<Option<Arc<str>>>,
-    stamps: Mutex<Vec<Option<Stamp>>>,
+    stamps: Mutex<Vec<Option<FileStamp>>>,
 }
 
 impl Credentials {
@@ -105,8 +88,11 @@ impl Credentials {
         files
     }
 
-    fn current_stamps(&self) -> Vec<Option<Stamp>> {
-        self.watched().into_iter().map(stamp).collect()
+    fn current_stamps(&self) -> Vec<Option<FileStamp>> {
+        self.watched()
+            .into_iter()
+            .map(|p| FileStamp::of(p))
+            .collect()
     }
 
     /// Re-reads the files if any changed since the last look (or always, with

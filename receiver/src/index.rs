@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead as _, BufReader, Read as _, Seek as _, SeekFrom, Write as _};
+use std::io::{self, BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
@@ -527,24 +527,6 @@ impl CommitLoop {
 enum Placed {
     Moved(PathBuf),
     Orphan(IndexRow),
-}
-
-/// Hashes a whole file (sha256, length) on the calling thread.
-pub fn hash_file(path: &Path) -> io::Result<(Sha256, u64)> {
-    use sha2::Digest as _;
-    let mut file = File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((Sha256(hasher.finalize().into()), len))
 }
 
 #[cfg(test)]

@@ -15,7 +15,9 @@ use episode_common::{EpisodeId, HostId, Sha256};
 use sha2::Digest as _;
 use time::OffsetDateTime;
 
-use crate::index::{Index, hash_file};
+use episode_common::fsx::hash_file;
+
+use crate::index::Index;
 
 /// What the store holds that the index does not say, and the reverse.
 #[derive(Debug, Default)]

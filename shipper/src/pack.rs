@@ -17,7 +17,8 @@ use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use episode_common::{EpisodeId, Sha256, fsx};
+use episode_common::fsx::{self, hash_file};
+use episode_common::{EpisodeId, Sha256};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 use zstd::zstd_safe::{CCtx, CParameter};
@@ -433,22 +434,6 @@ pub fn reuse(root: &DataRoot, episode_id: &EpisodeId, dir: &Path) -> io::Result<
             Ok(None)
         }
     }
-}
-
-pub fn hash_file(path: &Path) -> io::Result<(Sha256, u64)> {
-    let mut file = File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((Sha256(hasher.finalize().into()), len))
 }
 
 #[cfg(test)]

@@ -9,12 +9,13 @@
 //! (or whose answer does not come) for `idle_timeout` is abandoned as stalled.
 //! Turns answers into `Answer` and everything else into `Failure`; decides nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use episode_common::fsx::FileStamp;
 use episode_common::problem::Problem;
 use episode_common::wire::{self, header};
 use episode_common::{EpisodeId, HostId, Sha256, tls};
@@ -82,27 +83,10 @@ impl Answer {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp {
-    len: u64,
-    mtime: Option<SystemTime>,
-    ino: u64,
-}
-
-fn stamp(path: &Path) -> Option<Stamp> {
-    use std::os::unix::fs::MetadataExt as _;
-    let m = std::fs::metadata(path).ok()?;
-    Some(Stamp {
-        len: m.len(),
-        mtime: m.modified().ok(),
-        ino: m.ino(),
-    })
-}
-
 struct Built {
     client: reqwest::Client,
     token: Option<String>,
-    stamps: Vec<Option<Stamp>>,
+    stamps: Vec<Option<FileStamp>>,
 }
 
 pub struct Transport {
@@ -173,7 +157,7 @@ impl Transport {
     /// The client, rebuilt if a credential file changed since it was built.
     fn client(&self) -> Result<(reqwest::Client, Option<String>), Failure> {
         let files = self.files();
-        let stamps: Vec<Option<Stamp>> = files.iter().map(|(_, p)| stamp(p)).collect();
+        let stamps: Vec<Option<FileStamp>> = files.iter().map(|(_, p)| FileStamp::of(p)).collect();
         let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(b) = built.as_ref().filter(|b| b.stamps == stamps) {
             return Ok((b.client.clone(), b.token.clone()));

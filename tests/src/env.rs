@@ -89,12 +89,7 @@ impl TestEnv {
     pub fn receiver_config(&self, name: &str, mtls: bool, extra_toml: &str) -> PathBuf {
         let dir = self.dir(name);
         let (extra_top, extra_tables) = split_top_level(extra_toml);
-        let overridden = |key: &str| {
-            extra_top.lines().any(|l| {
-                l.split_once('=')
-                    .is_some_and(|(k, _)| k.trim() == key && !l.trim_start().starts_with('#'))
-            })
-        };
+        let overridden = |key: &str| sets_key(extra_top, key);
         let mut text = String::new();
         for (key, value) in [
             ("store_root", toml_str(&dir.join("store"))),
@@ -134,8 +129,16 @@ pub fn toml_str(path: &Path) -> String {
     format!("{:?}", path.to_str().expect("utf-8 path"))
 }
 
+/// True if the top-level TOML `text` assigns `key` (a line `key = …`).
+pub(crate) fn sets_key(text: &str, key: &str) -> bool {
+    text.lines().any(|l| {
+        l.split_once('=')
+            .is_some_and(|(k, _)| k.trim() == key && !l.trim_start().starts_with('#'))
+    })
+}
+
 /// Splits TOML text at its first table header: (top-level part, tables part).
-fn split_top_level(text: &str) -> (&str, &str) {
+pub(crate) fn split_top_level(text: &str) -> (&str, &str) {
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         if line.trim_start().starts_with('[') {

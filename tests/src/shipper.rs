@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
-use crate::env::toml_str;
+use crate::env::{sets_key, split_top_level, toml_str};
 use crate::{Proc, TestEnv, bin};
 
 /// One simulated lab host.
@@ -122,13 +122,8 @@ impl TestEnv {
         let dir = self.dir(name);
         let data_root = dir.join("data");
         std::fs::create_dir_all(data_root.join("episodes")).expect("create episodes/");
-        let (extra_top, extra_tables) = split(extra_toml);
-        let overridden = |key: &str| {
-            extra_top.lines().any(|l| {
-                l.split_once('=')
-                    .is_some_and(|(k, _)| k.trim() == key && !l.trim_start().starts_with('#'))
-            })
-        };
+        let (extra_top, extra_tables) = split_top_level(extra_toml);
+        let overridden = |key: &str| sets_key(extra_top, key);
         let mut text = String::new();
         for (key, value) in [
             ("host_id", format!("{host_id:?}")),
@@ -232,15 +227,4 @@ fn shipper_command(host: &Host, args: &[&str]) -> Command {
         .env_remove("WATCHDOG_USEC")
         .env_remove("WATCHDOG_PID");
     cmd
-}
-
-fn split(text: &str) -> (&str, &str) {
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
-        if line.trim_start().starts_with('[') {
-            return (&text[..offset], &text[offset..]);
-        }
-        offset += line.len();
-    }
-    (text, "")
 }

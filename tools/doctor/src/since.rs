@@ -8,48 +8,20 @@
 
 use std::time::Duration;
 
-/// Parses "10min", "1h30m", "2 days", "30s". Zero and empty are errors.
+/// Parses "10min", "1h30m", "2 days", "30s" (the shipper's duration syntax, which
+/// also takes journalctl's unit words). Zero and empty are errors.
 pub fn parse(text: &str) -> Result<Duration, String> {
-    let err = || {
-        format!(
-            "invalid --since {text:?}: expected a duration like \"10min\", \"30s\", \"1h\", \"2d\" or \"1h30m\""
-        )
-    };
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return Err(err());
-    }
-    let mut total: u64 = 0;
-    while !rest.is_empty() {
-        let digits = rest
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        if digits == 0 {
-            return Err(err());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
-        rest = rest[digits..].trim_start();
-        let unit_len = rest
-            .find(|c: char| !c.is_ascii_alphabetic())
-            .unwrap_or(rest.len());
-        let seconds: u64 = match &rest[..unit_len] {
-            "s" | "sec" | "secs" | "second" | "seconds" => 1,
-            "m" | "min" | "mins" | "minute" | "minutes" => 60,
-            "h" | "hr" | "hrs" | "hour" | "hours" => 3600,
-            "d" | "day" | "days" => 86_400,
-            "w" | "week" | "weeks" => 7 * 86_400,
-            _ => return Err(err()),
-        };
-        rest = rest[unit_len..].trim_start();
-        total = n
-            .checked_mul(seconds)
-            .and_then(|s| total.checked_add(s))
-            .ok_or_else(err)?;
-    }
-    if total == 0 {
+    let window = episode_common::Dur::parse(text)
+        .map_err(|_| {
+            format!(
+                "invalid --since {text:?}: expected a duration like \"10min\", \"30s\", \"1h\", \"2d\" or \"1h30m\""
+            )
+        })?
+        .get();
+    if window.is_zero() {
         return Err(format!("invalid --since {text:?}: must be more than 0s"));
     }
-    Ok(Duration::from_secs(total))
+    Ok(window)
 }
 
 /// A short label for a window: "10m", "1h30m", "2d".
