@@ -434,20 +434,25 @@ if want index; then
   record empty_startup_s "$(json_field median_s <"$RUNDIR/empty-startup/startup.json")"
 
   log "(vi) PUT latency, 8 clients, 4 KiB, ${PUT_SECONDS}s: million-row index vs empty, $PUT_RUNS runs each"
-  big_p99=() empty_p99=() big_rss=()
+  big_p99=() empty_p99=() big_rss=() r_p99=()
   for i in $(seq 1 "$PUT_RUNS"); do
+    settle
     start_receiver "$IDX"
     put_load "$RECV_URL/v1/episodes/{host}/{id}" "$IDX/put-$i.json" -c 8 --size 4096 --duration "${PUT_SECONDS}s"
     big_rss+=("$(awk '/^VmHWM:/ { printf "%.1f", $2 / 1024 }' "/proc/$RECV_PID/status")")
     stop_pid "$RECV_PID"
     big_p99+=("$(json_field latency.p99_ms <"$IDX/put-$i.json")")
     dir=$RUNDIR/empty-index-$i
+    settle
     receiver_config "$dir"
     start_receiver "$dir"
     put_load "$RECV_URL/v1/episodes/{host}/{id}" "$dir/put.json" -c 8 --size 4096 --duration "${PUT_SECONDS}s"
     stop_pid "$RECV_PID"
     empty_p99+=("$(json_field latency.p99_ms <"$dir/put.json")")
+    r_p99+=("$(ratio "${big_p99[-1]}" "${empty_p99[-1]}")")
   done
+  record ratio_index_p99 "$(median "${r_p99[@]}")"
+  record ratio_index_p99_runs "$(IFS=,; echo "${r_p99[*]}")"
   record index_put_p99_ms "$(median "${big_p99[@]}")"
   record index_put_p99_runs "$(IFS=,; echo "${big_p99[*]}")"
   record empty_put_p99_ms "$(median "${empty_p99[@]}")"
