@@ -96,10 +96,8 @@ pub fn request_id(prefix: &str, worker: usize, seq: u64) -> String {
     format!("{prefix}-{worker}-{seq}")
 }
 
-fn client_for(
-    options: &Options,
-    tls_config: Option<&rustls::ClientConfig>,
-) -> Result<reqwest::Client> {
+/// The headers every request carries; reads the bearer token file.
+fn default_headers(options: &Options) -> Result<HeaderMap> {
     let mut headers = HeaderMap::new();
     headers.insert(
         header::CONTENT_TYPE,
@@ -121,6 +119,15 @@ fn client_for(
         value.set_sensitive(true);
         headers.insert(header::AUTHORIZATION, value);
     }
+    Ok(headers)
+}
+
+/// One client, so one keep-alive connection; does no I/O.
+fn client_for(
+    options: &Options,
+    headers: HeaderMap,
+    tls_config: Option<&rustls::ClientConfig>,
+) -> Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .http1_only()
         .pool_max_idle_per_host(1)
@@ -277,12 +284,14 @@ pub async fn run(options: Options) -> Result<Report> {
     if options.concurrency == 0 {
         bail!("--concurrency must be at least 1");
     }
-    let tls_config = tls_config(&options)?;
-    let size = options.size;
-    let n_bodies = body_count(size);
-    let bodies = tokio::task::spawn_blocking(move || make_bodies(size, n_bodies, 0x5EED))
-        .await
-        .context("body generator")??;
+    // Files and body generation off the async workers, before the clock.
+    let setup = options.clone();
+    let (tls_config, headers, bodies) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let bodies = make_bodies(setup.size, body_count(setup.size), 0x5EED)?;
+        Ok((tls_config(&setup)?, default_headers(&setup)?, bodies))
+    })
+    .await
+    .context("setting up the load")??;
     let bodies = Arc::new(bodies);
     let template = Arc::new(options.template.clone());
     let host: Arc<str> = options.host.as_str().into();
@@ -291,7 +300,7 @@ pub async fn run(options: Options) -> Result<Report> {
     for index in 0..options.concurrency {
         workers.push(Worker {
             index,
-            client: client_for(&options, tls_config.as_ref())?,
+            client: client_for(&options, headers.clone(), tls_config.as_ref())?,
             template: template.clone(),
             host: host.clone(),
             prefix: prefix.clone(),
@@ -354,6 +363,40 @@ mod tests {
         assert_eq!(body_count(16 << 20), 4);
         assert_eq!(body_count(256 << 20), 1);
         assert_eq!(body_count(0), 16);
+    }
+
+    #[test]
+    fn every_request_carries_the_protocol_headers_and_a_trimmed_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "  s3cret\n").unwrap();
+        let options = Options {
+            template: Template::parse("https://h/v1/episodes/{host}/{id}").unwrap(),
+            ca: None,
+            cert: None,
+            key: None,
+            bearer_token_file: Some(token),
+            concurrency: 1,
+            size: 1,
+            stop: Stop::Requests(1),
+            warmup: 0,
+            host: "lab7".into(),
+            commit: "abc123".into(),
+            id_prefix: None,
+            timeout: Duration::from_secs(1),
+        };
+        let headers = default_headers(&options).unwrap();
+        assert_eq!(headers["content-type"], "application/zstd");
+        assert_eq!(headers["x-code-commit"], "abc123");
+        assert_eq!(headers["x-host-id"], "lab7");
+        assert_eq!(headers["authorization"], "Bearer s3cret");
+        assert!(headers["authorization"].is_sensitive());
+        let missing = Options {
+            bearer_token_file: Some(dir.path().join("nope")),
+            ..options
+        };
+        let err = format!("{:#}", default_headers(&missing).unwrap_err());
+        assert!(err.contains("nope"), "{err}");
     }
 
     #[test]
