@@ -45,8 +45,36 @@ impl Sha256 {
     }
 
     pub fn from_hex(s: &str) -> Result<Self, DigestError> {
+        // Table-driven: the receiver decodes two of these per index row at start-up.
+        const fn nibble(c: u8) -> u8 {
+            match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                b'A'..=b'F' => c - b'A' + 10,
+                _ => 0xff,
+            }
+        }
+        const TABLE: [u8; 256] = {
+            let mut t = [0xffu8; 256];
+            let mut i = 0;
+            while i < 256 {
+                t[i] = nibble(i as u8);
+                i += 1;
+            }
+            t
+        };
+        let bytes = s.trim().as_bytes();
+        if bytes.len() != 64 {
+            return Err(DigestError::BadHex);
+        }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s.trim(), &mut out).map_err(|_| DigestError::BadHex)?;
+        for (o, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            let (hi, lo) = (TABLE[pair[0] as usize], TABLE[pair[1] as usize]);
+            if (hi | lo) & 0xf0 != 0 {
+                return Err(DigestError::BadHex);
+            }
+            *o = hi << 4 | lo;
+        }
         Ok(Self(out))
     }
 
@@ -163,6 +191,12 @@ mod tests {
     fn hex_round_trips_and_rejects_garbage() {
         assert_eq!(Sha256::from_hex(EMPTY_HEX).unwrap(), Sha256::of(b""));
         assert_eq!(Sha256::from_hex("abc"), Err(DigestError::BadHex));
+        assert_eq!(
+            Sha256::from_hex(&EMPTY_HEX.to_uppercase()).unwrap(),
+            Sha256::of(b"")
+        );
+        let bad = format!("{}g", &EMPTY_HEX[..63]);
+        assert_eq!(Sha256::from_hex(&bad), Err(DigestError::BadHex));
         let json = serde_json::to_string(&Sha256::of(b"")).unwrap();
         assert_eq!(json, format!("\"{EMPTY_HEX}\""));
         assert_eq!(

@@ -86,6 +86,13 @@ macro_rules! id_type {
             }
         }
 
+        /// Lets maps keyed by ids be searched with a `&str` (same hash and equality).
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl AsRef<std::path::Path> for $name {
             fn as_ref(&self) -> &std::path::Path {
                 std::path::Path::new(&*self.0)

@@ -13,7 +13,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead as _, BufReader, Seek as _, SeekFrom, Write as _};
+use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
@@ -45,7 +45,10 @@ impl Entry {
     }
 }
 
-type Map = HashMap<HostId, HashMap<EpisodeId, Entry>>;
+/// foldhash: several times faster than SipHash on short keys and still seeded at
+/// random per process, so chosen ids cannot force collisions.
+type Hasher = foldhash::fast::RandomState;
+type Map = HashMap<HostId, HashMap<EpisodeId, Entry, Hasher>, Hasher>;
 
 /// The in-memory index, shared by request handlers (readers) and the committer.
 #[derive(Default)]
@@ -63,6 +66,11 @@ impl Index {
     }
 
     pub fn contains(&self, host_id: &HostId, episode_id: &EpisodeId) -> bool {
+        self.contains_str(host_id.as_str(), episode_id.as_str())
+    }
+
+    /// As `contains`, for names not (yet) validated as ids; allocates nothing.
+    pub fn contains_str(&self, host_id: &str, episode_id: &str) -> bool {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
         map.get(host_id).is_some_and(|m| m.contains_key(episode_id))
     }
@@ -98,11 +106,7 @@ impl Index {
     /// the same key: an archive that was lost and uploaded again).
     fn insert(&self, host_id: HostId, episode_id: EpisodeId, entry: Entry) -> bool {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let fresh = map
-            .entry(host_id)
-            .or_default()
-            .insert(episode_id, entry)
-            .is_none();
+        let fresh = insert_into(&mut map, host_id, episode_id, entry).is_none();
         if fresh {
             self.rows.fetch_add(1, Ordering::Relaxed);
         }
@@ -118,6 +122,31 @@ impl Index {
                 .map(|t| t.unix_timestamp())
                 .unwrap_or(0),
             code_commit: self.intern(row.code_commit.as_deref()),
+        }
+    }
+}
+
+/// Sets the entry of a key. Returns the key when it replaced an entry.
+fn insert_into(
+    map: &mut Map,
+    host_id: HostId,
+    episode_id: EpisodeId,
+    entry: Entry,
+) -> Option<(HostId, EpisodeId)> {
+    use std::collections::hash_map::Entry as Slot;
+    // Look up by &str first: the host's map almost always exists already.
+    let (episodes, host_id) = match map.get_mut(host_id.as_str()) {
+        Some(episodes) => (episodes, host_id),
+        None => (map.entry(host_id.clone()).or_default(), host_id),
+    };
+    match episodes.entry(episode_id) {
+        Slot::Occupied(mut slot) => {
+            slot.insert(entry);
+            Some((host_id, slot.key().clone()))
+        }
+        Slot::Vacant(slot) => {
+            slot.insert(entry);
+            None
         }
     }
 }
@@ -148,7 +177,23 @@ struct RowRef<'a> {
     received_at: &'a str,
 }
 
-fn parse_row(index: &Index, line: &[u8]) -> Result<(HostId, EpisodeId, Entry), String> {
+/// Commit ids seen by one loader thread.
+#[derive(Default)]
+struct Interner(HashSet<Arc<str>, Hasher>);
+
+impl Interner {
+    fn intern(&mut self, commit: Option<&str>) -> Option<Arc<str>> {
+        let commit = commit?;
+        if let Some(found) = self.0.get(commit) {
+            return Some(found.clone());
+        }
+        let arc: Arc<str> = commit.into();
+        self.0.insert(arc.clone());
+        Some(arc)
+    }
+}
+
+fn parse_row(interner: &mut Interner, line: &[u8]) -> Result<(HostId, EpisodeId, Entry), String> {
     let row: RowRef<'_> = serde_json::from_slice(line).map_err(|e| e.to_string())?;
     let host_id = HostId::new(row.host_id).map_err(|e| e.to_string())?;
     let episode_id = EpisodeId::new(row.episode_id).map_err(|e| e.to_string())?;
@@ -166,58 +211,143 @@ fn parse_row(index: &Index, line: &[u8]) -> Result<(HostId, EpisodeId, Entry), S
         tar_sha256,
         bytes: row.bytes,
         received_at,
-        code_commit: index.intern(row.code_commit.as_deref()),
+        code_commit: interner.intern(row.code_commit.as_deref()),
     };
     Ok((host_id, episode_id, entry))
 }
 
-/// Reads `path` into a new `Index`. A missing file is an empty index.
+/// One line of the index, parsed.
+struct Parsed {
+    /// Bytes, including the newline.
+    len: usize,
+    complete: bool,
+    /// `Ok(None)`: a blank line.
+    row: Result<Option<(HostId, EpisodeId, Entry)>, String>,
+}
+
+fn parse_lines(text: &[u8]) -> Vec<Parsed> {
+    let mut interner = Interner::default();
+    text.split_inclusive(|b| *b == b'\n')
+        .map(|line| {
+            let complete = line.last() == Some(&b'\n');
+            let body = if complete {
+                &line[..line.len() - 1]
+            } else {
+                line
+            };
+            let row = if body.iter().all(u8::is_ascii_whitespace) {
+                Ok(None)
+            } else {
+                parse_row(&mut interner, body).map(Some)
+            };
+            Parsed {
+                len: line.len(),
+                complete,
+                row,
+            }
+        })
+        .collect()
+}
+
+/// Splits `text` into about `n` pieces that each end at a newline (or the end).
+fn split_at_lines(text: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut pieces = Vec::with_capacity(n);
+    let mut rest = text;
+    for k in (1..=n).rev() {
+        if rest.is_empty() {
+            break;
+        }
+        let target = rest.len() / k;
+        let end = if k == 1 {
+            rest.len()
+        } else {
+            rest[target..]
+                .iter()
+                .position(|b| *b == b'\n')
+                .map_or(rest.len(), |p| target + p + 1)
+        };
+        let (piece, tail) = rest.split_at(end);
+        pieces.push(piece);
+        rest = tail;
+    }
+    pieces
+}
+
+/// Bytes read (and parsed on every core) at a time.
+const LOAD_BLOCK: usize = 32 << 20;
+
+/// Reads `path` into a new `Index`. A missing file is an empty index. Parses on
+/// every core, a block at a time, so memory stays at a few blocks whatever the size.
 pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
     let index = Index::default();
     let mut report = LoadReport::default();
-    let file = match File::open(path) {
+    let mut file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((index, report)),
         Err(e) => return Err(e),
     };
-    let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut line = Vec::with_capacity(512);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let (mut offset, mut line_no) = (0u64, 0u64);
+    let mut carry: Vec<u8> = Vec::with_capacity(LOAD_BLOCK + 4096);
+    let mut map = index.map.write().unwrap_or_else(|e| e.into_inner());
+    let mut rows = 0u64;
     loop {
-        line.clear();
-        let n = reader.read_until(b'\n', &mut line)?;
-        if n == 0 {
+        let start = carry.len();
+        carry.resize(start + LOAD_BLOCK, 0);
+        let mut filled = start;
+        while filled < carry.len() {
+            match file.read(&mut carry[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let eof = filled < carry.len();
+        carry.truncate(filled);
+        let end = if eof {
+            carry.len()
+        } else {
+            carry.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1)
+        };
+        let pieces = split_at_lines(&carry[..end], threads);
+        let parsed: Vec<Vec<Parsed>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = pieces
+                .iter()
+                .map(|piece| scope.spawn(move || parse_lines(piece)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("index parser panicked"))
+                .collect()
+        });
+        for line in parsed.into_iter().flatten() {
+            line_no += 1;
+            match line.row {
+                Ok(None) if !line.complete => report.torn_tail = Some((offset, line.len, false)),
+                Ok(None) => {}
+                Ok(Some((host_id, episode_id, entry))) => {
+                    if !line.complete {
+                        report.torn_tail = Some((offset, line.len, true));
+                    }
+                    match insert_into(&mut map, host_id, episode_id, entry) {
+                        None => rows += 1,
+                        Some(key) => report.duplicates.push(key),
+                    }
+                }
+                Err(_) if !line.complete => report.torn_tail = Some((offset, line.len, false)),
+                Err(e) => report.bad_lines.push((line_no, e)),
+            }
+            offset += line.len as u64;
+        }
+        carry.drain(..end);
+        if eof {
             break;
         }
-        line_no += 1;
-        let complete = line.last() == Some(&b'\n');
-        let body = if complete { &line[..n - 1] } else { &line[..] };
-        if body.iter().all(u8::is_ascii_whitespace) {
-            if !complete {
-                report.torn_tail = Some((offset, n, false));
-            }
-            offset += n as u64;
-            continue;
-        }
-        match parse_row(&index, body) {
-            Ok((host_id, episode_id, entry)) => {
-                if !complete {
-                    report.torn_tail = Some((offset, n, true));
-                }
-                if index.insert(host_id.clone(), episode_id.clone(), entry) {
-                    report.rows += 1;
-                } else {
-                    report.duplicates.push((host_id, episode_id));
-                }
-            }
-            Err(e) if !complete => {
-                let _ = e;
-                report.torn_tail = Some((offset, n, false));
-            }
-            Err(e) => report.bad_lines.push((line_no, e)),
-        }
-        offset += n as u64;
     }
+    drop(map);
+    index.rows.store(rows, Ordering::Relaxed);
+    report.rows = rows;
     Ok((index, report))
 }
 
@@ -572,6 +702,49 @@ mod tests {
             std::fs::read_to_string(&path).unwrap(),
             format!("{}{}", line(&a), line(&b))
         );
+    }
+
+    #[test]
+    fn splits_at_newlines_only() {
+        let text = b"aa\nbbbb\nc\ndddddd\ne";
+        for n in 1..6 {
+            let pieces = split_at_lines(text, n);
+            assert_eq!(pieces.concat(), text, "{n}");
+            for piece in &pieces[..pieces.len() - 1] {
+                assert_eq!(piece.last(), Some(&b'\n'), "{n}: {pieces:?}");
+            }
+        }
+        assert!(split_at_lines(b"", 4).is_empty());
+    }
+
+    #[test]
+    fn parallel_pieces_keep_line_numbers_and_the_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.jsonl");
+        let mut text = String::new();
+        for i in 0..5000 {
+            if i == 3777 {
+                text.push_str("garbage\n");
+            }
+            text.push_str(&line(&row(
+                "lab1",
+                &format!("E{i}"),
+                format!("{i}").as_bytes(),
+            )));
+        }
+        text.push_str("{\"host_id\":");
+        std::fs::write(&path, &text).unwrap();
+        let (index, report) = load(&path).unwrap();
+        assert_eq!((report.rows, index.len()), (5000, 5000));
+        assert_eq!(report.bad_lines.len(), 1);
+        assert_eq!(
+            report.bad_lines[0].0, 3778,
+            "1-based line number of the garbage"
+        );
+        let (offset, _, parses) = report.torn_tail.unwrap();
+        assert!(!parses);
+        assert_eq!(offset as usize, text.rfind('{').unwrap());
+        assert!(index.contains_str("lab1", "E4999") && !index.contains_str("lab1", "E5000"));
     }
 
     #[test]

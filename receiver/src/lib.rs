@@ -112,8 +112,10 @@ pub fn open(
         incoming_removed,
         ..StartReport::default()
     };
+    let started = std::time::Instant::now();
     let (index, load) =
         index::load(&config.index_path).map_err(|e| runtime("reading", &config.index_path, e))?;
+    let load_ms = started.elapsed().as_millis() as u64;
     if load.torn_tail.is_some() {
         index::repair_tail(&config.index_path, &load)
             .map_err(|e| runtime("repairing", &config.index_path, e))?;
@@ -123,8 +125,16 @@ pub fn open(
         tracing::error!(line, error = %error, index = %config.index_path.display(), "index_bad_line: kept in the file, ignored");
     }
     report.bad_lines = load.bad_lines.len();
+    let started = std::time::Instant::now();
     let scan = reconcile::scan_store(&config.store_root, &index)
         .map_err(|e| runtime("scanning", &config.store_root, e))?;
+    tracing::info!(
+        rows = load.rows,
+        archives = scan.archives,
+        load_ms,
+        scan_ms = started.elapsed().as_millis() as u64,
+        "index_loaded: the index is in memory and checked against the store"
+    );
     let mut rows = Vec::with_capacity(scan.orphans.len());
     for (host_id, episode_id, path) in &scan.orphans {
         let row = reconcile::row_for_archive(host_id, episode_id, path)

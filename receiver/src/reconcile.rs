@@ -31,57 +31,87 @@ pub struct StoreScan {
     pub strays: Vec<PathBuf>,
 }
 
-/// Compares the store's directory tree with the index, reading names only.
+/// Compares the store's directory tree with the index, reading names only, with
+/// host directories spread over every core. Allocates nothing for an archive that
+/// is indexed (the common case, a million times).
 pub fn scan_store(store_root: &Path, index: &Index) -> io::Result<StoreScan> {
     let mut scan = StoreScan::default();
-    let mut in_index = 0u64;
-    let mut seen: Vec<(HostId, EpisodeId)> = Vec::new();
     let read_dir = match std::fs::read_dir(store_root) {
         Ok(rd) => rd,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scan),
         Err(e) => return Err(e),
     };
+    let mut hosts = Vec::new();
     for host_entry in read_dir {
         let host_entry = host_entry?;
-        let host_path = host_entry.path();
-        let host_id = match host_entry.file_name().to_str().map(HostId::new) {
-            Some(Ok(h)) if host_entry.file_type()?.is_dir() => h,
-            _ => {
-                scan.strays.push(host_path);
-                continue;
-            }
-        };
-        for entry in std::fs::read_dir(&host_path)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let episode_id = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX))
-                .and_then(|n| EpisodeId::new(n).ok());
-            let Some(episode_id) = episode_id else {
-                scan.strays.push(entry.path());
-                continue;
-            };
-            scan.archives += 1;
-            if index.contains(&host_id, &episode_id) {
-                in_index += 1;
-                seen.push((host_id.clone(), episode_id));
-            } else {
-                scan.orphans
-                    .push((host_id.clone(), episode_id, entry.path()));
-            }
+        match host_entry.file_name().to_str().map(HostId::new) {
+            Some(Ok(h)) if host_entry.file_type()?.is_dir() => hosts.push((h, host_entry.path())),
+            _ => scan.strays.push(host_entry.path()),
         }
     }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let chunk = hosts.len().div_ceil(threads).max(1);
+    let parts: Vec<io::Result<(StoreScan, u64)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = hosts
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || scan_hosts(part, index)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("store scanner panicked"))
+            .collect()
+    });
+    let mut in_index = 0u64;
+    for part in parts {
+        let (part, indexed) = part?;
+        in_index += indexed;
+        scan.archives += part.archives;
+        scan.orphans.extend(part.orphans);
+        scan.strays.extend(part.strays);
+    }
     if in_index != index.len() {
-        let seen: std::collections::HashSet<_> = seen.into_iter().collect();
+        // Some rows have no archive: find which (rare; one stat per row).
         scan.missing = index
             .keys()
             .into_iter()
-            .filter(|k| !seen.contains(k))
+            .filter(|(h, e)| !crate::index::archive_path(store_root, h, e).exists())
             .collect();
         scan.missing.sort();
     }
     Ok(scan)
+}
+
+/// Scans some host directories; returns what it found and how many were indexed.
+fn scan_hosts(
+    hosts: &[(HostId, std::path::PathBuf)],
+    index: &Index,
+) -> io::Result<(StoreScan, u64)> {
+    let mut scan = StoreScan::default();
+    let mut in_index = 0u64;
+    for (host_id, host_path) in hosts {
+        for entry in std::fs::read_dir(host_path)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX)) else {
+                scan.strays.push(entry.path());
+                continue;
+            };
+            if index.contains_str(host_id.as_str(), stem) {
+                scan.archives += 1;
+                in_index += 1;
+                continue;
+            }
+            match EpisodeId::new(stem) {
+                Ok(episode_id) => {
+                    scan.archives += 1;
+                    scan.orphans
+                        .push((host_id.clone(), episode_id, entry.path()));
+                }
+                Err(_) => scan.strays.push(entry.path()),
+            }
+        }
+    }
+    Ok((scan, in_index))
 }
 
 /// Rebuilds the index row of an archive from the archive: its sha256 and size, the
