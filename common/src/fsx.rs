@@ -91,6 +91,26 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
+/// Makes everything written to the filesystem holding `path` durable: data,
+/// metadata and directory entries, with one device flush (`syncfs(2)`, which
+/// reports writeback errors since Linux 5.8). A group commit barrier: one call
+/// replaces an fsync per file.
+pub fn syncfs(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let handle = File::open(path)?;
+    // SAFETY: a valid open file descriptor.
+    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// True when both paths are on one filesystem.
+pub fn same_filesystem(a: &Path, b: &Path) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt as _;
+    Ok(std::fs::metadata(a)?.dev() == std::fs::metadata(b)?.dev())
+}
+
 /// Identifies a version of a file without reading it (size, mtime, inode), to
 /// notice that a certificate or token was replaced on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]

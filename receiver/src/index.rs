@@ -390,10 +390,20 @@ impl IndexFile {
     /// Appends whole lines and makes them durable; on failure the file is cut back
     /// so no partial row is left for the next append to follow.
     fn append(&mut self, lines: &[u8]) -> io::Result<()> {
+        self.append_then(lines, |file| file.sync_data())
+    }
+
+    /// Appends whole lines, then runs `barrier` to make them durable; on failure the
+    /// file is cut back to where it was.
+    fn append_then(
+        &mut self,
+        lines: &[u8],
+        barrier: impl FnOnce(&File) -> io::Result<()>,
+    ) -> io::Result<()> {
         let result = self
             .file
             .write_all(lines)
-            .and_then(|()| self.file.sync_data());
+            .and_then(|()| barrier(&self.file));
         match result {
             Ok(()) => {
                 self.len += lines.len() as u64;
@@ -430,7 +440,10 @@ pub fn stored_entry(
 
 /// An upload, verified and fsynced in `incoming_root`, asking to be published.
 pub struct Publish {
+    /// The upload.
     pub temp: PathBuf,
+    /// Whether `temp` was fsynced already; if not, the batch's first barrier does it.
+    pub synced: bool,
     pub row: IndexRow,
     pub reply: oneshot::Sender<io::Result<Published>>,
 }
@@ -452,10 +465,21 @@ pub struct Committer {
 }
 
 impl Committer {
-    pub async fn publish(&self, temp: PathBuf, row: IndexRow) -> io::Result<Published> {
+    /// Publishes `temp`, which holds the upload (`synced`: already fsynced).
+    pub async fn publish(
+        &self,
+        temp: PathBuf,
+        synced: bool,
+        row: IndexRow,
+    ) -> io::Result<Published> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Publish { temp, row, reply })
+            .send(Publish {
+                temp,
+                synced,
+                row,
+                reply,
+            })
             .map_err(|_| io::Error::other("index writer has stopped"))?;
         rx.await
             .map_err(|_| io::Error::other("index writer has stopped"))?
@@ -464,6 +488,11 @@ impl Committer {
     /// Starts the index-writer thread, appending to `index_path`.
     pub fn spawn(index: Arc<Index>, store_root: PathBuf, index_path: &Path) -> io::Result<Self> {
         let file = IndexFile::open(index_path)?;
+        let index_dir = index_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let index_with_store = fsx::same_filesystem(index_dir, &store_root)?;
         let (tx, rx) = mpsc::channel::<Publish>();
         std::thread::Builder::new()
             .name("index-writer".into())
@@ -472,6 +501,7 @@ impl Committer {
                     index,
                     store_root,
                     file,
+                    index_with_store,
                 }
                 .run(rx)
             })?;
@@ -513,6 +543,8 @@ struct CommitLoop {
     index: Arc<Index>,
     store_root: PathBuf,
     file: IndexFile,
+    /// The index lives on the store's filesystem: one `syncfs` covers both.
+    index_with_store: bool,
 }
 
 const MAX_BATCH: usize = 256;
@@ -531,7 +563,31 @@ impl CommitLoop {
         }
     }
 
+    /// Barrier 1: the data of every upload its writer did not fsync (small bodies)
+    /// becomes durable, with one syncfs, before anything is renamed into the store.
+    fn sync_data(&self, batch: Vec<Publish>) -> Vec<Publish> {
+        if batch.iter().all(|p| p.synced) {
+            return batch;
+        }
+        match fsx::syncfs(&self.store_root) {
+            Ok(()) => batch,
+            Err(e) => {
+                tracing::error!(error = %e, "syncfs of the store failed; those uploads are not acknowledged");
+                let (synced, unsynced): (Vec<_>, Vec<_>) =
+                    batch.into_iter().partition(|p| p.synced);
+                for publish in unsynced {
+                    let _ = std::fs::remove_file(&publish.temp);
+                    let _ = publish
+                        .reply
+                        .send(Err(io::Error::new(e.kind(), e.to_string())));
+                }
+                synced
+            }
+        }
+    }
+
     fn commit(&mut self, batch: Vec<Publish>) {
+        let batch = self.sync_data(batch);
         let mut placed: Vec<(Publish, Entry, PathBuf)> = Vec::with_capacity(batch.len());
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut keys_in_batch: HashSet<(HostId, EpisodeId)> = HashSet::new();
@@ -588,17 +644,17 @@ impl CommitLoop {
         if placed.is_empty() {
             return;
         }
-        let durable = dirs
-            .iter()
-            .try_for_each(|dir| fsx::fsync_dir(dir))
-            .and_then(|()| {
-                self.append_rows(
-                    &placed
-                        .iter()
-                        .map(|(p, ..)| p.row.clone())
-                        .collect::<Vec<_>>(),
-                )
-            });
+        // Barrier 2: the renames and the index rows, with one syncfs when the index
+        // shares the store's filesystem, else an fsync per directory and the index.
+        let rows: Vec<IndexRow> = placed.iter().map(|(p, ..)| p.row.clone()).collect();
+        let durable = if self.index_with_store {
+            let store_root = self.store_root.clone();
+            self.append_rows_then(&rows, |_| fsx::syncfs(&store_root))
+        } else {
+            dirs.iter()
+                .try_for_each(|dir| fsx::fsync_dir(dir))
+                .and_then(|()| self.append_rows(&rows))
+        };
         match durable {
             Ok(()) => {
                 for (publish, entry, _) in placed {
@@ -624,12 +680,20 @@ impl CommitLoop {
     }
 
     fn append_rows(&mut self, rows: &[IndexRow]) -> io::Result<()> {
+        self.append_rows_then(rows, |file| file.sync_data())
+    }
+
+    fn append_rows_then(
+        &mut self,
+        rows: &[IndexRow],
+        barrier: impl FnOnce(&File) -> io::Result<()>,
+    ) -> io::Result<()> {
         let mut buf = Vec::with_capacity(rows.len() * 320);
         for row in rows {
             serde_json::to_writer(&mut buf, row).map_err(io::Error::other)?;
             buf.push(b'\n');
         }
-        self.file.append(&buf)
+        self.file.append_then(&buf, barrier)
     }
 
     fn place(&self, publish: &Publish) -> io::Result<Placed> {
@@ -799,7 +863,10 @@ mod tests {
             std::fs::write(&temp, b"same").unwrap();
             let c = committer.clone();
             tasks.push(tokio::spawn(async move {
-                c.publish(temp, row("lab1", "E1", b"same")).await.unwrap()
+                // Half as a streamed upload (fsynced), half as a small one (not yet).
+                c.publish(temp, i % 2 == 0, row("lab1", "E1", b"same"))
+                    .await
+                    .unwrap()
             }));
         }
         let mut created = 0;

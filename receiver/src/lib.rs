@@ -50,11 +50,37 @@ pub struct AppState {
     pub limits: Limits,
     draining: AtomicBool,
     temp_seq: AtomicU64,
+    /// Free bytes on the store's filesystem, as last read, and when (ms since `epoch`).
+    free: AtomicU64,
+    free_read_ms: AtomicU64,
+    epoch: std::time::Instant,
 }
+
+/// How long a reading of the store's free space is used before it is read again.
+const FREE_SPACE_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl AppState {
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Free bytes on the store's filesystem, read again when the last reading is
+    /// older than 250 ms (a statvfs per request would cost a thread hop each; the
+    /// byte claims of uploads in flight are subtracted by the caller).
+    pub async fn free_bytes(self: &Arc<Self>) -> std::io::Result<u64> {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        let read_ms = self.free_read_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(read_ms) < FREE_SPACE_MAX_AGE.as_millis() as u64 {
+            return Ok(self.free.load(Ordering::Relaxed));
+        }
+        let root = self.config.store_root.clone();
+        let free = tokio::task::spawn_blocking(move || episode_common::fsx::free_space(&root))
+            .await
+            .map_err(std::io::Error::other)??;
+        self.free.store(free, Ordering::Relaxed);
+        self.free_read_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
+        Ok(free)
     }
 
     pub fn start_draining(&self) {
@@ -164,6 +190,11 @@ pub fn open(
         limits,
         draining: AtomicBool::new(false),
         temp_seq: AtomicU64::new(0),
+        free: AtomicU64::new(0),
+        free_read_ms: AtomicU64::new(0),
+        epoch: std::time::Instant::now()
+            .checked_sub(FREE_SPACE_MAX_AGE)
+            .unwrap_or_else(std::time::Instant::now),
     };
     Ok((Arc::new(state), report))
 }

@@ -390,10 +390,9 @@ async fn decide_put(state: &Arc<AppState>, parts: &mut Parts) -> Result<Decision
         state.config.require_code_commit,
         state.limits.window.is_some(),
     )?;
-    let root = state.config.store_root.clone();
-    let free = tokio::task::spawn_blocking(move || episode_common::fsx::free_space(&root))
+    let free = state
+        .free_bytes()
         .await
-        .map_err(|e| internal("free space check", e))?
         .map_err(|e| internal("free space check", e))?;
     let free_after_claims = free.saturating_sub(state.slots.claimed_bytes());
     admission::admit(
@@ -454,6 +453,34 @@ fn early(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
     response
 }
 
+/// The answer to a body that could not be received.
+fn receive_failed(error: ReceiveError, host_id: &HostId, episode_id: &EpisodeId) -> Response {
+    match error {
+        ReceiveError::Idle(d) => {
+            let mut response = problem_response(Problem::new(
+                Slug::BodyTimeout,
+                format!("no body bytes arrived for {}", episode_common::Dur(d)),
+            ));
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            response
+        }
+        ReceiveError::Client(e) => {
+            tracing::info!(host_id = %host_id, episode_id = %episode_id, error = %e, "upload_abandoned: client stopped sending");
+            problem_response(Problem::new(
+                Slug::LengthMismatch,
+                "the body ended before Content-Length bytes",
+            ))
+        }
+        ReceiveError::TooLong(n) => problem_response(Problem::new(
+            Slug::LengthMismatch,
+            format!("the body is longer than {n} bytes"),
+        )),
+        ReceiveError::Io(e) => problem_response(io_problem("writing an upload", &e)),
+    }
+}
+
 async fn receive_and_publish(state: &AppState, plan: Plan, body: Body) -> Response {
     let Plan {
         host_id,
@@ -462,41 +489,27 @@ async fn receive_and_publish(state: &AppState, plan: Plan, body: Body) -> Respon
         client,
         _slot,
     } = plan;
-    let temp = TempFile::new(state.temp_path(&host_id, &episode_id));
+    let temp_path = state.temp_path(&host_id, &episode_id);
     let idle = state.config.body_idle_timeout.get();
     let metrics = &state.metrics;
-    let received = upload::receive(body, &temp, put.content_length, idle, |n| {
+    let count = |n: u64| {
         metrics
             .upload_bytes
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    })
-    .await;
-    let received = match received {
-        Ok(r) => r,
-        Err(ReceiveError::Idle(d)) => {
-            let mut response = problem_response(Problem::new(
-                Slug::BodyTimeout,
-                format!("no body bytes arrived for {}", episode_common::Dur(d)),
-            ));
-            response
-                .headers_mut()
-                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
-            return response;
+    };
+    // Small bodies are kept in memory and written by the committer; large ones
+    // stream to a temp file (removed by its guard unless published).
+    let temp = TempFile::new(temp_path);
+    let (received, small) = if put.content_length <= upload::SMALL_BODY {
+        match upload::receive_small(body, put.content_length, idle, count).await {
+            Ok((received, data)) => (received, Some(data)),
+            Err(e) => return receive_failed(e, &host_id, &episode_id),
         }
-        Err(ReceiveError::Client(e)) => {
-            tracing::info!(host_id = %host_id, episode_id = %episode_id, error = %e, "upload_abandoned: client stopped sending");
-            return problem_response(Problem::new(
-                Slug::LengthMismatch,
-                "the body ended before Content-Length bytes",
-            ));
+    } else {
+        match upload::receive(body, &temp, put.content_length, idle, count).await {
+            Ok(received) => (received, None),
+            Err(e) => return receive_failed(e, &host_id, &episode_id),
         }
-        Err(ReceiveError::TooLong(n)) => {
-            return problem_response(Problem::new(
-                Slug::LengthMismatch,
-                format!("the body is longer than {n} bytes"),
-            ));
-        }
-        Err(ReceiveError::Io(e)) => return problem_response(io_problem("writing an upload", &e)),
     };
     if received.bytes != put.content_length {
         return problem_response(Problem::new(
@@ -530,7 +543,15 @@ async fn receive_and_publish(state: &AppState, plan: Plan, body: Body) -> Respon
         received_at: wire::format_rfc3339(OffsetDateTime::now_utc()),
         client,
     };
-    match state.committer.publish(temp.keep(), row).await {
+    // A small body is written only now that it is known to be whole and right;
+    // the committer's first barrier makes it durable.
+    let synced = small.is_none();
+    if let Some(data) = small
+        && let Err(e) = upload::write_small(&temp, data).await
+    {
+        return problem_response(io_problem("writing an upload", &e));
+    }
+    match state.committer.publish(temp.keep(), synced, row).await {
         Ok(Published::Created(entry)) => {
             state
                 .metrics
