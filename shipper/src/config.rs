@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use episode_common::config::{ConfigError, parse_toml};
-use episode_common::{Dur, HostId};
+use episode_common::{ByteSize, Dur, HostId};
 use serde::Deserialize;
 
 pub const DEFAULT_PATH: &str = "/etc/episode-shipper/shipper.toml";
@@ -32,6 +32,10 @@ pub struct Config {
     /// or below the receiver's `max_uploads_per_host`.
     #[serde(default = "defaults::upload_concurrency")]
     pub upload_concurrency: usize,
+    /// Bytes of packed archives kept in memory at once; an episode whose archive
+    /// does not fit goes through `outbox/` (written, fsynced, read back).
+    #[serde(default = "defaults::memory_budget")]
+    pub memory_budget: ByteSize,
     pub receiver: ReceiverConfig,
     #[serde(default)]
     pub retry: RetryConfig,
@@ -115,6 +119,9 @@ mod defaults {
     }
     pub fn upload_concurrency() -> usize {
         4
+    }
+    pub fn memory_budget() -> ByteSize {
+        ByteSize(256 << 20)
     }
     pub fn connect_timeout() -> Dur {
         Dur(Duration::from_secs(10))

@@ -6,8 +6,9 @@
 //! configured level with the frame checksum on and always in multithreaded mode
 //! (≥ 1 worker), so the bytes never depend on the core count. The sha256 of the
 //! archive and of the tar stream are computed while writing, never by re-reading.
-//! Small episodes are packed in memory; large ones into `outbox/<id>.tar.zst.partial`,
-//! fsynced, then renamed. Blocking: run it off the async workers.
+//! An episode is packed in memory while its archive fits the `MemoryBudget`; else into
+//! `outbox/<id>.tar.zst.partial`, fsynced, then renamed. An in-memory archive whose
+//! send fails is written to the outbox the same way (`persist`). Blocking: run it off the async workers.
 //!
 //! Invariant: packing the same unchanged directory twice gives identical bytes.
 
@@ -25,8 +26,36 @@ use zstd::zstd_safe::{CCtx, CParameter};
 
 use crate::layout::DataRoot;
 
-/// Episodes up to this many raw bytes are packed in memory.
-pub const MEMORY_PACK_LIMIT: u64 = 8 << 20;
+/// Episodes up to this many raw bytes may be packed in memory (see `MemoryBudget`):
+/// it spares writing, fsyncing and re-reading the archive through the outbox.
+pub const MEMORY_PACK_LIMIT: u64 = 128 << 20;
+
+/// The room left for in-memory archives. An episode is packed in memory only when
+/// its raw size (an upper bound of its archive) fits; otherwise through the outbox,
+/// so memory stays bounded however large or incompressible the backlog is.
+#[derive(Clone)]
+pub struct MemoryBudget(std::sync::Arc<tokio::sync::Semaphore>);
+
+/// Room taken in a `MemoryBudget`, given back on drop.
+pub struct Reservation(#[allow(dead_code)] tokio::sync::OwnedSemaphorePermit);
+
+impl MemoryBudget {
+    pub fn new(bytes: u64) -> Self {
+        let kib = usize::try_from(bytes / 1024)
+            .unwrap_or(usize::MAX)
+            .min(tokio::sync::Semaphore::MAX_PERMITS);
+        Self(std::sync::Arc::new(tokio::sync::Semaphore::new(kib)))
+    }
+
+    fn try_reserve(&self, bytes: u64) -> Option<Reservation> {
+        let kib = u32::try_from(bytes.div_ceil(1024).max(1)).ok()?;
+        self.0
+            .clone()
+            .try_acquire_many_owned(kib)
+            .ok()
+            .map(Reservation)
+    }
+}
 
 /// One entry of the archive, as found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -322,24 +351,33 @@ pub fn pack(
     episode_id: &EpisodeId,
     level: i32,
     progress: &dyn Fn(u64),
-) -> io::Result<Packed> {
+    budget: &MemoryBudget,
+) -> io::Result<(Packed, Option<Reservation>)> {
     let (entries, skipped) = collect_entries(dir, episode_id)?;
     for path in skipped {
         tracing::warn!(episode_id = %episode_id, path = %path.display(), "not archived: not a file, directory or symlink, or not UTF-8");
     }
     let raw_bytes = raw_size(&entries);
-    if raw_bytes <= MEMORY_PACK_LIMIT {
+    // The archive of incompressible data is its size plus tar headers and frames.
+    let bound = raw_bytes + entries.len() as u64 * 1024 + (64 << 10);
+    let reservation = (raw_bytes <= MEMORY_PACK_LIMIT)
+        .then(|| budget.try_reserve(bound))
+        .flatten();
+    if reservation.is_some() {
         let (digests, buf) = write_archive(
             &entries,
             level,
             Vec::with_capacity(raw_bytes as usize / 4 + 1024),
             progress,
         )?;
-        return Ok(Packed {
-            digests,
-            body: Body::Memory(buf.into()),
-            raw_bytes,
-        });
+        return Ok((
+            Packed {
+                digests,
+                body: Body::Memory(buf.into()),
+                raw_bytes,
+            },
+            reservation,
+        ));
     }
     let partial = root.partial(episode_id);
     let result = (|| {
@@ -350,11 +388,14 @@ pub fn pack(
         Ok(digests)
     })();
     match result {
-        Ok(digests) => Ok(Packed {
-            digests,
-            body: Body::File(root.archive(episode_id)),
-            raw_bytes,
-        }),
+        Ok(digests) => Ok((
+            Packed {
+                digests,
+                body: Body::File(root.archive(episode_id)),
+                raw_bytes,
+            },
+            None,
+        )),
         Err(e) => {
             let _ = std::fs::remove_file(&partial);
             Err(e)
@@ -494,8 +535,13 @@ mod tests {
         let id = EpisodeId::new("01EPISODE").unwrap();
         let dir = root.episodes.join("01EPISODE");
         make_episode(&dir, false);
-        let a = pack(&root, &dir, &id, 3, &|_| {}).unwrap();
-        let b = pack(&root, &dir, &id, 3, &|_| {}).unwrap();
+        let budget = MemoryBudget::new(256 << 20);
+        let (a, a_memory) = pack(&root, &dir, &id, 3, &|_| {}, &budget).unwrap();
+        let (b, _) = pack(&root, &dir, &id, 3, &|_| {}, &budget).unwrap();
+        assert!(
+            a_memory.is_some(),
+            "an in-memory archive holds memory budget"
+        );
         let (Body::Memory(a_bytes), Body::Memory(b_bytes)) = (&a.body, &b.body) else {
             panic!("small episodes pack in memory")
         };
@@ -570,15 +616,17 @@ mod tests {
     }
 
     #[test]
-    fn large_episodes_go_through_the_outbox_and_are_reused() {
+    fn episodes_beyond_the_memory_budget_go_through_the_outbox_and_are_reused() {
         let tmp = tempfile::tempdir().unwrap();
         let root = DataRoot::new(tmp.path());
         root.ensure().unwrap();
         let id = EpisodeId::new("01BIG").unwrap();
         let dir = root.episodes.join("01BIG");
         make_episode(&dir, true);
-        std::fs::write(dir.join("more.bin"), vec![7u8; MEMORY_PACK_LIMIT as usize]).unwrap();
-        let packed = pack(&root, &dir, &id, 3, &|_| {}).unwrap();
+        std::fs::write(dir.join("more.bin"), vec![7u8; 1 << 20]).unwrap();
+        // No memory budget left: the episode goes through the outbox.
+        let (packed, memory) = pack(&root, &dir, &id, 3, &|_| {}, &MemoryBudget::new(0)).unwrap();
+        assert!(memory.is_none());
         let Body::File(path) = &packed.body else {
             panic!("a large episode packs to a file")
         };
@@ -609,7 +657,8 @@ mod tests {
         let id = EpisodeId::new("01S").unwrap();
         let dir = root.episodes.join("01S");
         make_episode(&dir, false);
-        let packed = pack(&root, &dir, &id, 3, &|_| {}).unwrap();
+        let (packed, _) =
+            pack(&root, &dir, &id, 3, &|_| {}, &MemoryBudget::new(256 << 20)).unwrap();
         persist(&root, &id, &packed).unwrap();
         let reused = reuse(&root, &id, &dir).unwrap().unwrap();
         assert_eq!(reused.digests, packed.digests);

@@ -90,6 +90,7 @@ pub struct Shipper {
     /// Raw sizes of pending episodes (they never change once finished).
     sizes: HashMap<EpisodeId, u64>,
     warned_invalid: HashSet<String>,
+    memory: pack::MemoryBudget,
     _lock: File,
 }
 
@@ -152,6 +153,8 @@ struct Prepared {
     id: EpisodeId,
     packed: Packed,
     meta: Meta,
+    /// Memory held by an in-memory archive until the episode is acted on.
+    _memory: Option<pack::Reservation>,
 }
 
 /// What the receiver said about one episode, or why it said nothing.
@@ -270,20 +273,25 @@ fn prepare(
     id: EpisodeId,
     level: i32,
     progress: &Progress,
+    budget: &pack::MemoryBudget,
 ) -> Result<Prepared, (EpisodeId, std::io::Error)> {
     let dir = root.episode_dir(Place::Episodes, &id);
     let meta = meta::read(&dir);
     for warning in &meta.warnings {
         tracing::warn!(episode_id = %id, "meta.json: {warning}; sent without that header");
     }
-    let packed = match pack::reuse(root, &id, &dir) {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            pack::pack(root, &dir, &id, level, &|n| progress.add(n)).map_err(|e| (id.clone(), e))?
-        }
+    let (packed, memory) = match pack::reuse(root, &id, &dir) {
+        Ok(Some(p)) => (p, None),
+        Ok(None) => pack::pack(root, &dir, &id, level, &|n| progress.add(n), budget)
+            .map_err(|e| (id.clone(), e))?,
         Err(e) => return Err((id, e)),
     };
-    Ok(Prepared { id, packed, meta })
+    Ok(Prepared {
+        id,
+        packed,
+        meta,
+        _memory: memory,
+    })
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -321,6 +329,7 @@ impl Shipper {
         }
         Ok(Self {
             transport: Arc::new(Transport::new(&config)),
+            memory: pack::MemoryBudget::new(config.memory_budget.get()),
             config,
             root,
             state,
@@ -495,11 +504,12 @@ impl Shipper {
             mpsc::channel::<Result<Prepared, (EpisodeId, std::io::Error)>>(concurrency);
         let pack_stop = self.stop.child_token();
         let packer = {
-            let (root, level, progress, stop) = (
+            let (root, level, progress, stop, memory) = (
                 self.root.clone(),
                 self.config.compression_level,
                 self.progress.clone(),
                 pack_stop.clone(),
+                self.memory.clone(),
             );
             tokio::spawn(async move {
                 for id in queue {
@@ -507,7 +517,9 @@ impl Shipper {
                         break;
                     }
                     let (root, progress) = (root.clone(), progress.clone());
-                    let prepared = blocking(move || prepare(&root, id, level, &progress)).await;
+                    let memory = memory.clone();
+                    let prepared =
+                        blocking(move || prepare(&root, id, level, &progress, &memory)).await;
                     if tx.send(prepared).await.is_err() {
                         break;
                     }
@@ -669,14 +681,15 @@ impl Shipper {
                 episode.repacks += 1;
                 self.save_state();
                 result.repacked += 1;
-                let (root, level, progress) = (
+                let (root, level, progress, memory) = (
                     self.root.clone(),
                     self.config.compression_level,
                     self.progress.clone(),
+                    self.memory.clone(),
                 );
                 let repacked = blocking(move || {
                     root.remove_outbox(&id).map_err(|e| (id.clone(), e))?;
-                    prepare(&root, id, level, &progress)
+                    prepare(&root, id, level, &progress, &memory)
                 })
                 .await;
                 match repacked {

@@ -239,7 +239,10 @@ fn shipper_killed_at_random_instants(name: &str, plan: Plan) {
     let mut rng = StdRng::seed_from_u64(seed);
     let env = TestEnv::new(name);
     let mut receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
-    let host = env.shipper_host("lab1", "lab1", &receiver.url, FAST_RETRY);
+    // A small memory budget: the large episodes go through outbox/ (.partial,
+    // fsync, rename), so kills land in that path too.
+    let extra = format!("memory_budget = \"4MiB\"\n{FAST_RETRY}");
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, &extra);
     let mut originals = backlog(&host, plan.episodes, plan.large_percent, &mut rng);
     let mut kills = Kills::default();
     while kills.with_work() < plan.kills {
