@@ -1,9 +1,10 @@
 //! Durable filesystem steps shared by the shipper and the receiver.
 //!
-//! Owns the four moves every durable publish is made of: fsync a directory, rename
-//! without ever replacing the target, write a small file atomically, and read free
-//! space; plus hashing a whole file and stamping one to notice it changed. Synchronous on purpose: callers run them off the async workers. Acts only
-//! on the paths it is given.
+//! Owns the moves every durable publish is made of: fsync a directory, rename
+//! without ever replacing the target, write a small file atomically, a `syncfs`
+//! barrier on a long-lived handle, and read free space; plus hashing a whole file
+//! and stamping one to notice it changed. Synchronous on purpose: callers run them
+//! off the async workers. Acts only on the paths it is given.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -91,24 +92,54 @@ pub fn free_space(path: &Path) -> io::Result<u64> {
     Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
 }
 
-/// Makes everything written to the filesystem holding `path` durable: data,
-/// metadata and directory entries, with one device flush (`syncfs(2)`, which
-/// reports writeback errors since Linux 5.8). A group commit barrier: one call
-/// replaces an fsync per file.
-pub fn syncfs(path: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd as _;
-    let handle = File::open(path)?;
-    // SAFETY: a valid open file descriptor.
-    if unsafe { libc::syncfs(handle.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+/// A `syncfs(2)` barrier on one filesystem, through one handle opened once and
+/// reused for every call.
+///
+/// Makes everything written to the filesystem durable (data, metadata, directory
+/// entries) with one device flush: one call replaces an fsync per file. The kernel
+/// samples the filesystem's writeback-error cursor when a file is *opened* and
+/// `syncfs` reports (since Linux 5.8) the errors after that sample, advancing it:
+/// a handle opened per call would miss an error that happened before its open or
+/// that another caller's `syncfs` consumed, and lost data could be acknowledged.
+/// On one long-lived handle, each call reports every error since the previous one.
+#[derive(Debug)]
+pub struct SyncFs {
+    handle: File,
 }
 
-/// True when both paths are on one filesystem.
-pub fn same_filesystem(a: &Path, b: &Path) -> io::Result<bool> {
-    use std::os::unix::fs::MetadataExt as _;
-    Ok(std::fs::metadata(a)?.dev() == std::fs::metadata(b)?.dev())
+impl SyncFs {
+    /// Opens `path` (any file or directory on the filesystem) and runs one
+    /// `syncfs` to prove it works there. `Ok(None)` when the kernel does not offer
+    /// it (ENOSYS, EINVAL, EOPNOTSUPP): the caller fsyncs file by file instead.
+    pub fn open(path: &Path) -> io::Result<Option<Self>> {
+        let sync = Self {
+            handle: File::open(path)?,
+        };
+        match sync.sync() {
+            Ok(()) => Ok(Some(sync)),
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP)) => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One barrier: everything written to the filesystem so far is durable, or
+    /// the writeback error since the last call is returned.
+    pub fn sync(&self) -> io::Result<()> {
+        use std::os::fd::AsRawFd as _;
+        // SAFETY: a valid open file descriptor, owned by `self`.
+        if unsafe { libc::syncfs(self.handle.as_raw_fd()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The device number of the filesystem (`st_dev` of the handle).
+    pub fn dev(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt as _;
+        Ok(self.handle.metadata()?.dev())
+    }
 }
 
 /// Identifies a version of a file without reading it (size, mtime, inode), to
@@ -208,6 +239,18 @@ mod tests {
             "a replaced file has a new stamp"
         );
         assert_eq!(FileStamp::of(&dir.path().join("missing")), None);
+    }
+
+    #[test]
+    fn syncfs_reuses_one_handle() {
+        let dir = tempfile::tempdir().unwrap();
+        let sync = SyncFs::open(dir.path()).unwrap().expect("syncfs on Linux");
+        std::fs::write(dir.path().join("f"), b"x").unwrap();
+        sync.sync().unwrap();
+        sync.sync().unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        assert_eq!(sync.dev().unwrap(), std::fs::metadata(dir.path()).unwrap().dev());
+        assert!(SyncFs::open(Path::new("/nonexistent/x")).is_err());
     }
 
     #[test]

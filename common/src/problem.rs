@@ -47,7 +47,6 @@ slugs! {
     BadDigestHeader = ("bad-digest-header", 400, "Malformed digest header"),
     MissingCodeCommit = ("missing-code-commit", 400, "X-Code-Commit is required"),
     MissingStartedAt = ("missing-started-at", 400, "X-Episode-Started-At is required"),
-    InvalidHeader = ("invalid-header", 400, "Malformed request header"),
     UnsupportedMediaType = ("unsupported-media-type", 415, "Unsupported Content-Type"),
     OutOfWindow = ("out-of-window", 412, "Episode start time outside the acceptance window"),
     TooLarge = ("too-large", 413, "Episode archive too large"),
@@ -123,6 +122,27 @@ mod tests {
             assert!((400..600).contains(&slug.status()), "{slug}");
         }
         assert_eq!(Slug::parse("nope"), None);
+    }
+
+    #[test]
+    fn the_slugs_are_protocol_mds_closed_list() {
+        // protocol.md "Errors", plus the three it names no slug for (404, 405, 503).
+        let spec = [
+            "unauthorized", "forbidden-identity", "invalid-id", "length-required",
+            "missing-digest", "bad-digest-header", "missing-code-commit", "missing-started-at",
+            "unsupported-media-type", "out-of-window", "too-large", "insufficient-storage",
+            "too-many-uploads", "conflict", "length-mismatch", "digest-mismatch",
+            "body-timeout", "internal",
+        ];
+        let unnamed = [("not-found", 404), ("method-not-allowed", 405), ("unavailable", 503)];
+        let mut ours: Vec<&str> = Slug::ALL.iter().map(|s| s.as_str()).collect();
+        let mut want: Vec<&str> = spec.iter().copied().chain(unnamed.iter().map(|u| u.0)).collect();
+        ours.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(ours, want);
+        for (slug, status) in unnamed {
+            assert_eq!(Slug::parse(slug).map(Slug::status), Some(status));
+        }
     }
 
     #[test]

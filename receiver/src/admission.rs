@@ -64,7 +64,8 @@ pub fn bind_identity(
     let named = path_host.into_iter().chain(x_host_id);
     if let Some(peer) = peer {
         for host in named {
-            if !peer.names.iter().any(|n| n == host) {
+            // DNS names are case-insensitive (RFC 4343): `LAB1` in a certificate is lab1.
+            if !peer.names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
                 return Err(Problem::new(
                     Slug::ForbiddenIdentity,
                     format!("client certificate identities {:?} do not include host {host:?}", peer.names),
@@ -93,6 +94,20 @@ pub fn parse_ids(host_id: &str, episode_id: &str) -> Result<(HostId, EpisodeId),
     Ok((host, episode))
 }
 
+/// A `/v1/*` path no route matched (after authentication): under `/v1/episodes`
+/// anything but exactly `{host_id}/{episode_id}` is an invalid id (400), anything
+/// else is not found (404).
+pub fn unrouted_v1(path: &str) -> Problem {
+    let rest = path.strip_prefix("/v1").unwrap_or(path);
+    if rest == "/episodes" || rest.starts_with("/episodes/") {
+        return Problem::new(
+            Slug::InvalidId,
+            "an episode path is /v1/episodes/{host_id}/{episode_id}, each id one path segment",
+        );
+    }
+    Problem::new(Slug::NotFound, "no such route")
+}
+
 /// A PUT's headers, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PutHeaders {
@@ -103,27 +118,31 @@ pub struct PutHeaders {
     pub started_at: Option<OffsetDateTime>,
 }
 
-/// All field lines of a list-valued header, joined as HTTP combines them.
+/// All field lines of a list-valued digest header, joined as HTTP combines them.
 fn joined(headers: &HeaderMap, name: &str) -> Result<Option<String>, Problem> {
     let mut values = Vec::new();
     for v in headers.get_all(name) {
-        let v = v.to_str().map_err(|_| {
-            Problem::new(Slug::InvalidHeader, format!("{name} is not visible ASCII"))
-        })?;
+        let v = v.to_str().map_err(|_| not_ascii(Slug::BadDigestHeader, name))?;
         values.push(v.trim());
     }
     let joined = values.join(", ");
     Ok(Some(joined).filter(|s| !s.trim_matches([',', ' ']).is_empty()))
 }
 
-fn text<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Problem> {
+/// A header's value, trimmed; one that is not visible ASCII is answered with
+/// `slug`, the problem of that header being absent or malformed.
+fn text<'a>(headers: &'a HeaderMap, name: &str, slug: Slug) -> Result<Option<&'a str>, Problem> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v
             .to_str()
             .map(|s| Some(s.trim()).filter(|s| !s.is_empty()))
-            .map_err(|_| Problem::new(Slug::InvalidHeader, format!("{name} is not visible ASCII"))),
+            .map_err(|_| not_ascii(slug, name)),
     }
+}
+
+fn not_ascii(slug: Slug, name: &str) -> Problem {
+    Problem::new(slug, format!("{name} is not visible ASCII"))
 }
 
 /// Step 1d: `Content-Length` (411), the digest (400), `X-Code-Commit` (400),
@@ -134,7 +153,7 @@ pub fn parse_put_headers(
     require_code_commit: bool,
     window_set: bool,
 ) -> Result<PutHeaders, Problem> {
-    let content_length = match text(headers, http::header::CONTENT_LENGTH.as_str())? {
+    let content_length = match text(headers, http::header::CONTENT_LENGTH.as_str(), Slug::LengthRequired)? {
         None => {
             return Err(Problem::new(
                 Slug::LengthRequired,
@@ -146,15 +165,16 @@ pub fn parse_put_headers(
         }
         Some(v) => v.parse::<u64>().map_err(|_| {
             Problem::new(
-                Slug::InvalidHeader,
+                Slug::LengthRequired,
                 format!("Content-Length {v:?} is not a number"),
             )
+            .remediation("send the exact body size in bytes in Content-Length")
         })?,
     };
 
     let repr = joined(headers, header::REPR_DIGEST)?;
     let content = joined(headers, header::CONTENT_DIGEST)?;
-    let legacy = text(headers, header::X_CONTENT_SHA256)?;
+    let legacy = text(headers, header::X_CONTENT_SHA256, Slug::BadDigestHeader)?;
     let bad_digest = |name: &str, e: episode_common::digest::DigestError| {
         Problem::new(Slug::BadDigestHeader, format!("{name}: {e}"))
             .remediation("send `Repr-Digest: sha-256=:<base64 of the 32-byte sha256 of the body>:`")
@@ -181,11 +201,12 @@ pub fn parse_put_headers(
             }
         },
     };
-    let tar_sha256 = text(headers, header::X_TAR_DIGEST)?
+    let tar_sha256 = text(headers, header::X_TAR_DIGEST, Slug::BadDigestHeader)?
         .map(|v| Sha256::from_field(v).map_err(|e| bad_digest("X-Tar-Digest", e)))
         .transpose()?;
 
-    let code_commit = text(headers, header::X_CODE_COMMIT)?.map(str::to_owned);
+    let code_commit =
+        text(headers, header::X_CODE_COMMIT, Slug::MissingCodeCommit)?.map(str::to_owned);
     match &code_commit {
         None if require_code_commit => {
             return Err(Problem::new(Slug::MissingCodeCommit, "the PUT carries no X-Code-Commit").remediation(
@@ -195,25 +216,33 @@ pub fn parse_put_headers(
         }
         Some(c) if c.len() > 128 || !c.bytes().all(|b| b.is_ascii_graphic()) => {
             return Err(Problem::new(
-                Slug::InvalidHeader,
-                "X-Code-Commit must be at most 128 visible ASCII characters",
+                Slug::MissingCodeCommit,
+                "X-Code-Commit is not a commit id: it must be at most 128 visible ASCII characters",
+            )
+            .remediation(
+                "record the recorder's commit id as code_commit in the episode's meta.json, then requeue it: \
+                 episode-shipper requeue --status 400",
             ));
         }
         _ => {}
     }
 
-    let started_at = match text(headers, header::X_EPISODE_STARTED_AT)? {
-        Some(v) => match parse_started_at(v) {
+    // Without a window the start time is only recorded: a malformed one is dropped.
+    let started_at = match text(headers, header::X_EPISODE_STARTED_AT, Slug::MissingStartedAt) {
+        Ok(Some(v)) => match parse_started_at(v) {
             Ok(t) => Some(t),
             Err(e) if window_set => {
                 return Err(Problem::new(
-                    Slug::InvalidHeader,
-                    format!("X-Episode-Started-At: {e}"),
-                ));
+                    Slug::MissingStartedAt,
+                    format!("X-Episode-Started-At {v:?} could not be parsed ({e}); send RFC 3339 or Unix seconds"),
+                )
+                .remediation("fix started_at in the episode's meta.json, then requeue it: episode-shipper requeue --status 400"));
             }
             Err(_) => None,
         },
-        None => wire::ulid_time(episode_id.as_str()),
+        Ok(None) => wire::ulid_time(episode_id.as_str()),
+        Err(problem) if window_set => return Err(problem),
+        Err(_) => None,
     };
     if window_set && started_at.is_none() {
         return Err(Problem::new(
@@ -228,7 +257,7 @@ pub fn parse_put_headers(
     for ct in headers.get_all(http::header::CONTENT_TYPE) {
         let ct = ct
             .to_str()
-            .map_err(|_| Problem::new(Slug::InvalidHeader, "Content-Type is not visible ASCII"))?;
+            .map_err(|_| not_ascii(Slug::UnsupportedMediaType, "Content-Type"))?;
         let media = ct
             .split(';')
             .next()
@@ -277,7 +306,14 @@ pub fn admit(
     if let (Some((max_age, max_future)), Some(started)) = (limits.window, put.started_at) {
         let requeue = "check the clock on the recording host (timedatectl); once it is right, \
                        requeue: episode-shipper requeue --status 412";
-        if started < now - max_age.get() {
+        // Saturating: a window wider than the calendar accepts everything that way.
+        let earliest = time::Duration::try_from(max_age.get())
+            .ok()
+            .and_then(|d| now.checked_sub(d));
+        let latest = time::Duration::try_from(max_future.get())
+            .ok()
+            .and_then(|d| now.checked_add(d));
+        if earliest.is_some_and(|earliest| started < earliest) {
             return Err(Problem::new(
                 Slug::OutOfWindow,
                 format!(
@@ -289,7 +325,7 @@ pub fn admit(
             )
             .remediation(requeue));
         }
-        if started > now + max_future.get() {
+        if latest.is_some_and(|latest| started > latest) {
             return Err(Problem::new(
                 Slug::OutOfWindow,
                 format!(
@@ -449,17 +485,101 @@ mod tests {
     }
 
     #[test]
+    fn certificate_names_match_hosts_ignoring_ascii_case() {
+        let peer = PeerIdentity {
+            names: vec!["LAB1.Example.ORG".into(), "Lab2".into()],
+            primary: Some("Lab2".into()),
+        };
+        assert!(bind_identity(Some(&peer), Some("lab1.example.org"), None).is_ok());
+        assert!(bind_identity(Some(&peer), Some("lab2"), Some("LAB2")).is_ok());
+        assert_eq!(
+            slug_of(bind_identity(Some(&peer), Some("lab1"), None)),
+            "forbidden-identity"
+        );
+    }
+
+    #[test]
+    fn a_window_wider_than_the_calendar_saturates_instead_of_panicking() {
+        let now = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
+        let huge = Dur(Duration::from_secs(u64::MAX / 4));
+        let wide = Limits {
+            window: Some((huge, huge)),
+            ..limits()
+        };
+        for started in [i64::from(i32::MIN), 0, 1_000_000, i64::from(i32::MAX)] {
+            assert!(admit(&put(10, started), &wide, now, 10_000).is_ok(), "{started}");
+        }
+        // Only one side huge: the other still applies.
+        let old_ok = Limits {
+            window: Some((huge, Dur(Duration::from_secs(3600)))),
+            ..limits()
+        };
+        assert!(admit(&put(10, i64::from(i32::MIN)), &old_ok, now, 10_000).is_ok());
+        assert_eq!(
+            slug_of(admit(&put(10, 1_000_000 + 3601), &old_ok, now, 10_000)),
+            "out-of-window"
+        );
+    }
+
+    #[test]
+    fn unrouted_v1_paths_are_invalid_ids_under_episodes_else_not_found() {
+        for path in [
+            "/v1/episodes",
+            "/v1/episodes/",
+            "/v1/episodes/lab1",
+            "/v1/episodes/lab1/",
+            "/v1/episodes/lab1/E1/extra",
+            "/v1/episodes/lab1/../../etc/passwd",
+        ] {
+            let p = unrouted_v1(path);
+            assert_eq!((p.slug.as_str(), p.status), ("invalid-id", 400), "{path}");
+        }
+        for path in ["/v1", "/v1/", "/v1/nothing", "/v1/episodesX/a/b", "/v1/health/x"] {
+            let p = unrouted_v1(path);
+            assert_eq!((p.slug.as_str(), p.status), ("not-found", 404), "{path}");
+        }
+    }
+
+    #[test]
+    fn a_value_that_is_not_ascii_gets_the_slug_of_its_header() {
+        let cases: &[(&str, &str)] = &[
+            ("content-length", "length-required"),
+            ("repr-digest", "bad-digest-header"),
+            ("x-tar-digest", "bad-digest-header"),
+            ("x-code-commit", "missing-code-commit"),
+            ("x-episode-started-at", "missing-started-at"),
+            ("content-type", "unsupported-media-type"),
+        ];
+        for &(name, want) in cases {
+            let mut h = good_headers();
+            h.insert(name, HeaderValue::from_bytes(b"caf\xe9").unwrap());
+            let problem = parse_put_headers(&h, &ep(), true, true).unwrap_err();
+            assert_eq!(problem.slug, want, "{name}");
+            assert!(problem.detail.contains("not visible ASCII"), "{name}: {}", problem.detail);
+        }
+        // Without a window, a start time is only recorded: a bad one is dropped.
+        let mut h = good_headers();
+        h.insert("x-episode-started-at", HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        assert_eq!(parse_put_headers(&h, &ep(), true, false).unwrap().started_at, None);
+        // An unparseable start time says so.
+        let mut h = good_headers();
+        h.insert("x-episode-started-at", HeaderValue::from_static("tuesday"));
+        let problem = parse_put_headers(&h, &ep(), true, true).unwrap_err();
+        assert!(problem.detail.contains("could not be parsed"), "{}", problem.detail);
+    }
+
+    #[test]
     fn header_problems_come_in_protocol_order() {
         let cases: &[(&str, Option<&str>, &str)] = &[
             ("content-length", None, "length-required"),
-            ("content-length", Some("abc"), "invalid-header"),
+            ("content-length", Some("abc"), "length-required"),
             ("repr-digest", None, "missing-digest"),
             ("repr-digest", Some("md5=:AAAA:"), "bad-digest-header"),
             ("repr-digest", Some("sha-256=:AAAA:"), "bad-digest-header"),
             ("x-code-commit", None, "missing-code-commit"),
-            ("x-code-commit", Some("has space"), "invalid-header"),
+            ("x-code-commit", Some("has space"), "missing-code-commit"),
             ("x-episode-started-at", None, "missing-started-at"),
-            ("x-episode-started-at", Some("tuesday"), "invalid-header"),
+            ("x-episode-started-at", Some("tuesday"), "missing-started-at"),
             ("content-type", Some("text/plain"), "unsupported-media-type"),
             ("x-tar-digest", Some("nonsense"), "bad-digest-header"),
         ];

@@ -2,7 +2,8 @@
 //!
 //! Owns the schema (unknown keys are errors), the defaults, and the checks that can
 //! be made without serving: the same-filesystem rule for `incoming_root` and
-//! `store_root`, and that the TLS and token files are readable. Every error names
+//! `store_root` (read-only for `check`; proven with a probe rename by `run`), and
+//! that the TLS and token files are readable. Every error names
 //! the file and the key at fault; `main` turns them into exit code 78.
 
 use std::net::SocketAddr;
@@ -191,10 +192,30 @@ impl Config {
         Ok(())
     }
 
-    /// Creates the state directories and checks that an upload can be published by
-    /// rename: `incoming_root` and `store_root` on one filesystem.
+    /// Creates the directory of `index_path` (the file itself is created and locked
+    /// by `open`, before anything else is touched).
+    pub fn prepare_index_dir(&self, path: &Path) -> Result<(), ConfigError> {
+        if let Some(parent) = self
+            .index_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                ConfigError::new(
+                    path,
+                    format!("index_path: cannot create {}: {e}", parent.display()),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Creates `store_root` and `incoming_root` and proves an upload can be
+    /// published by rename: both on one filesystem, and a probe file renamed from
+    /// one into the other (two bind mounts of one filesystem share a device number,
+    /// yet a rename between them fails with EXDEV). The probe is a dot-file, a name
+    /// no archive or host directory can have, and is removed at once.
     pub fn prepare_dirs(&self, path: &Path) -> Result<(), ConfigError> {
-        use std::os::unix::fs::MetadataExt as _;
         let err = |key: &str, msg: String| ConfigError::new(path, format!("{key}: {msg}"));
         for (key, dir) in [
             ("store_root", &self.store_root),
@@ -203,22 +224,57 @@ impl Config {
             std::fs::create_dir_all(dir)
                 .map_err(|e| err(key, format!("cannot create {}: {e}", dir.display())))?;
         }
-        if let Some(parent) = self
-            .index_path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(parent).map_err(|e| {
+        self.check_same_filesystem(path)?;
+        let (from, to) = (
+            self.incoming_root.join(RENAME_PROBE),
+            self.store_root.join(RENAME_PROBE),
+        );
+        let _ = std::fs::remove_file(&to); // left by a crash during a probe
+        std::fs::File::create(&from).map_err(|e| {
+            err(
+                "incoming_root",
+                format!("cannot create a file in {}: {e}", self.incoming_root.display()),
+            )
+        })?;
+        let renamed = episode_common::fsx::rename_noreplace(&from, &to);
+        let _ = std::fs::remove_file(&from);
+        match renamed {
+            Ok(()) => std::fs::remove_file(&to).map_err(|e| {
                 err(
-                    "index_path",
-                    format!("cannot create {}: {e}", parent.display()),
+                    "store_root",
+                    format!("cannot remove {}: {e}", to.display()),
                 )
-            })?;
+            }),
+            Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(err(
+                "incoming_root",
+                format!(
+                    "{} and store_root {} are on different mounts (a rename between them fails: {e}); \
+                     uploads are published by rename, so put both under one mount",
+                    self.incoming_root.display(),
+                    self.store_root.display()
+                ),
+            )),
+            Err(e) => Err(err(
+                "store_root",
+                format!(
+                    "cannot move a file from incoming_root {} into {}: {e}",
+                    self.incoming_root.display(),
+                    self.store_root.display()
+                ),
+            )),
         }
+    }
+
+    /// Read-only: `incoming_root` and `store_root` are on one filesystem (for a
+    /// directory not created yet, the nearest existing ancestor stands in).
+    pub fn check_same_filesystem(&self, path: &Path) -> Result<(), ConfigError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let err = |key: &str, msg: String| ConfigError::new(path, format!("{key}: {msg}"));
         let dev = |key: &str, dir: &Path| {
-            std::fs::metadata(dir)
+            let existing = nearest_existing(dir);
+            std::fs::metadata(existing)
                 .map(|m| m.dev())
-                .map_err(|e| err(key, format!("cannot stat {}: {e}", dir.display())))
+                .map_err(|e| err(key, format!("cannot stat {}: {e}", existing.display())))
         };
         if dev("store_root", &self.store_root)? != dev("incoming_root", &self.incoming_root)? {
             return Err(err(
@@ -232,6 +288,21 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The file `prepare_dirs` renames from `incoming_root` into `store_root` and removes.
+const RENAME_PROBE: &str = ".episode-receiver-rename-probe";
+
+/// `dir`, or its nearest ancestor that exists (`.` for a relative path with none).
+fn nearest_existing(dir: &Path) -> &Path {
+    let mut at = dir;
+    while std::fs::symlink_metadata(at).is_err() {
+        match at.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => at = parent,
+            _ => return Path::new("."),
+        }
+    }
+    at
 }
 
 #[cfg(test)]
@@ -302,6 +373,54 @@ max_future = "1h"
             .unwrap_err()
             .to_string();
         assert!(e.contains("client_cert"), "{e}");
+    }
+
+    fn dirs_config(store: &Path, incoming: &Path, index: &Path) -> Config {
+        parse(&format!(
+            "store_root = {store:?}\nincoming_root = {incoming:?}\nindex_path = {index:?}\n"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn prepare_dirs_proves_the_rename_and_leaves_no_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, incoming) = (dir.path().join("s/store"), dir.path().join("i/incoming"));
+        let c = dirs_config(&store, &incoming, &dir.path().join("x/index.jsonl"));
+        // Read-only before they exist: their ancestors stand in.
+        c.check_same_filesystem(Path::new("r.toml")).unwrap();
+        assert!(!store.exists() && !incoming.exists());
+        c.prepare_dirs(Path::new("r.toml")).unwrap();
+        for d in [&store, &incoming] {
+            assert_eq!(std::fs::read_dir(d).unwrap().count(), 0, "{}", d.display());
+        }
+    }
+
+    #[test]
+    fn incoming_on_another_filesystem_names_incoming_root() {
+        let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+            eprintln!("SKIPPED: no writable /dev/shm");
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::MetadataExt as _;
+        if std::fs::metadata(shm.path()).unwrap().dev() == std::fs::metadata(dir.path()).unwrap().dev() {
+            eprintln!("SKIPPED: /dev/shm is on the temp dir's filesystem");
+            return;
+        }
+        // Not created yet: check judges by the nearest existing ancestor.
+        let c = dirs_config(
+            &dir.path().join("store"),
+            &shm.path().join("incoming"),
+            &dir.path().join("index.jsonl"),
+        );
+        for result in [
+            c.check_same_filesystem(Path::new("r.toml")),
+            c.prepare_dirs(Path::new("r.toml")),
+        ] {
+            let e = result.unwrap_err().to_string();
+            assert!(e.contains("incoming_root") && e.contains("store_root"), "{e}");
+        }
     }
 
     #[test]

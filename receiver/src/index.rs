@@ -4,18 +4,23 @@
 //! disk), loading it from `index_path` (a torn last line is tolerated), and the
 //! committer thread: the only code that moves an upload into the store and appends
 //! index rows. Serializing publishes through one thread is what makes two racing
-//! PUTs of one key safe: the second sees the first in the map. Each batch is one
-//! group commit: rename without replace, fsync every touched directory once, append
-//! all rows, fsync the index once, then update the map and answer.
+//! PUTs of one key safe: the second sees the first in the map (or, within one
+//! batch, in the batch, and is answered only once the batch is durable). Each batch
+//! is one group commit: a `syncfs` barrier for unsynced data, renames without
+//! replace, then one barrier for the names and all rows (a `syncfs` through a handle
+//! opened once, or an fsync per touched directory and the index), then the map is
+//! updated and everyone answered. An archive found without a row gets its row
+//! rebuilt by the caller on a blocking thread and adopted by a later batch. Also
+//! owns the single-instance lock (an `flock` on the index file).
 //!
-//! Invariant: a key is in the map only after its archive is in place and its row is
-//! fsynced in the index.
+//! Invariant: a key is in the map, and any 2xx is sent for it, only after its
+//! archive is in place and its directory entry and row are durable.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 
 use episode_common::fsx;
@@ -438,14 +443,73 @@ pub fn stored_entry(
     None
 }
 
-/// An upload, verified and fsynced in `incoming_root`, asking to be published.
-pub struct Publish {
+/// Takes the single-instance lock: an exclusive `flock` on the index file itself
+/// (created if absent, so no other file joins the layout), held until the returned
+/// file is closed. Fails with `ErrorKind::WouldBlock` while another process holds it.
+pub fn lock(index_path: &Path) -> io::Result<File> {
+    use std::os::fd::AsRawFd as _;
+    let file = IndexFile::open(index_path)?.file;
+    // SAFETY: a valid open file descriptor; flock only takes an advisory lock.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(file)
+}
+
+/// An upload, verified in `incoming_root`, asking to be published.
+struct Publish {
     /// The upload.
-    pub temp: PathBuf,
+    temp: PathBuf,
     /// Whether `temp` was fsynced already; if not, the batch's first barrier does it.
-    pub synced: bool,
-    pub row: IndexRow,
-    pub reply: oneshot::Sender<io::Result<Published>>,
+    synced: bool,
+    row: IndexRow,
+    reply: oneshot::Sender<io::Result<Reply>>,
+}
+
+/// An archive found in the store without a row, with the row rebuilt from the
+/// archive by the caller (hashing and decompressing a large archive on the
+/// committer would stall every other publish).
+struct Adopt {
+    row: IndexRow,
+    reply: oneshot::Sender<io::Result<Reply>>,
+}
+
+enum Request {
+    Publish(Publish),
+    Adopt(Adopt),
+}
+
+impl Request {
+    fn row(&self) -> &IndexRow {
+        match self {
+            Request::Publish(p) => &p.row,
+            Request::Adopt(a) => &a.row,
+        }
+    }
+
+    /// Drops the upload (if any) and hands back where the answer goes.
+    fn discard(self) -> oneshot::Sender<io::Result<Reply>> {
+        match self {
+            Request::Publish(p) => {
+                let _ = std::fs::remove_file(&p.temp);
+                p.reply
+            }
+            Request::Adopt(a) => a.reply,
+        }
+    }
+
+    fn answer(self, reply: io::Result<Reply>) {
+        let _ = self.discard().send(reply);
+    }
+}
+
+/// The committer's answer to one request.
+enum Reply {
+    Done(Published),
+    /// The key's archive is in the store without a row (a crash between a rename
+    /// and its append, or a failed barrier): the caller rebuilds the row from the
+    /// archive, off the committer, and asks to adopt it.
+    Orphan(PathBuf),
 }
 
 /// How a publish ended.
@@ -458,10 +522,33 @@ pub enum Published {
     Existing(Entry),
 }
 
+/// `e` again, for each of the requests it fails (an OS error keeps its code, so a
+/// full disk is still a 507 for every one of them).
+fn same_error(e: &io::Error) -> io::Error {
+    match e.raw_os_error() {
+        Some(code) => io::Error::from_raw_os_error(code),
+        None => io::Error::new(e.kind(), e.to_string()),
+    }
+}
+
+fn stopped() -> io::Error {
+    io::Error::other("index writer has stopped")
+}
+
+/// Clears the flag when the committer thread ends, also by a panic.
+struct AliveFlag(Arc<AtomicBool>);
+
+impl Drop for AliveFlag {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
 /// The handle request handlers publish through.
 #[derive(Clone)]
 pub struct Committer {
-    tx: mpsc::Sender<Publish>,
+    tx: mpsc::Sender<Request>,
+    alive: Arc<AtomicBool>,
 }
 
 impl Committer {
@@ -472,56 +559,90 @@ impl Committer {
         synced: bool,
         row: IndexRow,
     ) -> io::Result<Published> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Publish {
+        let (host_id, episode_id) = (row.host_id.clone(), row.episode_id.clone());
+        let request = |reply| {
+            Request::Publish(Publish {
                 temp,
                 synced,
                 row,
                 reply,
             })
-            .map_err(|_| io::Error::other("index writer has stopped"))?;
-        rx.await
-            .map_err(|_| io::Error::other("index writer has stopped"))?
+        };
+        let archive = match self.call(request).await? {
+            Reply::Done(published) => return Ok(published),
+            Reply::Orphan(archive) => archive,
+        };
+        let row = tokio::task::spawn_blocking(move || {
+            let row = crate::reconcile::row_for_archive(&host_id, &episode_id, &archive)?;
+            // Its data is made durable here; its directory entry by the batch.
+            File::open(&archive)?.sync_all()?;
+            Ok::<_, io::Error>(row)
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("rebuilding the row of an orphan archive: {e}")))??;
+        match self.call(|reply| Request::Adopt(Adopt { row, reply })).await? {
+            Reply::Done(published) => Ok(published),
+            Reply::Orphan(_) => Err(io::Error::other("an orphan archive was not adopted")),
+        }
+    }
+
+    async fn call(
+        &self,
+        request: impl FnOnce(oneshot::Sender<io::Result<Reply>>) -> Request,
+    ) -> io::Result<Reply> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(request(reply)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// False once the committer thread has ended (it never does unless it panicked):
+    /// every publish would fail.
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Starts the index-writer thread, appending to `index_path`.
     pub fn spawn(index: Arc<Index>, store_root: PathBuf, index_path: &Path) -> io::Result<Self> {
-        let file = IndexFile::open(index_path)?;
-        let index_dir = index_path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let index_with_store = fsx::same_filesystem(index_dir, &store_root)?;
-        let (tx, rx) = mpsc::channel::<Publish>();
+        let commit_loop = CommitLoop::open(index, store_root, index_path)?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        let alive = Arc::new(AtomicBool::new(true));
+        let flag = AliveFlag(alive.clone());
         std::thread::Builder::new()
             .name("index-writer".into())
             .spawn(move || {
-                CommitLoop {
-                    index,
-                    store_root,
-                    file,
-                    index_with_store,
-                }
-                .run(rx)
+                let _flag = flag;
+                commit_loop.run(rx)
             })?;
-        Ok(Self { tx })
+        Ok(Self { tx, alive })
     }
 }
 
 /// Appends rows for archives that are in the store but not in the index (start-up
-/// reconciliation), before the committer starts.
-pub fn append_reconciled(index: &Index, index_path: &Path, rows: &[IndexRow]) -> io::Result<()> {
+/// reconciliation), before the committer starts. Each archive and its directory
+/// entry are made durable first, so no row can outlive its archive in a crash.
+pub fn append_reconciled(
+    index: &Index,
+    store_root: &Path,
+    index_path: &Path,
+    rows: &[IndexRow],
+) -> io::Result<()> {
     if rows.is_empty() {
         return Ok(());
     }
-    let mut file = IndexFile::open(index_path)?;
-    let mut buf = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
     for row in rows {
-        serde_json::to_writer(&mut buf, row).map_err(io::Error::other)?;
-        buf.push(b'\n');
+        File::open(archive_path(store_root, &row.host_id, &row.episode_id))?.sync_all()?;
+        let dir = store_root.join(&row.host_id);
+        if !dirs.contains(&dir) {
+            dirs.push(dir);
+        }
     }
-    file.append(&buf)?;
+    dirs.push(store_root.to_owned());
+    for dir in &dirs {
+        fsx::fsync_dir(dir)?;
+    }
+    let mut file = IndexFile::open(index_path)?;
+    file.append(&encode_rows(rows)?)?;
     for row in rows {
         index.insert(
             row.host_id.clone(),
@@ -530,6 +651,15 @@ pub fn append_reconciled(index: &Index, index_path: &Path, rows: &[IndexRow]) ->
         );
     }
     Ok(())
+}
+
+fn encode_rows<'a>(rows: impl IntoIterator<Item = &'a IndexRow>) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(320);
+    for row in rows {
+        serde_json::to_writer(&mut buf, row).map_err(io::Error::other)?;
+        buf.push(b'\n');
+    }
+    Ok(buf)
 }
 
 pub fn archive_path(store_root: &Path, host_id: &HostId, episode_id: &EpisodeId) -> PathBuf {
@@ -543,14 +673,48 @@ struct CommitLoop {
     index: Arc<Index>,
     store_root: PathBuf,
     file: IndexFile,
-    /// The index lives on the store's filesystem: one `syncfs` covers both.
+    /// `syncfs` on a handle opened once on `store_root`; `None` where the kernel
+    /// has no syncfs: then every file and directory is fsynced one by one.
+    syncfs: Option<fsx::SyncFs>,
+    /// The index file itself is on the store's filesystem: one `syncfs` covers both.
     index_with_store: bool,
+}
+
+/// A row this batch appends, and whom to tell once it is durable.
+struct Staged {
+    row: IndexRow,
+    entry: Entry,
+    reply: oneshot::Sender<io::Result<Reply>>,
+    /// This batch placed the archive (else it adopts an orphan).
+    created: bool,
 }
 
 const MAX_BATCH: usize = 256;
 
 impl CommitLoop {
-    fn run(mut self, rx: mpsc::Receiver<Publish>) {
+    fn open(index: Arc<Index>, store_root: PathBuf, index_path: &Path) -> io::Result<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let file = IndexFile::open(index_path)?;
+        let syncfs = fsx::SyncFs::open(&store_root)?;
+        let index_with_store = match &syncfs {
+            // The device of the opened index file, not of its directory: the path
+            // may be a symlink or a mount point onto another filesystem.
+            Some(syncfs) => file.file.metadata()?.dev() == syncfs.dev()?,
+            None => {
+                tracing::warn!(store_root = %store_root.display(), "syncfs is not available: every file and directory is fsynced one by one");
+                false
+            }
+        };
+        Ok(Self {
+            index,
+            store_root,
+            file,
+            syncfs,
+            index_with_store,
+        })
+    }
+
+    fn run(mut self, rx: mpsc::Receiver<Request>) {
         while let Ok(first) = rx.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -565,135 +729,152 @@ impl CommitLoop {
 
     /// Barrier 1: the data of every upload its writer did not fsync (small bodies)
     /// becomes durable, with one syncfs, before anything is renamed into the store.
-    fn sync_data(&self, batch: Vec<Publish>) -> Vec<Publish> {
-        if batch.iter().all(|p| p.synced) {
+    fn sync_data(&self, batch: Vec<Request>) -> Vec<Request> {
+        let unsynced = |r: &Request| matches!(r, Request::Publish(p) if !p.synced);
+        if !batch.iter().any(unsynced) {
             return batch;
         }
-        match fsx::syncfs(&self.store_root) {
+        let Some(syncfs) = &self.syncfs else {
+            return batch
+                .into_iter()
+                .filter_map(|r| match r {
+                    Request::Publish(p) if !p.synced => {
+                        match File::open(&p.temp).and_then(|f| f.sync_data()) {
+                            Ok(()) => Some(Request::Publish(p)),
+                            Err(e) => {
+                                tracing::error!(error = %e, "fsync of an upload failed; it is not acknowledged");
+                                Request::Publish(p).answer(Err(e));
+                                None
+                            }
+                        }
+                    }
+                    r => Some(r),
+                })
+                .collect();
+        };
+        match syncfs.sync() {
             Ok(()) => batch,
             Err(e) => {
                 tracing::error!(error = %e, "syncfs of the store failed; those uploads are not acknowledged");
-                let (synced, unsynced): (Vec<_>, Vec<_>) =
-                    batch.into_iter().partition(|p| p.synced);
-                for publish in unsynced {
-                    let _ = std::fs::remove_file(&publish.temp);
-                    let _ = publish
-                        .reply
-                        .send(Err(io::Error::new(e.kind(), e.to_string())));
+                let (failed, kept): (Vec<_>, Vec<_>) = batch.into_iter().partition(unsynced);
+                for request in failed {
+                    request.answer(Err(same_error(&e)));
                 }
-                synced
+                kept
             }
         }
     }
 
-    fn commit(&mut self, batch: Vec<Publish>) {
+    fn commit(&mut self, batch: Vec<Request>) {
         let batch = self.sync_data(batch);
-        let mut placed: Vec<(Publish, Entry, PathBuf)> = Vec::with_capacity(batch.len());
+        let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
+        let mut staged_keys: HashMap<(HostId, EpisodeId), usize, Hasher> = HashMap::default();
+        // Later requests for a key this batch stages: answered from its entry only
+        // once the batch is durable (a 200 is as final as a 201), else its error.
+        let mut waiting: Vec<(usize, oneshot::Sender<io::Result<Reply>>)> = Vec::new();
         let mut dirs: Vec<PathBuf> = Vec::new();
-        let mut keys_in_batch: HashSet<(HostId, EpisodeId)> = HashSet::new();
-        for publish in batch {
-            let (host_id, episode_id) = (&publish.row.host_id, &publish.row.episode_id);
-            let existing = stored_entry(&self.index, &self.store_root, host_id, episode_id)
-                .or_else(|| {
-                    keys_in_batch
-                        .contains(&(host_id.clone(), episode_id.clone()))
-                        .then(|| {
-                            placed.iter().find(|(p, ..)| {
-                                p.row.host_id == *host_id && p.row.episode_id == *episode_id
-                            })
-                        })
-                        .flatten()
-                        .map(|(_, e, _)| e.clone())
-                });
-            if let Some(entry) = existing {
-                let _ = std::fs::remove_file(&publish.temp);
-                let _ = publish.reply.send(Ok(Published::Existing(entry)));
+        for request in batch {
+            let (host_id, episode_id) = (&request.row().host_id, &request.row().episode_id);
+            if let Some(entry) = stored_entry(&self.index, &self.store_root, host_id, episode_id) {
+                request.answer(Ok(Reply::Done(Published::Existing(entry))));
                 continue;
             }
-            match self.place(&publish) {
-                Ok(Placed::Moved(dest)) => {
-                    let host_dir = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-                    if !dirs.contains(&host_dir) {
-                        dirs.push(host_dir);
-                    }
-                    keys_in_batch.insert((host_id.clone(), episode_id.clone()));
-                    let entry = self.index.entry_of(&publish.row);
-                    placed.push((publish, entry, dest));
-                }
-                Ok(Placed::Orphan(row)) => {
-                    // An archive without a row (a crash between rename and append
-                    // that start-up did not see): index it, then answer against it.
-                    let _ = std::fs::remove_file(&publish.temp);
-                    let entry = self.index.entry_of(&row);
-                    let result = self.append_rows(std::slice::from_ref(&row)).map(|()| {
-                        self.index.insert(
-                            row.host_id.clone(),
-                            row.episode_id.clone(),
-                            entry.clone(),
-                        );
-                        Published::Existing(entry)
-                    });
-                    let _ = publish.reply.send(result);
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_file(&publish.temp);
-                    let _ = publish.reply.send(Err(e));
-                }
+            let key = (host_id.clone(), episode_id.clone());
+            if let Some(&i) = staged_keys.get(&key) {
+                waiting.push((i, request.discard()));
+                continue;
             }
+            let (row, reply, created) = match request {
+                Request::Publish(publish) => match self.place(&publish) {
+                    Ok(Placed::Moved) => (publish.row, publish.reply, true),
+                    Ok(Placed::Orphan(archive)) => {
+                        Request::Publish(publish).answer(Ok(Reply::Orphan(archive)));
+                        continue;
+                    }
+                    Err(e) => {
+                        Request::Publish(publish).answer(Err(e));
+                        continue;
+                    }
+                },
+                Request::Adopt(adopt) => {
+                    let archive = archive_path(&self.store_root, &key.0, &key.1);
+                    if let Err(e) = std::fs::symlink_metadata(&archive) {
+                        let _ = adopt.reply.send(Err(e));
+                        continue;
+                    }
+                    (adopt.row, adopt.reply, false)
+                }
+            };
+            let host_dir = self.store_root.join(&row.host_id);
+            if !dirs.contains(&host_dir) {
+                dirs.push(host_dir);
+            }
+            staged_keys.insert(key, staged.len());
+            let entry = self.index.entry_of(&row);
+            staged.push(Staged {
+                row,
+                entry,
+                reply,
+                created,
+            });
         }
-        if placed.is_empty() {
+        if staged.is_empty() {
             return;
         }
-        // Barrier 2: the renames and the index rows, with one syncfs when the index
-        // shares the store's filesystem, else an fsync per directory and the index.
-        let rows: Vec<IndexRow> = placed.iter().map(|(p, ..)| p.row.clone()).collect();
-        let durable = if self.index_with_store {
-            let store_root = self.store_root.clone();
-            self.append_rows_then(&rows, |_| fsx::syncfs(&store_root))
-        } else {
-            dirs.iter()
-                .try_for_each(|dir| fsx::fsync_dir(dir))
-                .and_then(|()| self.append_rows(&rows))
-        };
-        match durable {
+        // Barrier 2: the renames (and adopted archives' names) and the index rows,
+        // with one syncfs when the index shares the store's filesystem, else an
+        // fsync per directory, then the index.
+        match self.append_durably(&staged, &dirs) {
             Ok(()) => {
-                for (publish, entry, _) in placed {
+                for s in &staged {
                     self.index.insert(
-                        publish.row.host_id.clone(),
-                        publish.row.episode_id.clone(),
-                        entry.clone(),
+                        s.row.host_id.clone(),
+                        s.row.episode_id.clone(),
+                        s.entry.clone(),
                     );
-                    let _ = publish.reply.send(Ok(Published::Created(entry)));
+                    if !s.created {
+                        tracing::warn!(host_id = %s.row.host_id, episode_id = %s.row.episode_id, "reconciled: archive had no index row; row added");
+                    }
+                }
+                for (i, reply) in waiting {
+                    let entry = staged[i].entry.clone();
+                    let _ = reply.send(Ok(Reply::Done(Published::Existing(entry))));
+                }
+                for s in staged {
+                    let published = if s.created {
+                        Published::Created(s.entry)
+                    } else {
+                        Published::Existing(s.entry)
+                    };
+                    let _ = s.reply.send(Ok(Reply::Done(published)));
                 }
             }
             Err(e) => {
-                // The archives are in place but not indexed: a retry of the same
-                // bytes finds the orphan and indexes it. Nothing was acknowledged.
-                tracing::error!(error = %e, n_uploads = placed.len(), "index append failed; uploads not acknowledged");
-                for (publish, ..) in placed {
-                    let _ = publish
-                        .reply
-                        .send(Err(io::Error::new(e.kind(), e.to_string())));
+                // The archives are in place but not indexed: a retry finds the
+                // orphan and adopts it. Nothing was acknowledged.
+                tracing::error!(error = %e, n_uploads = staged.len() + waiting.len(), "index append failed; uploads not acknowledged");
+                let replies = staged
+                    .into_iter()
+                    .map(|s| s.reply)
+                    .chain(waiting.into_iter().map(|(_, r)| r));
+                for reply in replies {
+                    let _ = reply.send(Err(same_error(&e)));
                 }
             }
         }
     }
 
-    fn append_rows(&mut self, rows: &[IndexRow]) -> io::Result<()> {
-        self.append_rows_then(rows, |file| file.sync_data())
-    }
-
-    fn append_rows_then(
-        &mut self,
-        rows: &[IndexRow],
-        barrier: impl FnOnce(&File) -> io::Result<()>,
-    ) -> io::Result<()> {
-        let mut buf = Vec::with_capacity(rows.len() * 320);
-        for row in rows {
-            serde_json::to_writer(&mut buf, row).map_err(io::Error::other)?;
-            buf.push(b'\n');
+    fn append_durably(&mut self, staged: &[Staged], dirs: &[PathBuf]) -> io::Result<()> {
+        let lines = encode_rows(staged.iter().map(|s| &s.row))?;
+        match &self.syncfs {
+            Some(syncfs) if self.index_with_store => {
+                self.file.append_then(&lines, |_| syncfs.sync())
+            }
+            _ => {
+                dirs.iter().try_for_each(|dir| fsx::fsync_dir(dir))?;
+                self.file.append(&lines)
+            }
         }
-        self.file.append_then(&buf, barrier)
     }
 
     fn place(&self, publish: &Publish) -> io::Result<Placed> {
@@ -702,25 +883,29 @@ impl CommitLoop {
         let host_dir = self.store_root.join(host_id);
         if !host_dir.exists() {
             match std::fs::create_dir(&host_dir) {
-                Ok(()) => fsx::fsync_dir(&self.store_root)?,
+                Ok(()) => {
+                    if let Err(e) = fsx::fsync_dir(&self.store_root) {
+                        // Not left behind: a later publish would trust its name.
+                        let _ = std::fs::remove_dir(&host_dir);
+                        return Err(e);
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
         }
         match fsx::rename_noreplace(&publish.temp, &dest) {
-            Ok(()) => Ok(Placed::Moved(dest)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                let row = crate::reconcile::row_for_archive(host_id, episode_id, &dest)?;
-                Ok(Placed::Orphan(row))
-            }
+            Ok(()) => Ok(Placed::Moved),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Placed::Orphan(dest)),
             Err(e) => Err(e),
         }
     }
 }
 
 enum Placed {
-    Moved(PathBuf),
-    Orphan(IndexRow),
+    Moved,
+    /// The archive is already there without a row.
+    Orphan(PathBuf),
 }
 
 #[cfg(test)]
@@ -846,6 +1031,152 @@ mod tests {
             "the last row wins"
         );
         assert_eq!(index.len(), 1);
+    }
+
+    /// A publish request as the handler sends it, and where its answer arrives.
+    fn request(
+        temp: PathBuf,
+        row: IndexRow,
+    ) -> (Request, oneshot::Receiver<io::Result<Reply>>) {
+        let (reply, rx) = oneshot::channel();
+        let publish = Publish {
+            temp,
+            synced: true,
+            row,
+            reply,
+        };
+        (Request::Publish(publish), rx)
+    }
+
+    fn store_and_incoming(dir: &Path) -> (PathBuf, PathBuf) {
+        let (store, incoming) = (dir.join("store"), dir.join("incoming"));
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::create_dir_all(&incoming).unwrap();
+        (store, incoming)
+    }
+
+    #[test]
+    fn a_duplicate_in_a_batch_gets_the_batch_error_not_an_early_200() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, incoming) = store_and_incoming(dir.path());
+        // Every append to this index fails (ENOSPC): barrier 2 of the batch fails.
+        let index_path = dir.path().join("index.jsonl");
+        std::os::unix::fs::symlink("/dev/full", &index_path).unwrap();
+        let index = Arc::new(Index::default());
+        let mut commit_loop = CommitLoop::open(index.clone(), store.clone(), &index_path).unwrap();
+        let mut batch = Vec::new();
+        let mut answers = Vec::new();
+        for i in 0..2 {
+            let temp = incoming.join(format!("t{i}"));
+            std::fs::write(&temp, b"same").unwrap();
+            let (request, rx) = request(temp, row("lab1", "E1", b"same"));
+            batch.push(request);
+            answers.push(rx);
+        }
+        commit_loop.commit(batch);
+        for (i, mut rx) in answers.into_iter().enumerate() {
+            match rx.try_recv().expect("answered when the batch ended") {
+                Err(e) => assert!(fsx::is_no_space(&e), "request {i}: {e}"),
+                Ok(Reply::Done(p)) => panic!("request {i} was told {p:?} though nothing is indexed"),
+                Ok(Reply::Orphan(_)) => panic!("request {i}: orphan"),
+            }
+        }
+        assert!(!index.contains_str("lab1", "E1"));
+        assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_duplicate_in_a_batch_is_answered_from_the_durable_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, incoming) = store_and_incoming(dir.path());
+        let index_path = dir.path().join("index.jsonl");
+        let index = Arc::new(Index::default());
+        let mut commit_loop = CommitLoop::open(index.clone(), store, &index_path).unwrap();
+        let (mut batch, mut answers) = (Vec::new(), Vec::new());
+        for (i, body) in [b"same", b"same", b"othr"].iter().enumerate() {
+            let temp = incoming.join(format!("t{i}"));
+            std::fs::write(&temp, body).unwrap();
+            let (request, rx) = request(temp, row("lab1", "E1", *body));
+            batch.push(request);
+            answers.push(rx);
+        }
+        commit_loop.commit(batch);
+        let published: Vec<Published> = answers
+            .into_iter()
+            .map(|mut rx| match rx.try_recv().unwrap().unwrap() {
+                Reply::Done(p) => p,
+                Reply::Orphan(_) => panic!("orphan"),
+            })
+            .collect();
+        let entry = index.get(&HostId::new("lab1").unwrap(), &EpisodeId::new("E1").unwrap()).unwrap();
+        assert_eq!(entry.sha256, Sha256::of(b"same"));
+        assert_eq!(
+            published,
+            [
+                Published::Created(entry.clone()),
+                Published::Existing(entry.clone()),
+                Published::Existing(entry)
+            ]
+        );
+        assert_eq!(std::fs::read_to_string(&index_path).unwrap().lines().count(), 1);
+    }
+
+    #[test]
+    fn the_index_shares_the_store_only_when_the_index_file_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = store_and_incoming(dir.path());
+        let index = Arc::new(Index::default());
+        let plain = dir.path().join("index.jsonl");
+        let commit_loop = CommitLoop::open(index.clone(), store.clone(), &plain).unwrap();
+        assert!(commit_loop.index_with_store);
+        // Its directory is on the store's filesystem, the file itself is not.
+        let elsewhere = dir.path().join("linked.jsonl");
+        std::os::unix::fs::symlink("/dev/full", &elsewhere).unwrap();
+        let commit_loop = CommitLoop::open(index, store, &elsewhere).unwrap();
+        assert!(!commit_loop.index_with_store);
+    }
+
+    #[test]
+    fn a_second_lock_on_the_index_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.jsonl");
+        let held = lock(&path).unwrap();
+        assert_eq!(lock(&path).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        drop(held);
+        lock(&path).expect("free again once the holder closed it");
+    }
+
+    #[tokio::test]
+    async fn an_orphan_met_by_a_publish_is_adopted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, incoming) = store_and_incoming(dir.path());
+        std::fs::create_dir_all(store.join("lab1")).unwrap();
+        std::fs::write(store.join("lab1/E1.tar.zst"), b"orphan").unwrap();
+        let index_path = dir.path().join("index.jsonl");
+        let index = Arc::new(Index::default());
+        let committer = Committer::spawn(index.clone(), store.clone(), &index_path).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..6 {
+            let temp = incoming.join(format!("t{i}"));
+            let body: &[u8] = if i % 2 == 0 { b"orphan" } else { b"other" };
+            std::fs::write(&temp, body).unwrap();
+            let c = committer.clone();
+            tasks.push(tokio::spawn(async move {
+                c.publish(temp, true, row("lab1", "E1", body)).await.unwrap()
+            }));
+        }
+        for t in tasks {
+            match t.await.unwrap() {
+                Published::Existing(entry) => assert_eq!(entry.sha256, Sha256::of(b"orphan")),
+                other => panic!("{other:?}"),
+            }
+        }
+        let text = std::fs::read_to_string(&index_path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(text.contains(&Sha256::of(b"orphan").to_hex()));
+        assert_eq!(std::fs::read(store.join("lab1/E1.tar.zst")).unwrap(), b"orphan");
+        assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
+        assert!(committer.is_alive());
     }
 
     #[tokio::test]

@@ -1,8 +1,8 @@
 //! episode-receiver: the central collector of episode archives.
 //!
-//! `open` prepares everything that must be true before serving (directories, the
-//! index loaded and reconciled with the store, `incoming_root` emptied, the index
-//! writer running) and returns the shared `AppState`; `app` is the HTTP router over
+//! `open` prepares everything that must be true before serving (the single-instance
+//! lock on the index, directories, the index loaded and reconciled with the store,
+//! `incoming_root` emptied, the index writer running) and returns the shared `AppState`; `app` is the HTTP router over
 //! it; `server` runs listeners and the drain. The order of decisions for a request
 //! lives in `admission` (pure), durability in `index` (the single publisher).
 //!
@@ -54,6 +54,8 @@ pub struct AppState {
     free: AtomicU64,
     free_read_ms: AtomicU64,
     epoch: std::time::Instant,
+    /// The single-instance lock (an `flock` on the index file), held while this lives.
+    _instance_lock: std::fs::File,
 }
 
 /// How long a reading of the store's free space is used before it is read again.
@@ -116,6 +118,9 @@ pub struct StartReport {
     pub incoming_removed: u64,
     pub torn_tail_repaired: bool,
     pub bad_lines: usize,
+    /// Rows replaced by a later row of the same key (an archive lost and uploaded
+    /// again): kept in the file, the last row is used.
+    pub superseded: usize,
 }
 
 /// Prepares the store and index and starts the index writer. Blocking; call it
@@ -124,6 +129,21 @@ pub fn open(
     config: Config,
     config_path: &std::path::Path,
 ) -> Result<(Arc<AppState>, StartReport), StartError> {
+    // The lock comes first: a second instance must not touch a live one's state
+    // (empty its incoming_root, cut its index, append rows).
+    config
+        .prepare_index_dir(config_path)
+        .map_err(|e| StartError::Config(e.to_string()))?;
+    let instance_lock = index::lock(&config.index_path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::WouldBlock => StartError::Runtime(format!(
+            "another episode-receiver is using {}",
+            config.index_path.display()
+        )),
+        _ => StartError::Runtime(format!(
+            "opening {}: {e}",
+            config.index_path.display()
+        )),
+    })?;
     config
         .prepare_dirs(config_path)
         .map_err(|e| StartError::Config(e.to_string()))?;
@@ -151,6 +171,7 @@ pub fn open(
         tracing::error!(line, error = %error, index = %config.index_path.display(), "index_bad_line: kept in the file, ignored");
     }
     report.bad_lines = load.bad_lines.len();
+    report.superseded = load.duplicates.len();
     let started = std::time::Instant::now();
     let scan = reconcile::scan_store(&config.store_root, &index)
         .map_err(|e| runtime("scanning", &config.store_root, e))?;
@@ -167,7 +188,7 @@ pub fn open(
             .map_err(|e| runtime("reading", path, e))?;
         rows.push(row);
     }
-    index::append_reconciled(&index, &config.index_path, &rows)
+    index::append_reconciled(&index, &config.store_root, &config.index_path, &rows)
         .map_err(|e| runtime("appending to", &config.index_path, e))?;
     report.reconciled = scan.orphans.into_iter().map(|(h, e, _)| (h, e)).collect();
     report.missing = scan.missing;
@@ -195,6 +216,7 @@ pub fn open(
         epoch: std::time::Instant::now()
             .checked_sub(FREE_SPACE_MAX_AGE)
             .unwrap_or_else(std::time::Instant::now),
+        _instance_lock: instance_lock,
     };
     Ok((Arc::new(state), report))
 }

@@ -124,6 +124,12 @@ async fn serve(config: Config, config_path: PathBuf) -> ExitCode {
             "index rows without an archive in the store: restore the archives from backup or investigate"
         );
     }
+    if report.superseded > 0 {
+        tracing::info!(
+            n_rows = report.superseded,
+            "index_superseded_rows: episodes restored after a lost archive have a later row; the last row is used"
+        );
+    }
     if report.incoming_removed > 0 {
         tracing::info!(
             n_files = report.incoming_removed,

@@ -1,5 +1,6 @@
 //! HTTP routes: `/livez`, `/v1/health`, `PUT`/`HEAD /v1/episodes/{host}/{episode}`,
-//! `/metrics`, and problem+json for everything else.
+//! `/metrics` (here only without `metrics_listen`), and problem+json for everything
+//! else (any other `/v1/*` path authenticated first).
 //!
 //! Owns turning requests into calls of the pure `admission` steps in protocol order
 //! and their answers into responses; it never decides on raw status codes itself.
@@ -13,7 +14,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts as _, Path, Request, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{any, get, put};
 use episode_common::problem::{PROBLEM_CONTENT_TYPE, Problem, Slug};
 use episode_common::wire::{self, HealthBody, IndexRow, Stored, StoredBody, header};
 use episode_common::{EpisodeId, HostId};
@@ -31,15 +32,22 @@ use crate::{AppState, VERSION};
 /// The most body an early answer reads and discards to keep the connection.
 const EARLY_DRAIN_LIMIT: u64 = 1 << 20;
 
+/// The main listener's routes. `/metrics` is among them only without
+/// `metrics_listen` (then it is served there, by `metrics_app`, instead).
 pub fn app(state: Arc<AppState>) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/livez", get(livez))
         .route("/v1/health", get(health))
         .route(
             "/v1/episodes/{host_id}/{episode_id}",
             put(put_episode).head(head_episode),
         )
-        .route("/metrics", get(metrics_authenticated))
+        .route("/v1", any(v1_unknown))
+        .route("/v1/{*rest}", any(v1_unknown));
+    if state.config.metrics_listen.is_none() {
+        router = router.route("/metrics", get(metrics_authenticated));
+    }
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -105,15 +113,41 @@ async fn livez() -> &'static str {
     "ok"
 }
 
-async fn not_found() -> Response {
-    problem_response(Problem::new(Slug::NotFound, "no such route"))
+async fn not_found(req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    early(
+        problem_response(Problem::new(Slug::NotFound, "no such route")),
+        body,
+        &parts.headers,
+    )
 }
 
-async fn method_not_allowed() -> Response {
-    problem_response(Problem::new(
-        Slug::MethodNotAllowed,
-        "this route does not take that method",
-    ))
+/// Every `/v1/*` path without a route: authenticated (401) and identity-bound (403)
+/// like the rest; then 400 `invalid-id` under `/v1/episodes` (any shape but
+/// exactly `{host_id}/{episode_id}`), else 404. The body is never read.
+async fn v1_unknown(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let peer = parts.extensions.get::<PeerIdentity>();
+    let x_host_id = header_str(&parts.headers, header::X_HOST_ID);
+    let problem = match authenticate(&state, &parts.headers)
+        .and_then(|()| admission::bind_identity(peer, None, x_host_id))
+    {
+        Err(p) => p,
+        Ok(()) => admission::unrouted_v1(parts.uri.path()),
+    };
+    early(problem_response(problem), body, &parts.headers)
+}
+
+async fn method_not_allowed(State(state): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let problem = match authenticate(&state, &parts.headers) {
+        Err(p) if parts.uri.path().starts_with("/v1/") => p,
+        _ => Problem::new(
+            Slug::MethodNotAllowed,
+            "this route does not take that method",
+        ),
+    };
+    early(problem_response(problem), body, &parts.headers)
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -144,7 +178,7 @@ async fn health(State(state): State<Arc<AppState>>, req: Request) -> Response {
 }
 
 async fn health_inner(
-    state: &AppState,
+    state: &Arc<AppState>,
     headers: &HeaderMap,
     peer: Option<&PeerIdentity>,
 ) -> Response {
@@ -156,8 +190,13 @@ async fn health_inner(
     }
     let reason = if state.is_draining() {
         Some("draining: shutting down".to_owned())
+    } else if !state.committer.is_alive() {
+        Some("the index writer has stopped: uploads cannot be stored; restart the receiver".to_owned())
     } else {
-        store_unwritable(state).await
+        match low_space(state).await {
+            Some(reason) => Some(reason),
+            None => store_unwritable(state).await,
+        }
     };
     let body = HealthBody {
         ok: reason.is_none(),
@@ -175,6 +214,20 @@ async fn health_inner(
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
+}
+
+/// Why uploads would be refused for space (507), if they would: the free space on
+/// the store (as last read, at most 250 ms old) is below `free_space_reserve`.
+async fn low_space(state: &Arc<AppState>) -> Option<String> {
+    let reserve = state.limits.free_space_reserve;
+    match state.free_bytes().await {
+        Ok(free) if free < reserve.get() => Some(format!(
+            "{} free on the store, below free_space_reserve {reserve}: uploads get 507",
+            episode_common::ByteSize(free)
+        )),
+        Ok(_) => None,
+        Err(e) => Some(format!("cannot read the store's free space: {e}")),
+    }
 }
 
 /// Why the store cannot take writes, if it cannot.

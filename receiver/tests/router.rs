@@ -133,7 +133,7 @@ async fn stores_once_then_answers_200_then_409() {
     );
     assert_eq!(env.stored("lab1", "01EPISODE").unwrap(), b"one");
 
-    let (status, _, body) = env
+    let (status, headers, body) = env
         .send(
             put("lab1", "01EPISODE", b"one")
                 .body(Body::from("one"))
@@ -144,6 +144,12 @@ async fn stores_once_then_answers_200_then_409() {
         (status, body["stored"].as_str()),
         (StatusCode::OK, Some("already_present"))
     );
+    assert_eq!(
+        headers["repr-digest"],
+        Sha256::of(b"one").to_field().as_str(),
+        "a 200 reports the stored archive's digest"
+    );
+    assert!(!headers.contains_key("location"), "a 200 has no Location: {headers:?}");
 
     let (status, headers, body) = env
         .send(
@@ -256,7 +262,23 @@ async fn every_header_problem_has_its_slug_and_status() {
         (
             put("lab1", "E1", b"x").header("x-episode-started-at", "tuesday"),
             StatusCode::BAD_REQUEST,
-            "invalid-header",
+            "missing-started-at",
+        ),
+        (
+            ok(Request::put("/v1/episodes/lab1/E1")
+                .header("content-length", 1)
+                .header("repr-digest", Sha256::of(b"x").to_field())
+                .header("x-code-commit", "not a commit")),
+            StatusCode::BAD_REQUEST,
+            "missing-code-commit",
+        ),
+        (
+            ok(Request::put("/v1/episodes/lab1/E1")
+                .header("content-length", "one")
+                .header("repr-digest", Sha256::of(b"x").to_field())
+                .header("x-code-commit", "c")),
+            StatusCode::LENGTH_REQUIRED,
+            "length-required",
         ),
         (
             ok(put("lab1", "E1", b"x").header("content-type", "text/plain")),
@@ -543,7 +565,53 @@ async fn unknown_routes_and_methods_are_problems() {
     let traversal = Request::put("/v1/episodes/lab1/../../etc/passwd")
         .body(Body::empty())
         .unwrap();
-    assert_eq!(env.send(traversal).await.0, StatusCode::NOT_FOUND);
+    let (status, _, body) = env.send(traversal).await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("invalid-id"))
+    );
+}
+
+#[tokio::test]
+async fn every_v1_path_is_authenticated_and_bad_episode_paths_are_invalid_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret").unwrap();
+    let env = env(&format!("[auth]\nbearer_token_file = {token:?}\n"));
+    let cases: &[(&str, &str, StatusCode, &str)] = &[
+        ("GET", "/v1/nothing", StatusCode::NOT_FOUND, "not-found"),
+        ("GET", "/v1", StatusCode::NOT_FOUND, "not-found"),
+        ("PUT", "/v1/episodes/lab1", StatusCode::BAD_REQUEST, "invalid-id"),
+        ("PUT", "/v1/episodes/lab1/", StatusCode::BAD_REQUEST, "invalid-id"),
+        ("PUT", "/v1/episodes/lab1/E1/more", StatusCode::BAD_REQUEST, "invalid-id"),
+        ("HEAD", "/v1/episodes/lab1/a/b", StatusCode::BAD_REQUEST, "invalid-id"),
+        ("PUT", "/v1/episodes/lab1/../../etc/passwd", StatusCode::BAD_REQUEST, "invalid-id"),
+        ("GET", "/v1/episodes", StatusCode::BAD_REQUEST, "invalid-id"),
+        ("POST", "/v1/health", StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+        ("DELETE", "/v1/episodes/lab1/E1", StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+    ];
+    for &(method, uri, want, slug) in cases {
+        let bare = Request::builder().method(method).uri(uri);
+        let (status, headers, body) = env.send(bare.body(Body::from("x")).unwrap()).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} without a token: {body}");
+        assert_eq!(headers["www-authenticate"], "Bearer", "{method} {uri}");
+        let authed = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("authorization", "Bearer s3cret");
+        let (status, headers, body) = env.send(authed.body(Body::from("x")).unwrap()).await;
+        assert_eq!(status, want, "{method} {uri}: {body}");
+        assert_eq!(headers["content-type"], "application/problem+json", "{method} {uri}");
+        if method != "HEAD" {
+            assert_eq!(body["type"], slug, "{method} {uri}");
+        }
+    }
+    // Outside /v1 nothing is authenticated.
+    let (status, _, body) = env
+        .send(Request::get("/v2/nothing").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!((status, body["type"].as_str()), (StatusCode::NOT_FOUND, Some("not-found")));
+    assert!(env.index_lines().is_empty() && env.incoming_is_empty());
 }
 
 #[tokio::test]
@@ -800,6 +868,135 @@ async fn the_order_of_decisions_is_protocol_order() {
         send(fresh(auth(put("lab1", "E1", b"y")))).await,
         (409, "conflict".into())
     );
+}
+
+#[tokio::test]
+async fn health_is_503_while_free_space_is_below_the_reserve() {
+    let env = env("free_space_reserve = \"1000TiB\"\n");
+    let (status, _, body) = env
+        .send(Request::get("/v1/health").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        (status, body["ok"].as_bool()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some(false)),
+        "{body}"
+    );
+    let reason = body["reason"].as_str().unwrap();
+    assert!(reason.contains("free_space_reserve"), "{reason}");
+    // With the default reserve the same store is healthy.
+    let env = self::env("");
+    let (status, _, body) = env
+        .send(Request::get("/v1/health").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!((status, body["ok"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+}
+
+#[tokio::test]
+async fn with_metrics_listen_metrics_are_served_only_there() {
+    let env = env("metrics_listen = \"127.0.0.1:0\"\n");
+    let (status, headers, body) = env
+        .send(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not-found")),
+        "{body}"
+    );
+    assert_eq!(headers["content-type"], "application/problem+json");
+    let response = episode_receiver::routes::metrics_app(env.state.clone())
+        .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8_lossy(&text);
+    assert!(text.contains("receiver_index_rows 0"), "{text}");
+}
+
+#[tokio::test]
+async fn the_index_row_has_every_field_of_the_spec() {
+    let env = env("");
+    let req = with_peer(
+        put("lab1", "E1", b"x").body(Body::from("x")).unwrap(),
+        lab1(),
+    );
+    assert_eq!(env.send(req).await.0, StatusCode::CREATED);
+    let tar = Sha256::of(b"tar");
+    let req = put("lab1", "E2", b"y")
+        .header("x-tar-digest", tar.to_field())
+        .header("x-episode-started-at", "2026-11-22T10:00:00Z")
+        .body(Body::from("y"))
+        .unwrap();
+    assert_eq!(env.send(req).await.0, StatusCode::CREATED);
+    let rows = env.index_lines();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let mut keys: Vec<&str> = rows[0].as_object().unwrap().keys().map(String::as_str).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        [
+            "bytes", "client", "code_commit", "episode_id", "host_id", "received_at",
+            "sha256", "started_at", "tar_sha256"
+        ]
+    );
+    let first = &rows[0];
+    assert_eq!((first["host_id"].as_str(), first["episode_id"].as_str()), (Some("lab1"), Some("E1")));
+    assert_eq!(first["sha256"], Sha256::of(b"x").to_hex());
+    assert_eq!(first["bytes"], 1);
+    assert_eq!(first["code_commit"], "3f2c1e9a");
+    assert_eq!(first["client"], "lab1");
+    assert!(first["tar_sha256"].is_null() && first["started_at"].is_null(), "{first}");
+    let received_at = first["received_at"].as_str().unwrap();
+    let parsed = time::OffsetDateTime::parse(
+        received_at,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap_or_else(|e| panic!("received_at {received_at:?}: {e}"));
+    let age = time::OffsetDateTime::now_utc() - parsed;
+    assert!(age.whole_seconds().abs() < 60, "{received_at}");
+    let second = &rows[1];
+    assert_eq!(second["tar_sha256"], tar.to_hex());
+    assert_eq!(second["started_at"], "2026-11-22T10:00:00Z");
+    assert!(second["client"].is_null(), "no certificate, no client: {second}");
+}
+
+#[tokio::test]
+async fn start_up_counts_rows_superseded_by_a_re_upload() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let archive = root.join("store/lab1/E1.tar.zst");
+    std::fs::create_dir_all(archive.parent().unwrap()).unwrap();
+    std::fs::write(&archive, b"second").unwrap();
+    let row = |body: &[u8]| {
+        serde_json::json!({
+            "host_id": "lab1", "episode_id": "E1", "sha256": Sha256::of(body).to_hex(),
+            "tar_sha256": null, "bytes": body.len(), "code_commit": "c", "started_at": null,
+            "received_at": "2026-11-22T10:00:00Z", "client": null,
+        })
+        .to_string()
+            + "\n"
+    };
+    std::fs::write(root.join("index.jsonl"), row(b"first") + &row(b"second")).unwrap();
+    let path = root.join("receiver.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "store_root = {:?}\nincoming_root = {:?}\nindex_path = {:?}\nfree_space_reserve = \"1MiB\"\n",
+            root.join("store"),
+            root.join("incoming"),
+            root.join("index.jsonl"),
+        ),
+    )
+    .unwrap();
+    let config = Config::load(&path).unwrap();
+    let (state, report) = episode_receiver::open(config, &path).unwrap();
+    assert_eq!((report.superseded, report.rows), (1, 1));
+    assert!(report.missing.is_empty() && report.reconciled.is_empty());
+    let entry = state
+        .index
+        .get(&"lab1".parse().unwrap(), &"E1".parse().unwrap())
+        .unwrap();
+    assert_eq!(entry.sha256, Sha256::of(b"second"), "the last row is used");
 }
 
 #[tokio::test]
