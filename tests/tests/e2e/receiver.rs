@@ -438,17 +438,17 @@ fn hostile_ids_never_reach_the_filesystem() {
         .unwrap();
         conn.send(body).unwrap();
         let response = conn.read_response(Duration::from_secs(5)).unwrap();
-        assert!(
-            matches!(response.status, 400 | 404),
-            "{path}: {} {}",
+        assert_eq!(
             response.status,
+            400,
+            "{path}: {}",
             String::from_utf8_lossy(&response.body)
         );
         let mut head = episode_e2e::plain_connect(rcv.addr).unwrap();
         head.send_head("HEAD", &path, &[("Content-Length", "0")])
             .unwrap();
         let status = head.read_response(Duration::from_secs(5)).map(|r| r.status);
-        assert!(matches!(status, Ok(400 | 404)), "HEAD {path}: {status:?}");
+        assert!(matches!(status, Ok(400)), "HEAD {path}: {status:?}");
     }
     assert_eq!(tree(env.root()), before, "the tree under the env changed");
     let parent = env.root().parent().unwrap();
@@ -659,6 +659,21 @@ fn configuration_errors_exit_78_naming_the_key() {
             "[tls]\ncert = \"/nonexistent/server.pem\"\nkey = \"/nonexistent/server.key\"\n",
             "tls.cert",
         ),
+        (
+            "tls-unknown",
+            "[tls]\ncert = \"/c.pem\"\nkey = \"/c.key\"\nclient_cert = \"/x.pem\"\n",
+            "client_cert",
+        ),
+        (
+            "auth-unknown",
+            "[auth]\ntoken_file = \"/t\"\n",
+            "token_file",
+        ),
+        (
+            "window-unknown",
+            "[window]\nmax_age = \"1d\"\nmax_agee = \"2d\"\n",
+            "max_agee",
+        ),
     ];
     for (name, extra, key) in cases {
         let cfg = env.receiver_config(name, false, extra);
@@ -721,6 +736,117 @@ fn check_passes_a_consistent_store_and_names_an_episode_whose_archive_is_gone() 
     let (code, stdout, stderr) = check(&env);
     assert_eq!(code, 1, "{stdout}\n{stderr}");
     assert!(stdout.contains("lab1/01LOST"), "{stdout}");
+
+    // The lost archive is uploaded again: a second row for the key, by design.
+    let mut rcv = env.spawn_receiver(&cfg);
+    let again = rcv.put(&rcv.client("lab1"), "lab1", "01LOST", &bytes(1000, 13));
+    assert_eq!(again.status, 201, "{again:#?}");
+    rcv.process.kill();
+    assert_eq!(rows_for(&rcv.index_rows(), "lab1", "01LOST").len(), 2);
+    let (code, stdout, stderr) = check(&env);
+    assert_eq!(code, 0, "a restored archive is no problem:\n{stdout}\n{stderr}");
+    assert!(!stdout.contains("PROBLEM"), "{stdout}");
+    assert!(
+        stdout.contains("lab1/01LOST") && stdout.contains("the last row is used"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_and_run_refuse_incoming_on_another_filesystem() {
+    use std::os::unix::fs::MetadataExt as _;
+    let env = TestEnv::new("other-fs");
+    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
+        eprintln!("SKIPPED: no writable /dev/shm");
+        return;
+    };
+    if std::fs::metadata(shm.path()).unwrap().dev() == std::fs::metadata(env.root()).unwrap().dev() {
+        eprintln!("SKIPPED: /dev/shm shares the temp dir's filesystem");
+        return;
+    }
+    let incoming = shm.path().join("incoming");
+    let cfg = env.receiver_config(
+        "r",
+        false,
+        &format!("incoming_root = {}\n", episode_e2e::env::toml_str(&incoming)),
+    );
+    for command in ["check", "run"] {
+        let (code, stdout, stderr) = run_receiver(
+            &env,
+            &[
+                "--config".as_ref(),
+                cfg.as_os_str(),
+                "--listen".as_ref(),
+                "127.0.0.1:0".as_ref(),
+                command.as_ref(),
+            ],
+        );
+        assert_eq!(code, 78, "{command}: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains("incoming_root") && stderr.contains("store_root"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn a_second_receiver_on_the_same_index_exits_and_leaves_the_first_alone() {
+    let env = TestEnv::new("single-instance");
+    let cfg = env.receiver_config("r", true, "");
+    let rcv = env.spawn_receiver(&cfg);
+    let first = bytes(2000, 23);
+    assert_eq!(rcv.put(&rcv.client("lab1"), "lab1", "01FIRST", &first).status, 201);
+    // An upload in flight on the first receiver.
+    let body = bytes(300_000, 24);
+    let mut conn = tls_connect(&rcv, "lab1");
+    conn.send_head(
+        "PUT",
+        "/v1/episodes/lab1/01INFLIGHT",
+        &put_headers(body.len() as u64, &Sha256::of(&body)),
+    )
+    .unwrap();
+    conn.send(&body[..100_000]).unwrap();
+    let paths = rcv.paths();
+    wait_until(Duration::from_secs(5), "the upload's temp file", || {
+        !paths.incoming_files().is_empty()
+    });
+    let incoming_before = paths.incoming_files();
+    let index_before = std::fs::read(&rcv.index_path).unwrap();
+    let store_before = tree(&rcv.store_root);
+
+    let (code, stdout, stderr) = run_receiver(
+        &env,
+        &[
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "run".as_ref(),
+        ],
+    );
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("another episode-receiver is using")
+            && stderr.contains(rcv.index_path.to_str().unwrap()),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("listening on"), "{stdout}");
+    assert_eq!(paths.incoming_files(), incoming_before, "the first's temp file was touched");
+    assert_eq!(std::fs::read(&rcv.index_path).unwrap(), index_before);
+    assert_eq!(tree(&rcv.store_root), store_before);
+
+    // The first receiver finishes its upload as if nothing happened.
+    conn.send(&body[100_000..]).unwrap();
+    let response = conn.read_response(Duration::from_secs(5)).unwrap();
+    assert_eq!(response.status, 201, "{response:?}");
+    assert_eq!(rcv.stored("lab1", "01INFLIGHT").as_deref(), Some(&body[..]));
+    assert_eq!(rcv.index_rows().len(), 2);
+    // `check` takes no lock: it runs beside the live receiver.
+    let (code, stdout, stderr) = run_receiver(
+        &env,
+        &["--config".as_ref(), cfg.as_os_str(), "check".as_ref()],
+    );
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
 }
 
 /// Replaces `to` with `from`'s contents the way renewal tools do: write beside, rename.
