@@ -117,7 +117,12 @@ impl SyncFs {
         };
         match sync.sync() {
             Ok(()) => Ok(Some(sync)),
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP)) => {
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENOSYS | libc::EINVAL | libc::EOPNOTSUPP)
+                ) =>
+            {
                 Ok(None)
             }
             Err(e) => Err(e),
@@ -249,7 +254,10 @@ mod tests {
         sync.sync().unwrap();
         sync.sync().unwrap();
         use std::os::unix::fs::MetadataExt as _;
-        assert_eq!(sync.dev().unwrap(), std::fs::metadata(dir.path()).unwrap().dev());
+        assert_eq!(
+            sync.dev().unwrap(),
+            std::fs::metadata(dir.path()).unwrap().dev()
+        );
         assert!(SyncFs::open(Path::new("/nonexistent/x")).is_err());
     }
 

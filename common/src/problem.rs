@@ -128,15 +128,36 @@ mod tests {
     fn the_slugs_are_protocol_mds_closed_list() {
         // protocol.md "Errors", plus the three it names no slug for (404, 405, 503).
         let spec = [
-            "unauthorized", "forbidden-identity", "invalid-id", "length-required",
-            "missing-digest", "bad-digest-header", "missing-code-commit", "missing-started-at",
-            "unsupported-media-type", "out-of-window", "too-large", "insufficient-storage",
-            "too-many-uploads", "conflict", "length-mismatch", "digest-mismatch",
-            "body-timeout", "internal",
+            "unauthorized",
+            "forbidden-identity",
+            "invalid-id",
+            "length-required",
+            "missing-digest",
+            "bad-digest-header",
+            "missing-code-commit",
+            "missing-started-at",
+            "unsupported-media-type",
+            "out-of-window",
+            "too-large",
+            "insufficient-storage",
+            "too-many-uploads",
+            "conflict",
+            "length-mismatch",
+            "digest-mismatch",
+            "body-timeout",
+            "internal",
         ];
-        let unnamed = [("not-found", 404), ("method-not-allowed", 405), ("unavailable", 503)];
+        let unnamed = [
+            ("not-found", 404),
+            ("method-not-allowed", 405),
+            ("unavailable", 503),
+        ];
         let mut ours: Vec<&str> = Slug::ALL.iter().map(|s| s.as_str()).collect();
-        let mut want: Vec<&str> = spec.iter().copied().chain(unnamed.iter().map(|u| u.0)).collect();
+        let mut want: Vec<&str> = spec
+            .iter()
+            .copied()
+            .chain(unnamed.iter().map(|u| u.0))
+            .collect();
         ours.sort_unstable();
         want.sort_unstable();
         assert_eq!(ours, want);

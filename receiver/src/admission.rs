@@ -122,7 +122,9 @@ pub struct PutHeaders {
 fn joined(headers: &HeaderMap, name: &str) -> Result<Option<String>, Problem> {
     let mut values = Vec::new();
     for v in headers.get_all(name) {
-        let v = v.to_str().map_err(|_| not_ascii(Slug::BadDigestHeader, name))?;
+        let v = v
+            .to_str()
+            .map_err(|_| not_ascii(Slug::BadDigestHeader, name))?;
         values.push(v.trim());
     }
     let joined = values.join(", ");
@@ -153,7 +155,11 @@ pub fn parse_put_headers(
     require_code_commit: bool,
     window_set: bool,
 ) -> Result<PutHeaders, Problem> {
-    let content_length = match text(headers, http::header::CONTENT_LENGTH.as_str(), Slug::LengthRequired)? {
+    let content_length = match text(
+        headers,
+        http::header::CONTENT_LENGTH.as_str(),
+        Slug::LengthRequired,
+    )? {
         None => {
             return Err(Problem::new(
                 Slug::LengthRequired,
@@ -228,7 +234,11 @@ pub fn parse_put_headers(
     }
 
     // Without a window the start time is only recorded: a malformed one is dropped.
-    let started_at = match text(headers, header::X_EPISODE_STARTED_AT, Slug::MissingStartedAt) {
+    let started_at = match text(
+        headers,
+        header::X_EPISODE_STARTED_AT,
+        Slug::MissingStartedAt,
+    ) {
         Ok(Some(v)) => match parse_started_at(v) {
             Ok(t) => Some(t),
             Err(e) if window_set => {
@@ -507,7 +517,10 @@ mod tests {
             ..limits()
         };
         for started in [i64::from(i32::MIN), 0, 1_000_000, i64::from(i32::MAX)] {
-            assert!(admit(&put(10, started), &wide, now, 10_000).is_ok(), "{started}");
+            assert!(
+                admit(&put(10, started), &wide, now, 10_000).is_ok(),
+                "{started}"
+            );
         }
         // Only one side huge: the other still applies.
         let old_ok = Limits {
@@ -534,7 +547,13 @@ mod tests {
             let p = unrouted_v1(path);
             assert_eq!((p.slug.as_str(), p.status), ("invalid-id", 400), "{path}");
         }
-        for path in ["/v1", "/v1/", "/v1/nothing", "/v1/episodesX/a/b", "/v1/health/x"] {
+        for path in [
+            "/v1",
+            "/v1/",
+            "/v1/nothing",
+            "/v1/episodesX/a/b",
+            "/v1/health/x",
+        ] {
             let p = unrouted_v1(path);
             assert_eq!((p.slug.as_str(), p.status), ("not-found", 404), "{path}");
         }
@@ -555,17 +574,33 @@ mod tests {
             h.insert(name, HeaderValue::from_bytes(b"caf\xe9").unwrap());
             let problem = parse_put_headers(&h, &ep(), true, true).unwrap_err();
             assert_eq!(problem.slug, want, "{name}");
-            assert!(problem.detail.contains("not visible ASCII"), "{name}: {}", problem.detail);
+            assert!(
+                problem.detail.contains("not visible ASCII"),
+                "{name}: {}",
+                problem.detail
+            );
         }
         // Without a window, a start time is only recorded: a bad one is dropped.
         let mut h = good_headers();
-        h.insert("x-episode-started-at", HeaderValue::from_bytes(b"caf\xe9").unwrap());
-        assert_eq!(parse_put_headers(&h, &ep(), true, false).unwrap().started_at, None);
+        h.insert(
+            "x-episode-started-at",
+            HeaderValue::from_bytes(b"caf\xe9").unwrap(),
+        );
+        assert_eq!(
+            parse_put_headers(&h, &ep(), true, false)
+                .unwrap()
+                .started_at,
+            None
+        );
         // An unparseable start time says so.
         let mut h = good_headers();
         h.insert("x-episode-started-at", HeaderValue::from_static("tuesday"));
         let problem = parse_put_headers(&h, &ep(), true, true).unwrap_err();
-        assert!(problem.detail.contains("could not be parsed"), "{}", problem.detail);
+        assert!(
+            problem.detail.contains("could not be parsed"),
+            "{}",
+            problem.detail
+        );
     }
 
     #[test]
@@ -579,7 +614,11 @@ mod tests {
             ("x-code-commit", None, "missing-code-commit"),
             ("x-code-commit", Some("has space"), "missing-code-commit"),
             ("x-episode-started-at", None, "missing-started-at"),
-            ("x-episode-started-at", Some("tuesday"), "missing-started-at"),
+            (
+                "x-episode-started-at",
+                Some("tuesday"),
+                "missing-started-at",
+            ),
             ("content-type", Some("text/plain"), "unsupported-media-type"),
             ("x-tar-digest", Some("nonsense"), "bad-digest-header"),
         ];

@@ -233,18 +233,17 @@ impl Config {
         std::fs::File::create(&from).map_err(|e| {
             err(
                 "incoming_root",
-                format!("cannot create a file in {}: {e}", self.incoming_root.display()),
+                format!(
+                    "cannot create a file in {}: {e}",
+                    self.incoming_root.display()
+                ),
             )
         })?;
         let renamed = episode_common::fsx::rename_noreplace(&from, &to);
         let _ = std::fs::remove_file(&from);
         match renamed {
-            Ok(()) => std::fs::remove_file(&to).map_err(|e| {
-                err(
-                    "store_root",
-                    format!("cannot remove {}: {e}", to.display()),
-                )
-            }),
+            Ok(()) => std::fs::remove_file(&to)
+                .map_err(|e| err("store_root", format!("cannot remove {}: {e}", to.display()))),
             Err(e) if e.raw_os_error() == Some(libc::EXDEV) => Err(err(
                 "incoming_root",
                 format!(
@@ -404,7 +403,9 @@ max_future = "1h"
         };
         let dir = tempfile::tempdir().unwrap();
         use std::os::unix::fs::MetadataExt as _;
-        if std::fs::metadata(shm.path()).unwrap().dev() == std::fs::metadata(dir.path()).unwrap().dev() {
+        if std::fs::metadata(shm.path()).unwrap().dev()
+            == std::fs::metadata(dir.path()).unwrap().dev()
+        {
             eprintln!("SKIPPED: /dev/shm is on the temp dir's filesystem");
             return;
         }
@@ -419,7 +420,10 @@ max_future = "1h"
             c.prepare_dirs(Path::new("r.toml")),
         ] {
             let e = result.unwrap_err().to_string();
-            assert!(e.contains("incoming_root") && e.contains("store_root"), "{e}");
+            assert!(
+                e.contains("incoming_root") && e.contains("store_root"),
+                "{e}"
+            );
         }
     }
 

@@ -580,7 +580,10 @@ impl Committer {
         })
         .await
         .map_err(|e| io::Error::other(format!("rebuilding the row of an orphan archive: {e}")))??;
-        match self.call(|reply| Request::Adopt(Adopt { row, reply })).await? {
+        match self
+            .call(|reply| Request::Adopt(Adopt { row, reply }))
+            .await?
+        {
             Reply::Done(published) => Ok(published),
             Reply::Orphan(_) => Err(io::Error::other("an orphan archive was not adopted")),
         }
@@ -1034,10 +1037,7 @@ mod tests {
     }
 
     /// A publish request as the handler sends it, and where its answer arrives.
-    fn request(
-        temp: PathBuf,
-        row: IndexRow,
-    ) -> (Request, oneshot::Receiver<io::Result<Reply>>) {
+    fn request(temp: PathBuf, row: IndexRow) -> (Request, oneshot::Receiver<io::Result<Reply>>) {
         let (reply, rx) = oneshot::channel();
         let publish = Publish {
             temp,
@@ -1077,7 +1077,9 @@ mod tests {
         for (i, mut rx) in answers.into_iter().enumerate() {
             match rx.try_recv().expect("answered when the batch ended") {
                 Err(e) => assert!(fsx::is_no_space(&e), "request {i}: {e}"),
-                Ok(Reply::Done(p)) => panic!("request {i} was told {p:?} though nothing is indexed"),
+                Ok(Reply::Done(p)) => {
+                    panic!("request {i} was told {p:?} though nothing is indexed")
+                }
                 Ok(Reply::Orphan(_)) => panic!("request {i}: orphan"),
             }
         }
@@ -1108,7 +1110,12 @@ mod tests {
                 Reply::Orphan(_) => panic!("orphan"),
             })
             .collect();
-        let entry = index.get(&HostId::new("lab1").unwrap(), &EpisodeId::new("E1").unwrap()).unwrap();
+        let entry = index
+            .get(
+                &HostId::new("lab1").unwrap(),
+                &EpisodeId::new("E1").unwrap(),
+            )
+            .unwrap();
         assert_eq!(entry.sha256, Sha256::of(b"same"));
         assert_eq!(
             published,
@@ -1118,7 +1125,13 @@ mod tests {
                 Published::Existing(entry)
             ]
         );
-        assert_eq!(std::fs::read_to_string(&index_path).unwrap().lines().count(), 1);
+        assert_eq!(
+            std::fs::read_to_string(&index_path)
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
     }
 
     #[test]
@@ -1162,7 +1175,9 @@ mod tests {
             std::fs::write(&temp, body).unwrap();
             let c = committer.clone();
             tasks.push(tokio::spawn(async move {
-                c.publish(temp, true, row("lab1", "E1", body)).await.unwrap()
+                c.publish(temp, true, row("lab1", "E1", body))
+                    .await
+                    .unwrap()
             }));
         }
         for t in tasks {
@@ -1174,7 +1189,10 @@ mod tests {
         let text = std::fs::read_to_string(&index_path).unwrap();
         assert_eq!(text.lines().count(), 1, "{text}");
         assert!(text.contains(&Sha256::of(b"orphan").to_hex()));
-        assert_eq!(std::fs::read(store.join("lab1/E1.tar.zst")).unwrap(), b"orphan");
+        assert_eq!(
+            std::fs::read(store.join("lab1/E1.tar.zst")).unwrap(),
+            b"orphan"
+        );
         assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0);
         assert!(committer.is_alive());
     }

@@ -139,10 +139,7 @@ pub fn open(
             "another episode-receiver is using {}",
             config.index_path.display()
         )),
-        _ => StartError::Runtime(format!(
-            "opening {}: {e}",
-            config.index_path.display()
-        )),
+        _ => StartError::Runtime(format!("opening {}: {e}", config.index_path.display())),
     })?;
     config
         .prepare_dirs(config_path)

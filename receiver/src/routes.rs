@@ -191,7 +191,10 @@ async fn health_inner(
     let reason = if state.is_draining() {
         Some("draining: shutting down".to_owned())
     } else if !state.committer.is_alive() {
-        Some("the index writer has stopped: uploads cannot be stored; restart the receiver".to_owned())
+        Some(
+            "the index writer has stopped: uploads cannot be stored; restart the receiver"
+                .to_owned(),
+        )
     } else {
         match low_space(state).await {
             Some(reason) => Some(reason),
@@ -488,6 +491,8 @@ fn early(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
     match length {
         Some(0) => {}
+        // No Content-Length and not chunked: there is no body (a GET, a HEAD).
+        None if !headers.contains_key(http::header::TRANSFER_ENCODING) => {}
         Some(n) if n <= EARLY_DRAIN_LIMIT && !expects_continue => {
             tokio::spawn(async move {
                 let drain = async {

@@ -149,7 +149,10 @@ async fn stores_once_then_answers_200_then_409() {
         Sha256::of(b"one").to_field().as_str(),
         "a 200 reports the stored archive's digest"
     );
-    assert!(!headers.contains_key("location"), "a 200 has no Location: {headers:?}");
+    assert!(
+        !headers.contains_key("location"),
+        "a 200 has no Location: {headers:?}"
+    );
 
     let (status, headers, body) = env
         .send(
@@ -581,19 +584,58 @@ async fn every_v1_path_is_authenticated_and_bad_episode_paths_are_invalid_ids() 
     let cases: &[(&str, &str, StatusCode, &str)] = &[
         ("GET", "/v1/nothing", StatusCode::NOT_FOUND, "not-found"),
         ("GET", "/v1", StatusCode::NOT_FOUND, "not-found"),
-        ("PUT", "/v1/episodes/lab1", StatusCode::BAD_REQUEST, "invalid-id"),
-        ("PUT", "/v1/episodes/lab1/", StatusCode::BAD_REQUEST, "invalid-id"),
-        ("PUT", "/v1/episodes/lab1/E1/more", StatusCode::BAD_REQUEST, "invalid-id"),
-        ("HEAD", "/v1/episodes/lab1/a/b", StatusCode::BAD_REQUEST, "invalid-id"),
-        ("PUT", "/v1/episodes/lab1/../../etc/passwd", StatusCode::BAD_REQUEST, "invalid-id"),
+        (
+            "PUT",
+            "/v1/episodes/lab1",
+            StatusCode::BAD_REQUEST,
+            "invalid-id",
+        ),
+        (
+            "PUT",
+            "/v1/episodes/lab1/",
+            StatusCode::BAD_REQUEST,
+            "invalid-id",
+        ),
+        (
+            "PUT",
+            "/v1/episodes/lab1/E1/more",
+            StatusCode::BAD_REQUEST,
+            "invalid-id",
+        ),
+        (
+            "HEAD",
+            "/v1/episodes/lab1/a/b",
+            StatusCode::BAD_REQUEST,
+            "invalid-id",
+        ),
+        (
+            "PUT",
+            "/v1/episodes/lab1/../../etc/passwd",
+            StatusCode::BAD_REQUEST,
+            "invalid-id",
+        ),
         ("GET", "/v1/episodes", StatusCode::BAD_REQUEST, "invalid-id"),
-        ("POST", "/v1/health", StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
-        ("DELETE", "/v1/episodes/lab1/E1", StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed"),
+        (
+            "POST",
+            "/v1/health",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+        ),
+        (
+            "DELETE",
+            "/v1/episodes/lab1/E1",
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+        ),
     ];
     for &(method, uri, want, slug) in cases {
         let bare = Request::builder().method(method).uri(uri);
         let (status, headers, body) = env.send(bare.body(Body::from("x")).unwrap()).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri} without a token: {body}");
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{method} {uri} without a token: {body}"
+        );
         assert_eq!(headers["www-authenticate"], "Bearer", "{method} {uri}");
         let authed = Request::builder()
             .method(method)
@@ -601,7 +643,10 @@ async fn every_v1_path_is_authenticated_and_bad_episode_paths_are_invalid_ids() 
             .header("authorization", "Bearer s3cret");
         let (status, headers, body) = env.send(authed.body(Body::from("x")).unwrap()).await;
         assert_eq!(status, want, "{method} {uri}: {body}");
-        assert_eq!(headers["content-type"], "application/problem+json", "{method} {uri}");
+        assert_eq!(
+            headers["content-type"], "application/problem+json",
+            "{method} {uri}"
+        );
         if method != "HEAD" {
             assert_eq!(body["type"], slug, "{method} {uri}");
         }
@@ -610,7 +655,10 @@ async fn every_v1_path_is_authenticated_and_bad_episode_paths_are_invalid_ids() 
     let (status, _, body) = env
         .send(Request::get("/v2/nothing").body(Body::empty()).unwrap())
         .await;
-    assert_eq!((status, body["type"].as_str()), (StatusCode::NOT_FOUND, Some("not-found")));
+    assert_eq!(
+        (status, body["type"].as_str()),
+        (StatusCode::NOT_FOUND, Some("not-found"))
+    );
     assert!(env.index_lines().is_empty() && env.incoming_is_empty());
 }
 
@@ -888,7 +936,11 @@ async fn health_is_503_while_free_space_is_below_the_reserve() {
     let (status, _, body) = env
         .send(Request::get("/v1/health").body(Body::empty()).unwrap())
         .await;
-    assert_eq!((status, body["ok"].as_bool()), (StatusCode::OK, Some(true)), "{body}");
+    assert_eq!(
+        (status, body["ok"].as_bool()),
+        (StatusCode::OK, Some(true)),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -930,34 +982,53 @@ async fn the_index_row_has_every_field_of_the_spec() {
     assert_eq!(env.send(req).await.0, StatusCode::CREATED);
     let rows = env.index_lines();
     assert_eq!(rows.len(), 2, "{rows:?}");
-    let mut keys: Vec<&str> = rows[0].as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = rows[0]
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
     assert_eq!(
         keys,
         [
-            "bytes", "client", "code_commit", "episode_id", "host_id", "received_at",
-            "sha256", "started_at", "tar_sha256"
+            "bytes",
+            "client",
+            "code_commit",
+            "episode_id",
+            "host_id",
+            "received_at",
+            "sha256",
+            "started_at",
+            "tar_sha256"
         ]
     );
     let first = &rows[0];
-    assert_eq!((first["host_id"].as_str(), first["episode_id"].as_str()), (Some("lab1"), Some("E1")));
+    assert_eq!(
+        (first["host_id"].as_str(), first["episode_id"].as_str()),
+        (Some("lab1"), Some("E1"))
+    );
     assert_eq!(first["sha256"], Sha256::of(b"x").to_hex());
     assert_eq!(first["bytes"], 1);
     assert_eq!(first["code_commit"], "3f2c1e9a");
     assert_eq!(first["client"], "lab1");
-    assert!(first["tar_sha256"].is_null() && first["started_at"].is_null(), "{first}");
+    assert!(
+        first["tar_sha256"].is_null() && first["started_at"].is_null(),
+        "{first}"
+    );
     let received_at = first["received_at"].as_str().unwrap();
-    let parsed = time::OffsetDateTime::parse(
-        received_at,
-        &time::format_description::well_known::Rfc3339,
-    )
-    .unwrap_or_else(|e| panic!("received_at {received_at:?}: {e}"));
+    let parsed =
+        time::OffsetDateTime::parse(received_at, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("received_at {received_at:?}: {e}"));
     let age = time::OffsetDateTime::now_utc() - parsed;
     assert!(age.whole_seconds().abs() < 60, "{received_at}");
     let second = &rows[1];
     assert_eq!(second["tar_sha256"], tar.to_hex());
     assert_eq!(second["started_at"], "2026-11-22T10:00:00Z");
-    assert!(second["client"].is_null(), "no certificate, no client: {second}");
+    assert!(
+        second["client"].is_null(),
+        "no certificate, no client: {second}"
+    );
 }
 
 #[tokio::test]

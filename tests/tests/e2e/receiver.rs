@@ -744,7 +744,10 @@ fn check_passes_a_consistent_store_and_names_an_episode_whose_archive_is_gone() 
     rcv.process.kill();
     assert_eq!(rows_for(&rcv.index_rows(), "lab1", "01LOST").len(), 2);
     let (code, stdout, stderr) = check(&env);
-    assert_eq!(code, 0, "a restored archive is no problem:\n{stdout}\n{stderr}");
+    assert_eq!(
+        code, 0,
+        "a restored archive is no problem:\n{stdout}\n{stderr}"
+    );
     assert!(!stdout.contains("PROBLEM"), "{stdout}");
     assert!(
         stdout.contains("lab1/01LOST") && stdout.contains("the last row is used"),
@@ -760,7 +763,8 @@ fn check_and_run_refuse_incoming_on_another_filesystem() {
         eprintln!("SKIPPED: no writable /dev/shm");
         return;
     };
-    if std::fs::metadata(shm.path()).unwrap().dev() == std::fs::metadata(env.root()).unwrap().dev() {
+    if std::fs::metadata(shm.path()).unwrap().dev() == std::fs::metadata(env.root()).unwrap().dev()
+    {
         eprintln!("SKIPPED: /dev/shm shares the temp dir's filesystem");
         return;
     }
@@ -768,7 +772,10 @@ fn check_and_run_refuse_incoming_on_another_filesystem() {
     let cfg = env.receiver_config(
         "r",
         false,
-        &format!("incoming_root = {}\n", episode_e2e::env::toml_str(&incoming)),
+        &format!(
+            "incoming_root = {}\n",
+            episode_e2e::env::toml_str(&incoming)
+        ),
     );
     for command in ["check", "run"] {
         let (code, stdout, stderr) = run_receiver(
@@ -795,7 +802,11 @@ fn a_second_receiver_on_the_same_index_exits_and_leaves_the_first_alone() {
     let cfg = env.receiver_config("r", true, "");
     let rcv = env.spawn_receiver(&cfg);
     let first = bytes(2000, 23);
-    assert_eq!(rcv.put(&rcv.client("lab1"), "lab1", "01FIRST", &first).status, 201);
+    assert_eq!(
+        rcv.put(&rcv.client("lab1"), "lab1", "01FIRST", &first)
+            .status,
+        201
+    );
     // An upload in flight on the first receiver.
     let body = bytes(300_000, 24);
     let mut conn = tls_connect(&rcv, "lab1");
@@ -831,7 +842,11 @@ fn a_second_receiver_on_the_same_index_exits_and_leaves_the_first_alone() {
         "{stderr}"
     );
     assert!(!stdout.contains("listening on"), "{stdout}");
-    assert_eq!(paths.incoming_files(), incoming_before, "the first's temp file was touched");
+    assert_eq!(
+        paths.incoming_files(),
+        incoming_before,
+        "the first's temp file was touched"
+    );
     assert_eq!(std::fs::read(&rcv.index_path).unwrap(), index_before);
     assert_eq!(tree(&rcv.store_root), store_before);
 
