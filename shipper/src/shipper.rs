@@ -318,10 +318,10 @@ fn prepare(
 
 /// What a future of the pipeline ends with.
 enum Done {
-    /// An upload's answer, or why there was none.
-    Sent(Prepared, Reply, Duration),
+    /// An upload's answer, or why there was none (boxed: it is the large one).
+    Sent(Box<(Prepared, Reply, Duration)>),
     /// A repack finished (or failed): sent again only if the pass still launches.
-    Repacked(Result<Prepared, (EpisodeId, std::io::Error)>),
+    Repacked(Result<Box<Prepared>, (EpisodeId, std::io::Error)>),
 }
 
 type Work = Pin<Box<dyn Future<Output = Done> + Send>>;
@@ -333,7 +333,7 @@ fn send(
     progress: &Arc<Progress>,
 ) -> Work {
     ship_one(transport.clone(), prepared, head_first, progress.clone())
-        .map(|(prepared, reply, took)| Done::Sent(prepared, reply, took))
+        .map(|sent| Done::Sent(Box::new(sent)))
         .boxed()
 }
 
@@ -660,7 +660,8 @@ impl Shipper {
             }
             tokio::select! {
                 Some(done) = in_flight.next(), if !in_flight.is_empty() => match done {
-                    Done::Sent(prepared, reply, took) => {
+                    Done::Sent(sent) => {
+                        let (prepared, reply, took) = *sent;
                         match self.act(prepared, reply, took, result).await {
                             Next::Continue => limit = concurrency,
                             Next::Stop(why) => {
@@ -683,7 +684,7 @@ impl Shipper {
                         // this was packed: then it waits for the next pass.
                         if self.may_send(launching) {
                             let head_first = self.head_first(&prepared.id);
-                            in_flight.push(send(&self.transport, prepared, head_first, &self.progress));
+                            in_flight.push(send(&self.transport, *prepared, head_first, &self.progress));
                         }
                     }
                 },
@@ -737,7 +738,7 @@ impl Shipper {
             root.remove_outbox(&id).map_err(|e| (id.clone(), e))?;
             prepare(&root, id, level, &progress, &memory)
         })
-        .map(Done::Repacked)
+        .map(|repacked| Done::Repacked(repacked.map(Box::new)))
         .boxed()
     }
 

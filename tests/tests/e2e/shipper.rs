@@ -7,8 +7,8 @@
 use std::time::{Duration, SystemTime};
 
 use episode_e2e::{
-    BlackHole, FaultProxy, Host, Mode, Reply, StubServer, TestEnv, archive_files, dir_files,
-    noise, wait_until, write_episode,
+    BlackHole, FaultProxy, Host, Mode, Reply, StubServer, TestEnv, archive_files, dir_files, noise,
+    wait_until, write_episode,
 };
 use serde_json::{Value, json};
 
@@ -966,7 +966,11 @@ fn a_redirected_put_is_never_followed_and_holds_shipping() {
             (Some(0), Some(true), Some(0)),
             "{status}: {pass}\n{run}"
         );
-        assert_eq!(host.list(&host.episodes()), [ID], "{status}: nothing retired");
+        assert_eq!(
+            host.list(&host.episodes()),
+            [ID],
+            "{status}: nothing retired"
+        );
         assert!(host.list(&host.shipped()).is_empty(), "{status}");
         assert!(host.list(&host.quarantine()).is_empty(), "{status}");
         assert!(
@@ -1004,10 +1008,16 @@ fn ping_through_a_redirect_fails() {
         "{out}"
     );
     assert!(
-        out["error"].as_str().is_some_and(|e| e.contains("redirect")),
+        out["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("redirect")),
         "{out}"
     );
-    assert!(elsewhere.requests().is_empty(), "{:?}", elsewhere.requests());
+    assert!(
+        elsewhere.requests().is_empty(),
+        "{:?}",
+        elsewhere.requests()
+    );
     assert_eq!(stub.count("GET"), 1);
 }
 
@@ -1043,7 +1053,10 @@ fn a_transient_failure_during_a_hold_keeps_the_hold() {
     let second = env.shipper(&host, &["once"]);
     let pass = second.json();
     assert_eq!(
-        (pass["transient_failures"].as_u64(), pass["on_hold"].as_bool()),
+        (
+            pass["transient_failures"].as_u64(),
+            pass["on_hold"].as_bool()
+        ),
         (Some(1), Some(true)),
         "{pass}\n{second}"
     );
@@ -1140,7 +1153,13 @@ fn every_request_names_the_host_and_the_shipper() {
     let methods: Vec<&str> = requests.iter().map(|r| r.method.as_str()).collect();
     assert_eq!(methods, ["HEAD", "PUT", "GET"], "{requests:?}");
     for r in &requests {
-        assert_eq!(r.header("x-host-id"), Some("lab1"), "{} {}", r.method, r.path);
+        assert_eq!(
+            r.header("x-host-id"),
+            Some("lab1"),
+            "{} {}",
+            r.method,
+            r.path
+        );
         assert!(
             r.header("user-agent")
                 .is_some_and(|ua| ua.starts_with("episode-shipper/")),
@@ -1255,9 +1274,11 @@ fn a_shipper_killed_mid_upload_waits_a_backoff_before_sending_again() {
     );
     episode(&host, ID);
     let first = env.spawn_shipper(&host, |_| {});
-    wait_until(Duration::from_secs(5), "the first upload to connect", || {
-        hole.connections() >= 1
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "the first upload to connect",
+        || hole.connections() >= 1,
+    );
     let first_connect = std::time::Instant::now();
     assert!(
         !host.retry_state()["pass_under_way"].is_null(),
@@ -1280,9 +1301,11 @@ fn a_shipper_killed_mid_upload_waits_a_backoff_before_sending_again() {
         "re-sent at once after the crash\n{}",
         second.report()
     );
-    wait_until(Duration::from_secs(5), "the upload after the backoff", || {
-        hole.connections() >= 2
-    });
+    wait_until(
+        Duration::from_secs(5),
+        "the upload after the backoff",
+        || hole.connections() >= 2,
+    );
     assert!(
         first_connect.elapsed() + Duration::from_millis(300) >= initial,
         "sent again after {:?}",
@@ -1334,4 +1357,86 @@ fn sigterm_during_a_repack_sends_nothing_more() {
     );
     assert_eq!(host.list(&host.episodes()), [ID]);
     assert!(host.list(&host.quarantine()).is_empty());
+}
+
+/// Whether `strace` is installed and may trace our children here.
+fn strace_works() -> bool {
+    std::process::Command::new("strace")
+        .args(["-o", "/dev/null", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn an_abandoned_pass_makes_its_retires_durable_before_exiting_0() {
+    if !strace_works() {
+        eprintln!("strace is not usable here; skipping");
+        return;
+    }
+    let env = TestEnv::new("abandon-fsync");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let proxy = FaultProxy::new(receiver.addr);
+    let host = env.shipper_host("lab1", "lab1", &proxy.url(), "shutdown_grace = \"1s\"\n");
+    // 01A is small and ships first, alone; 01B is large and stalls on the wire.
+    episode(&host, "01A");
+    let big = noise(12 << 20, 11);
+    write_episode(
+        &host.data_root,
+        "01B",
+        &[("blob.bin", big.as_slice())],
+        Some(meta()),
+        true,
+    );
+    proxy.set_mode(Mode::StallAfter(256 << 10));
+    // The real binary under strace: which directories it fsyncs, and when.
+    let trace = env.root().join("strace.out");
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-y", "-e", "trace=fsync,rename,renameat2", "-o"])
+        .arg(&trace)
+        .arg(episode_e2e::bin("episode-shipper"))
+        .arg("--config")
+        .arg(&host.config)
+        .args(["--log-format", "text", "run"])
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC");
+    let mut traced = episode_e2e::Proc::spawn(&mut cmd, &env, "strace-shipper");
+    wait_until(Duration::from_secs(8), "01A retired, 01B stalled", || {
+        host.list(&host.shipped()) == ["01A"] && proxy.bytes_up() >= 256 << 10
+    });
+    // SIGTERM to the shipper itself (its pid is in the lock file), not to strace.
+    let pid: i32 = std::fs::read_to_string(host.state().join("lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the shipper, a live child of our strace child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = traced
+        .wait_exit(Duration::from_secs(6))
+        .expect("exit after the grace");
+    assert_eq!(status.code(), Some(0), "{}", traced.report());
+    assert!(
+        traced.stderr().contains("upload abandoned"),
+        "the grace did not abandon the pass:\n{}",
+        traced.report()
+    );
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let shipped = format!("{}>", host.shipped().display());
+    let retire = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("/shipped/01A\""))
+        .unwrap_or_else(|| panic!("no rename into shipped/ traced:\n{text}"));
+    assert!(
+        lines[retire..]
+            .iter()
+            .any(|l| l.contains("fsync(") && l.contains(&shipped) && l.contains("= 0")),
+        "shipped/ was never fsynced after the retire, yet the shipper exited 0:\n{}",
+        lines[retire..].join("\n")
+    );
+    assert_eq!(host.list(&host.shipped()), ["01A"]);
+    assert_eq!(host.list(&host.episodes()), ["01B"]);
 }
