@@ -65,7 +65,19 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
     };
     let kind = file.metadata().map_err(|e| e.to_string())?.file_type();
     if !kind.is_file() {
-        return Err(format!("not a regular file ({kind:?}); not read"));
+        use std::os::unix::fs::FileTypeExt as _;
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(format!("{what}, not a regular file; not read"));
     }
     let mut bytes = Vec::new();
     file.take(META_LIMIT + 1)
