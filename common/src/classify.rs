@@ -38,13 +38,14 @@ impl Class {
 
 /// Classifies an HTTP answer to a PUT.
 ///
-/// Beyond the table: 204 is also "stored" (what a WebDAV store answers), any other
-/// 2xx or 1xx means the URL does not point at a receiver that stores, so it holds;
-/// 5xx other than 501 is transient, because a server error is never a reason to
-/// give an episode up.
+/// Beyond the table: only 201 and 200 mean "stored". Any other 2xx (204 from a
+/// WebDAV server, 202, …), 1xx or 3xx means the URL does not point at a receiver
+/// that stores our archives, so it holds (redirects are never followed: a PUT
+/// turned into a GET elsewhere proves nothing); 5xx other than 501 is transient,
+/// because a server error is never a reason to give an episode up.
 pub fn classify(status: u16, problem_type: Option<&str>) -> Class {
     match status {
-        200 | 201 | 204 => Class::Shipped,
+        200 | 201 => Class::Shipped,
         409 => Class::Conflict,
         400 => match problem_type.and_then(Slug::parse) {
             Some(Slug::DigestMismatch | Slug::LengthMismatch) => Class::Repack,
@@ -86,7 +87,14 @@ mod tests {
             (501, None, Class::Hold),
             (301, None, Class::Hold),
             (302, None, Class::Hold),
+            (303, None, Class::Hold),
+            (307, None, Class::Hold),
             (308, None, Class::Hold),
+            (202, None, Class::Hold),
+            (203, None, Class::Hold),
+            (204, None, Class::Hold),
+            (206, None, Class::Hold),
+            (100, None, Class::Hold),
             (408, Some("body-timeout"), Class::Transient),
             (429, Some("too-many-uploads"), Class::Transient),
             (500, Some("internal"), Class::Transient),
@@ -109,7 +117,9 @@ mod tests {
         for status in [505, 506, 508, 511, 599] {
             assert_eq!(classify(status, None), Class::Transient, "{status}");
         }
-        assert_eq!(classify(204, None), Class::Shipped);
-        assert_eq!(classify(202, None), Class::Hold);
+        // Only 201 and 200 mean stored: a WebDAV server's 204 stores nothing of ours.
+        for status in [202, 204, 205, 207, 226, 299] {
+            assert_eq!(classify(status, None), Class::Hold, "{status}");
+        }
     }
 }

@@ -105,6 +105,47 @@ impl Problem {
         self
     }
 
+    /// Reads a problem body leniently, as a client must: `type` (a string) is all it
+    /// needs; `title`, `status` and `detail` are taken when present and of the right
+    /// shape, else left empty (0 for `status`); every other member goes to `extra`.
+    /// `None` when the value is not an object with a string `type`. (Deserializing
+    /// `Problem` itself is strict: the receiver always sends all four.)
+    pub fn from_json(value: &serde_json::Value) -> Option<Self> {
+        let object = value.as_object()?;
+        let slug = object.get("type")?.as_str()?.to_owned();
+        let text = |key: &str| {
+            object
+                .get(key)
+                .and_then(serde_json::Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let status = object
+            .get("status")
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|s| u16::try_from(s).ok())
+            .unwrap_or(0);
+        let remediation = object
+            .get("remediation")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        let extra = object
+            .iter()
+            .filter(|(k, _)| {
+                !["type", "title", "status", "detail", "remediation"].contains(&k.as_str())
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        Some(Self {
+            slug,
+            title: text("title"),
+            status,
+            detail: text("detail"),
+            remediation,
+            extra,
+        })
+    }
+
     /// The slug, when it is one we know.
     pub fn known_slug(&self) -> Option<Slug> {
         Slug::parse(&self.slug)
@@ -176,7 +217,33 @@ mod tests {
         assert_eq!(v["status"], 409);
         assert_eq!(v["stored_sha256"], "ab");
         assert_eq!(v["remediation"], "pick a new episode id");
-        let back: Problem = serde_json::from_value(v).unwrap();
+        let back: Problem = serde_json::from_value(v.clone()).unwrap();
         assert_eq!(back, p);
+        assert_eq!(Problem::from_json(&v), Some(p));
+    }
+
+    #[test]
+    fn a_client_reads_the_type_on_its_own() {
+        // A proxy or another implementation may send `type` alone.
+        let p = Problem::from_json(&serde_json::json!({"type": "digest-mismatch"})).unwrap();
+        assert_eq!(p.known_slug(), Some(Slug::DigestMismatch));
+        assert_eq!((p.title.as_str(), p.status, p.detail.as_str()), ("", 0, ""));
+        let p = Problem::from_json(&serde_json::json!({
+            "type": "too-large", "status": "413", "detail": 7, "max_bytes": 10
+        }))
+        .unwrap();
+        assert_eq!(
+            (p.slug.as_str(), p.status, p.detail.as_str()),
+            ("too-large", 0, "")
+        );
+        assert_eq!(p.extra["max_bytes"], 10);
+        for not_a_problem in [
+            serde_json::json!({"title": "x", "status": 400, "detail": "y"}),
+            serde_json::json!({"type": 400}),
+            serde_json::json!(["type"]),
+            serde_json::json!("digest-mismatch"),
+        ] {
+            assert_eq!(Problem::from_json(&not_a_problem), None, "{not_a_problem}");
+        }
     }
 }

@@ -5,7 +5,9 @@
 //! inotify when a `done.marker` appears, never longer than half the watchdog
 //! period), the heartbeat (WATCHDOG=1 after every pass and while bytes move, so a
 //! stalled pack or upload stops it), a STATUS line per pass, and SIGTERM/SIGINT:
-//! STOPPING=1, no new episode, an upload in flight gets `shutdown_grace`, exit 0.
+//! STOPPING=1, no new episode, an upload in flight gets `shutdown_grace`, then
+//! (also when the grace abandoned the pass) the retry state is saved and the data
+//! root's directories fsynced (`Shipper::close`), exit 0.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,6 +72,7 @@ pub async fn once(config: Config) -> Result<PassResult, OpenError> {
         })
     });
     let result = run_pass(&mut shipper, &stop, grace).await;
+    shipper.close().await;
     if let Some(d) = drawer {
         d.abort();
     }
@@ -163,27 +166,26 @@ pub async fn run(config: Config) -> Result<(), OpenError> {
             () = stop.cancelled() => {}
         }
     }
-    if let Err(e) = shipper.state.save() {
-        tracing::error!(error = %e, "cannot save retry state at exit");
-    }
+    // Also after an abandoned pass: its retires are renamed but not yet fsynced.
+    shipper.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// WATCHDOG=1 whenever bytes moved since the last look.
+/// WATCHDOG=1 whenever work moved (bytes or steps) since the last look.
 async fn heartbeat(
     progress: Arc<Progress>,
     notifier: Arc<Notifier>,
     stop: CancellationToken,
     tick: Duration,
 ) {
-    let mut last = progress.total();
+    let mut last = progress.activity();
     loop {
         tokio::select! {
             () = tokio::time::sleep(tick) => {}
             () = stop.cancelled() => return,
         }
-        let now = progress.total();
+        let now = progress.activity();
         if now != last {
             notifier.watchdog();
             last = now;

@@ -190,7 +190,13 @@ fn requeue(config: &Config, args: RequeueArgs) -> ExitCode {
     };
     let root = layout::DataRoot::new(&config.data_root);
     match quarantine::requeue(&root, &selector, std::time::SystemTime::now()) {
-        Ok((requeued, problems)) => {
+        Ok((requeued, mut problems)) => {
+            // Their retry state goes too: a requeued episode starts afresh.
+            if !requeued.is_empty()
+                && let Err(e) = episode_shipper::state::forget_on_disk(&root.state, &requeued)
+            {
+                problems.push(format!("requeued, but their retry state stays: {e}"));
+            }
             for id in &requeued {
                 println!("requeued {id}");
             }

@@ -1,10 +1,16 @@
 //! What the shipper reads from an episode's `meta.json`: `code_commit` and
 //! `started_at`, for the `X-Code-Commit` and `X-Episode-Started-At` headers.
 //!
-//! Never fails: a missing, oversized or malformed `meta.json`, or a field of the
-//! wrong shape, leaves that header out (with a warning naming the file and field)
-//! and the receiver decides. `started_at` is normalized to RFC 3339.
+//! Never fails and never blocks: a missing, oversized or malformed `meta.json`, one
+//! that is not a regular file (a symlink, a FIFO, a device), or a field of the wrong
+//! shape, leaves that header out (with a warning naming the file and field) and the
+//! receiver decides. It is opened without following a symlink and without blocking
+//! on a FIFO, checked to be a regular file on the open descriptor, and read through
+//! a 1 MiB limit whatever its size claims. `code_commit` is trimmed of surrounding
+//! whitespace (a recorder's trailing newline); `started_at` is normalized to RFC 3339.
 
+use std::io::Read as _;
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use episode_common::wire::{format_rfc3339, parse_started_at};
@@ -24,23 +30,12 @@ pub struct Meta {
 pub fn read(episode_dir: &Path) -> Meta {
     let path = episode_dir.join("meta.json");
     let mut meta = Meta::default();
-    let bytes = match std::fs::metadata(&path) {
-        Err(_) => {
-            meta.warnings.push(format!("{}: missing", path.display()));
+    let bytes = match read_limited(&path) {
+        Ok(b) => b,
+        Err(why) => {
+            meta.warnings.push(format!("{}: {why}", path.display()));
             return meta;
         }
-        Ok(m) if m.len() > META_LIMIT => {
-            meta.warnings
-                .push(format!("{}: larger than 1 MiB, not read", path.display()));
-            return meta;
-        }
-        Ok(_) => match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                meta.warnings.push(format!("{}: {e}", path.display()));
-                return meta;
-            }
-        },
     };
     let value: Value = match serde_json::from_slice(&bytes) {
         Ok(v) => v,
@@ -54,10 +49,52 @@ pub fn read(episode_dir: &Path) -> Meta {
     meta
 }
 
+/// The bytes of a regular file of at most `META_LIMIT` bytes, or why not.
+fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path);
+    let file = match file {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err("a symlink, not a regular file; not read".into());
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let kind = file.metadata().map_err(|e| e.to_string())?.file_type();
+    if !kind.is_file() {
+        use std::os::unix::fs::FileTypeExt as _;
+        let what = if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else {
+            "not a file"
+        };
+        return Err(format!("{what}, not a regular file; not read"));
+    }
+    let mut bytes = Vec::new();
+    file.take(META_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > META_LIMIT {
+        return Err("larger than 1 MiB, not read".into());
+    }
+    Ok(bytes)
+}
+
 fn parse(value: &Value, file: &str, meta: &mut Meta) {
     match value.get("code_commit") {
         None | Some(Value::Null) => {}
-        Some(Value::String(s)) if is_header_safe(s) => meta.code_commit = Some(s.clone()),
+        Some(Value::String(s)) if is_header_safe(s.trim()) => {
+            meta.code_commit = Some(s.trim().to_owned());
+        }
         Some(other) => meta.warnings.push(format!(
             "{file}: code_commit {other} is not a short printable string"
         )),
@@ -133,5 +170,75 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = read(dir.path());
         assert!(m.warnings[0].contains("missing"));
+    }
+
+    #[test]
+    fn a_trailing_newline_does_not_drop_the_commit() {
+        for text in [
+            r#"{"code_commit": "abc\n"}"#,
+            r#"{"code_commit": "  abc\t"}"#,
+        ] {
+            let m = read_text(text);
+            assert_eq!(m.code_commit.as_deref(), Some("abc"), "{text}");
+            assert!(m.warnings.is_empty(), "{text}: {:?}", m.warnings);
+        }
+        let m = read_text(r#"{"code_commit": " \n"}"#);
+        assert_eq!(m.code_commit, None);
+        assert!(!m.warnings.is_empty());
+    }
+
+    /// Runs `read` on a thread: a `read` that blocks fails the test instead of
+    /// hanging it.
+    fn read_within(dir: &Path) -> Meta {
+        let dir = dir.to_owned();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(read(&dir));
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .expect("meta::read blocked")
+    }
+
+    #[test]
+    fn a_fifo_is_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let path =
+            std::ffi::CString::new(dir.path().join("meta.json").as_os_str().as_encoded_bytes())
+                .unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+        let m = read_within(dir.path());
+        assert_eq!((m.code_commit, m.started_at), (None, None));
+        assert!(
+            m.warnings[0].contains("not a regular file"),
+            "{:?}",
+            m.warnings
+        );
+    }
+
+    #[test]
+    fn a_symlink_to_an_endless_device_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/zero", dir.path().join("meta.json")).unwrap();
+        let m = read_within(dir.path());
+        assert!(m.warnings[0].contains("symlink"), "{:?}", m.warnings);
+    }
+
+    #[test]
+    fn a_huge_file_is_malformed_not_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = std::fs::File::create(dir.path().join("meta.json")).unwrap();
+        file.set_len(64 << 20).unwrap();
+        let m = read_within(dir.path());
+        assert!(
+            m.warnings[0].contains("larger than 1 MiB"),
+            "{:?}",
+            m.warnings
+        );
+        // Exactly the limit is still read (and here is malformed JSON).
+        let file = std::fs::File::create(dir.path().join("meta.json")).unwrap();
+        file.set_len(META_LIMIT).unwrap();
+        let m = read_within(dir.path());
+        assert!(m.warnings[0].contains("malformed JSON"), "{:?}", m.warnings);
     }
 }

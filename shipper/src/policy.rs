@@ -45,13 +45,29 @@ pub fn action(class: Class, repacks_so_far: u32) -> Action {
     }
 }
 
-/// The delay before retry number `failures` (1 for the first retry): full jitter
-/// between `initial` and the exponential cap `min(max, initial × 2^(failures-1))`,
-/// so no retry ever comes sooner than `initial`. `unit` is uniform in [0, 1).
+/// Whether an answer given while shipping is on hold ends the hold: only an answer
+/// that shows the receiver took our request as valid (stored, conflict, damaged
+/// bytes, a rejection of the episode itself). A transient failure (connection
+/// refused, 503) says nothing about our credentials: the hold stays and its
+/// re-check is pushed back, so a flapping receiver does not flap the hold.
+pub fn ends_hold(class: Class) -> bool {
+    match class {
+        Class::Shipped | Class::Conflict | Class::Repack | Class::Fatal => true,
+        Class::Hold | Class::Transient => false,
+    }
+}
+
+/// The delay before retry number `failures` (1 for the first retry): uniform
+/// ("full jitter") between `initial` and the exponential cap
+/// `min(max, initial × 2^failures)`, so the first retry waits between `initial` and
+/// `2 × initial` and a fleet that failed together does not retry together.
+/// The floor is `initial`, not zero, on purpose: a restart or crash loop that
+/// re-rolls the dice can never retry sooner than `initial_backoff`.
+/// `unit` is uniform in [0, 1).
 pub fn backoff(failures: u32, initial: Duration, max: Duration, unit: f64) -> Duration {
-    let exponent = failures.saturating_sub(1).min(32);
+    let exponent = failures.clamp(1, 31);
     let cap = initial
-        .saturating_mul(1u32 << exponent.min(31))
+        .saturating_mul(1u32 << exponent)
         .min(max)
         .max(initial);
     let spread = cap - initial;
@@ -108,19 +124,37 @@ mod tests {
     #[test]
     fn backoff_grows_to_the_cap_and_never_undercuts_the_initial() {
         let (i, m) = (Duration::from_secs(5), Duration::from_secs(600));
-        assert_eq!(backoff(1, i, m, 0.0), i);
-        assert_eq!(
-            backoff(1, i, m, 0.99),
-            i,
-            "the first retry waits exactly initial"
-        );
-        assert_eq!(backoff(2, i, m, 0.0), i);
-        assert_eq!(backoff(2, i, m, 1.0), Duration::from_secs(10));
-        assert_eq!(backoff(3, i, m, 0.5), Duration::from_millis(12_500));
+        let s = Duration::from_secs;
+        // (failures, unit, delay): the cap doubles from 2 × initial; the floor stays.
+        let table = [
+            (0, 0.0, s(5)),
+            (0, 1.0, s(10)),
+            (1, 0.0, s(5)),
+            (1, 0.5, Duration::from_millis(7500)),
+            (1, 1.0, s(10)),
+            (2, 0.0, s(5)),
+            (2, 1.0, s(20)),
+            (3, 0.5, Duration::from_millis(22_500)),
+            (3, 1.0, s(40)),
+            (6, 1.0, s(320)),
+            (7, 1.0, s(600)),
+            (7, 0.0, s(5)),
+        ];
+        for (failures, unit, want) in table {
+            assert_eq!(backoff(failures, i, m, unit), want, "{failures} {unit}");
+        }
+        // The first retry is spread, not a fixed `initial`: a fleet does not retry
+        // in lockstep.
+        assert_ne!(backoff(1, i, m, 0.1), backoff(1, i, m, 0.9));
         assert_eq!(
             backoff(8, i, m, 1.0),
             Duration::from_secs(600),
             "capped at max"
+        );
+        assert_eq!(
+            backoff(3, i, Duration::from_secs(1), 1.0),
+            i,
+            "a max below initial is initial"
         );
         assert_eq!(
             backoff(1000, i, m, 1.0),
@@ -132,6 +166,21 @@ mod tests {
                 let d = backoff(failures, i, m, unit);
                 assert!(d >= i && d <= m, "{failures} {unit} {d:?}");
             }
+        }
+    }
+
+    #[test]
+    fn only_an_answer_about_the_episode_ends_a_hold() {
+        let table = [
+            (Class::Shipped, true),
+            (Class::Conflict, true),
+            (Class::Repack, true),
+            (Class::Fatal, true),
+            (Class::Hold, false),
+            (Class::Transient, false),
+        ];
+        for (class, ends) in table {
+            assert_eq!(ends_hold(class), ends, "{class:?}");
         }
     }
 

@@ -1,8 +1,10 @@
-//! Bytes moving: the counter packing and uploading add to, which the watchdog
-//! heartbeat and the terminal progress line read.
+//! Work moving: the counters packing, hashing, uploading and directory walks add to,
+//! which the watchdog heartbeat and the terminal progress line read.
 //!
-//! Owns the counter and the line drawn on a terminal during an interactive `once`
-//! (episodes done, bytes, rate). Draws nothing when stderr is not a terminal.
+//! Owns the counters and the line drawn on a terminal during an interactive `once`
+//! (episodes done, bytes, rate). Bytes (packed, re-hashed, sent) and steps (an entry
+//! of a directory walk or removal) both count as progress for the heartbeat; only
+//! bytes are shown. Draws nothing when stderr is not a terminal.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -10,21 +12,35 @@ use std::time::Instant;
 
 use episode_common::ByteSize;
 
-/// Bytes read for packing plus bytes sent, since start.
+/// Bytes read for packing or re-hashing plus bytes sent, and other steps, since start.
 #[derive(Debug, Default)]
 pub struct Progress {
     bytes: AtomicU64,
+    steps: AtomicU64,
     episodes_done: AtomicU64,
     episodes_total: AtomicU64,
 }
 
 impl Progress {
+    /// `n` bytes moved (packed, hashed or sent).
     pub fn add(&self, n: u64) {
         self.bytes.fetch_add(n, Ordering::Relaxed);
     }
 
+    /// One step of work that moves no bytes (an entry listed, sized or removed).
+    pub fn step(&self) {
+        self.steps.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Bytes moved since start.
     pub fn total(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Everything that moved (bytes and steps): changes while any work progresses.
+    pub fn activity(&self) -> u64 {
+        self.total()
+            .wrapping_add(self.steps.load(Ordering::Relaxed))
     }
 
     pub fn set_episodes_total(&self, n: u64) {

@@ -1,12 +1,15 @@
 //! Quarantine: episodes the receiver will never take as they are.
 //!
 //! Owns moving an episode into `quarantine/<id>/` with its `quarantine_reason.json`,
-//! crash-safely: the reason is first written to `state/quarantine-pending/<id>.json`,
-//! then the directory is renamed, then the reason is moved inside; start-up
-//! finishes any move a crash interrupted. Also owns retention (by the entry
+//! crash-safely: the entry's name is chosen first (`<id>`, or `<id>.<unix>` when an
+//! older quarantined copy holds `<id>`), the reason (which records the episode id) is
+//! written to `state/quarantine-pending/<entry>.json`, then the directory is renamed,
+//! then the reason is moved inside; start-up finishes any move a crash interrupted,
+//! into the entry the pending record names. Also owns retention (by the entry
 //! directory's mtime, removal via a hidden rename so a crash never leaves a
 //! half-deleted entry that looks new), listing with reasons, and `requeue`, which
-//! removes the reason file before moving the directory back so it is never packed.
+//! moves an entry back to `episodes/<episode id>` (never to its suffixed entry name),
+//! removing the reason file first so it is never packed.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -30,6 +33,11 @@ pub struct Reason {
     pub quarantined_at_wall: String,
     pub quarantined_at_unix: i64,
     pub shipper_version: String,
+    /// The episode's id (beyond the spec's fields): the entry may be named
+    /// `<id>.<unix>` when an older copy of the same id was already quarantined.
+    /// Absent in reasons written by older shippers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub episode_id: Option<String>,
 }
 
 const TRASH_PREFIX: &str = ".trash-";
@@ -38,31 +46,46 @@ fn pending_dir(root: &DataRoot) -> PathBuf {
     root.state.join("quarantine-pending")
 }
 
-/// Moves `episodes/<id>` to `quarantine/<id>` with `reason`, and deletes its outbox files.
-pub fn quarantine(root: &DataRoot, episode_id: &EpisodeId, reason: &Reason) -> io::Result<()> {
+/// The name of the entry a new quarantine of `episode_id` goes to: `<id>` when free,
+/// else `<id>.<unix>` (then `<id>.<unix>.<n>`), keeping the older copy.
+fn entry_name(root: &DataRoot, episode_id: &EpisodeId, unix: i64) -> String {
+    let free = |name: &str| {
+        std::fs::symlink_metadata(root.quarantine.join(name))
+            .is_err_and(|e| e.kind() == io::ErrorKind::NotFound)
+    };
+    if free(episode_id.as_str()) {
+        return episode_id.to_string();
+    }
+    let stamped = format!("{episode_id}.{unix}");
+    if free(&stamped) {
+        return stamped;
+    }
+    (1u64..)
+        .map(|n| format!("{stamped}.{n}"))
+        .find(|name| free(name))
+        .expect("some numbered name is free")
+}
+
+/// Moves `episodes/<id>` to `quarantine/<id>` (or `quarantine/<id>.<unix>` when an
+/// older copy is there) with `reason`, and deletes its outbox files. Returns the
+/// entry's name.
+pub fn quarantine(root: &DataRoot, episode_id: &EpisodeId, reason: &Reason) -> io::Result<String> {
+    let reason = Reason {
+        episode_id: Some(episode_id.to_string()),
+        ..reason.clone()
+    };
+    let name = entry_name(root, episode_id, reason.quarantined_at_unix);
     let pending = pending_dir(root);
     std::fs::create_dir_all(&pending)?;
-    let pending_file = pending.join(format!("{episode_id}.json"));
+    let pending_file = pending.join(format!("{name}.json"));
     fsx::write_atomic(
         &pending_file,
-        &serde_json::to_vec_pretty(reason).map_err(io::Error::other)?,
+        &serde_json::to_vec_pretty(&reason).map_err(io::Error::other)?,
     )?;
     root.remove_outbox(episode_id)?;
-    match root.move_episode(episode_id, Place::Episodes, Place::Quarantine) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            // An older quarantined copy of the same id: keep both.
-            let name = format!("{episode_id}.{}", reason.quarantined_at_unix);
-            root.move_episode_to(episode_id, Place::Episodes, Place::Quarantine, &name)?;
-            return place_reason(root, &pending_file, &root.quarantine.join(name));
-        }
-        Err(e) => return Err(e),
-    }
-    place_reason(
-        root,
-        &pending_file,
-        &root.episode_dir(Place::Quarantine, episode_id),
-    )
+    root.move_episode_to(episode_id, Place::Episodes, Place::Quarantine, &name)?;
+    place_reason(root, &pending_file, &root.quarantine.join(&name))?;
+    Ok(name)
 }
 
 fn place_reason(root: &DataRoot, pending_file: &Path, entry: &Path) -> io::Result<()> {
@@ -72,32 +95,48 @@ fn place_reason(root: &DataRoot, pending_file: &Path, entry: &Path) -> io::Resul
     fsx::fsync_dir(&pending_dir(root))
 }
 
-/// Finishes quarantines a crash interrupted. Returns the ids completed.
+/// Finishes quarantines a crash interrupted, each into the entry its pending record
+/// names (`state/quarantine-pending/<entry>.json`). An entry that already has a
+/// reason file is not the one being made (its reason moves in last), so it is left
+/// alone. Returns the ids completed.
 pub fn recover(root: &DataRoot) -> io::Result<Vec<String>> {
     let pending = pending_dir(root);
     let mut done = Vec::new();
     let Ok(files) = layout::entries(&pending) else {
         return Ok(done);
     };
-    for (name, path) in files {
-        let Some(id) = name
+    for (file_name, path) in files {
+        let Some(name) = file_name
             .strip_suffix(".json")
-            .and_then(|n| EpisodeId::new(n).ok())
+            .filter(|n| !n.starts_with('.'))
         else {
             let _ = std::fs::remove_file(&path);
             continue;
         };
+        let reason: Option<Reason> = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        // Older shippers named the pending file after the episode, always.
+        let id = reason
+            .as_ref()
+            .and_then(|r| r.episode_id.as_deref())
+            .unwrap_or(name);
+        let (Ok(id), true) = (EpisodeId::new(id), reason.is_some()) else {
+            let _ = std::fs::remove_file(&path);
+            continue;
+        };
+        let entry = root.quarantine.join(name);
         let in_episodes = root.episode_dir(Place::Episodes, &id).is_dir();
-        let in_quarantine = root.episode_dir(Place::Quarantine, &id).is_dir();
-        if in_episodes && !in_quarantine {
+        if in_episodes && !entry.exists() {
             root.remove_outbox(&id)?;
-            root.move_episode(&id, Place::Episodes, Place::Quarantine)?;
+            root.move_episode_to(&id, Place::Episodes, Place::Quarantine, name)?;
         }
-        if root.episode_dir(Place::Quarantine, &id).is_dir() {
-            place_reason(root, &path, &root.episode_dir(Place::Quarantine, &id))?;
+        if entry.is_dir() && !entry.join(REASON_FILE).exists() {
+            place_reason(root, &path, &entry)?;
             done.push(id.to_string());
         } else {
             std::fs::remove_file(&path)?;
+            fsx::fsync_dir(&pending)?;
         }
     }
     Ok(done)
@@ -113,6 +152,22 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// The episode this entry holds: recorded in its reason; for reasons of older
+    /// shippers, its name without the `.<quarantined_at_unix>` suffix a second copy
+    /// gets; else its name.
+    pub fn episode_id(&self) -> &str {
+        let Some(reason) = &self.reason else {
+            return &self.name;
+        };
+        if let Some(id) = &reason.episode_id {
+            return id;
+        }
+        self.name
+            .strip_suffix(&format!(".{}", reason.quarantined_at_unix))
+            .filter(|id| !id.is_empty())
+            .unwrap_or(&self.name)
+    }
+
     /// "412 out-of-window", "400", or "unknown" for the by-reason counts.
     pub fn class(&self) -> String {
         match &self.reason {
@@ -147,16 +202,23 @@ pub fn list(root: &DataRoot, now: SystemTime) -> io::Result<Vec<Entry>> {
 
 /// Removes entries of `dir` whose mtime is older than `keep_days` (0 keeps all),
 /// each by a rename to a hidden name first; also finishes removals a crash cut short
-/// (when retention is on).
-pub fn prune(dir: &Path, keep_days: u32, now: SystemTime) -> io::Result<Vec<String>> {
+/// (when retention is on). Calls `step` per entry looked at and per entry removed,
+/// so a long walk keeps the watchdog heartbeat.
+pub fn prune(
+    dir: &Path,
+    keep_days: u32,
+    now: SystemTime,
+    step: &dyn Fn(),
+) -> io::Result<Vec<String>> {
     let mut removed = Vec::new();
     if keep_days == 0 {
         // Retention off: never list a directory that may hold 100,000 episodes.
         return Ok(removed);
     }
     for (name, path) in layout::entries(dir)? {
+        step();
         if name.starts_with(TRASH_PREFIX) {
-            std::fs::remove_dir_all(&path)?;
+            remove_tree(&path, step)?;
             continue;
         }
         if name.starts_with('.') {
@@ -168,11 +230,28 @@ pub fn prune(dir: &Path, keep_days: u32, now: SystemTime) -> io::Result<Vec<Stri
             let trash = dir.join(format!("{TRASH_PREFIX}{name}"));
             std::fs::rename(&path, &trash)?;
             fsx::fsync_dir(dir)?;
-            std::fs::remove_dir_all(&trash)?;
+            remove_tree(&trash, step)?;
             removed.push(name);
         }
     }
     Ok(removed)
+}
+
+/// `remove_dir_all` that calls `step` per entry removed; symlinks are removed, never
+/// followed.
+fn remove_tree(path: &Path, step: &dyn Fn()) -> io::Result<()> {
+    let meta = std::fs::symlink_metadata(path)?;
+    if !meta.is_dir() {
+        std::fs::remove_file(path)?;
+        step();
+        return Ok(());
+    }
+    for entry in std::fs::read_dir(path)? {
+        remove_tree(&entry?.path(), step)?;
+    }
+    std::fs::remove_dir(path)?;
+    step();
+    Ok(())
 }
 
 /// Which quarantined episodes `requeue` moves back.
@@ -183,8 +262,11 @@ pub enum Selector {
     Status(u16),
 }
 
-/// Moves matching entries back to `episodes/`: reason file removed first, then the
-/// rename. Returns (requeued ids, problems).
+/// Moves matching entries back to `episodes/<episode id>`: reason file removed
+/// first, then the rename. An entry named `<id>.<unix>` (a second quarantined copy)
+/// goes back as `<id>`; `Ids` matches either the episode id or the entry name. An
+/// entry whose `episodes/<id>` exists stays where it is, with a problem saying so.
+/// Returns (requeued episode ids, problems).
 pub fn requeue(
     root: &DataRoot,
     selector: &Selector,
@@ -200,24 +282,32 @@ pub fn requeue(
             .filter(|e| e.reason.as_ref().is_some_and(|r| r.status_code == *code))
             .collect(),
         Selector::Ids(ids) => {
+            let matches = |e: &Entry, id: &String| &e.name == id || e.episode_id() == id;
             for id in ids {
-                if !entries.iter().any(|e| &e.name == id) {
+                if !entries.iter().any(|e| matches(e, id)) {
                     problems.push(format!("{id}: not in quarantine"));
                 }
             }
-            entries.iter().filter(|e| ids.contains(&e.name)).collect()
+            entries
+                .iter()
+                .filter(|e| ids.iter().any(|id| matches(e, id)))
+                .collect()
         }
     };
     for entry in chosen {
-        let Ok(id) = EpisodeId::new(&entry.name) else {
+        let Ok(id) = EpisodeId::new(entry.episode_id()) else {
             problems.push(format!(
-                "{}: not a valid episode id; move it by hand",
-                entry.name
+                "quarantine/{}: {:?} is not a valid episode id; move it by hand",
+                entry.name,
+                entry.episode_id()
             ));
             continue;
         };
         if root.episode_dir(Place::Episodes, &id).exists() {
-            problems.push(format!("{id}: episodes/{id} already exists"));
+            problems.push(format!(
+                "quarantine/{}: not requeued, episodes/{id} already exists (ship or move that one first)",
+                entry.name
+            ));
             continue;
         }
         let reason_file = entry.path.join(REASON_FILE);
@@ -226,7 +316,8 @@ pub fn requeue(
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        root.move_episode(&id, Place::Quarantine, Place::Episodes)?;
+        fsx::rename_noreplace(&entry.path, &root.episode_dir(Place::Episodes, &id))?;
+        root.sync_places(&[Place::Quarantine, Place::Episodes])?;
         requeued.push(id.to_string());
     }
     Ok((requeued, problems))
@@ -258,19 +349,35 @@ mod tests {
             quarantined_at_wall: "2026-11-22T10:00:00Z".into(),
             quarantined_at_unix: 1_795_341_600,
             shipper_version: "0.1.0".into(),
+            episode_id: None,
         }
+    }
+
+    fn read_reason(entry: &Path) -> Reason {
+        serde_json::from_slice(&std::fs::read(entry.join(REASON_FILE)).unwrap()).unwrap()
+    }
+
+    /// `episodes/01E` again, with `marker` inside to tell the copies apart.
+    fn record_again(root: &DataRoot, marker: &str) {
+        std::fs::create_dir(root.episodes.join("01E")).unwrap();
+        std::fs::write(root.episodes.join("01E").join(marker), "").unwrap();
     }
 
     #[test]
     fn quarantines_with_the_reason_and_requeues_without_it() {
         let (_d, root, id) = setup();
-        quarantine(&root, &id, &reason(400)).unwrap();
+        assert_eq!(quarantine(&root, &id, &reason(400)).unwrap(), "01E");
         let entry = root.quarantine.join("01E");
         assert!(entry.join("meta.json").exists() && !root.episodes.join("01E").exists());
         assert!(!root.archive(&id).exists(), "the outbox archive is deleted");
-        let written: Reason =
-            serde_json::from_slice(&std::fs::read(entry.join(REASON_FILE)).unwrap()).unwrap();
-        assert_eq!(written, reason(400));
+        let written = read_reason(&entry);
+        assert_eq!(
+            written,
+            Reason {
+                episode_id: Some("01E".into()),
+                ..reason(400)
+            }
+        );
         let entries = list(&root, SystemTime::now()).unwrap();
         assert_eq!(entries[0].class(), "400 missing-code-commit");
 
@@ -304,16 +411,132 @@ mod tests {
         quarantine(&root, &id, &reason(400)).unwrap();
         let later = SystemTime::now() + std::time::Duration::from_secs(31 * 86_400);
         assert!(
-            prune(&root.quarantine, 0, later).unwrap().is_empty(),
+            prune(&root.quarantine, 0, later, &|| {})
+                .unwrap()
+                .is_empty(),
             "0 disables"
         );
         assert!(
-            prune(&root.quarantine, 30, SystemTime::now())
+            prune(&root.quarantine, 30, SystemTime::now(), &|| {})
                 .unwrap()
                 .is_empty(),
             "too young"
         );
-        assert_eq!(prune(&root.quarantine, 30, later).unwrap(), ["01E"]);
+        let steps = std::cell::Cell::new(0);
+        let step = || steps.set(steps.get() + 1);
+        assert_eq!(prune(&root.quarantine, 30, later, &step).unwrap(), ["01E"]);
         assert!(layout::entries(&root.quarantine).unwrap().is_empty());
+        // One step per entry looked at and per file and directory removed (the
+        // entry, meta.json, the reason): a long removal keeps the heartbeat.
+        assert_eq!(steps.get(), 4);
+    }
+
+    #[test]
+    fn a_second_copy_of_an_id_is_kept_beside_the_first_and_requeued_under_its_id() {
+        let (_d, root, id) = setup();
+        std::fs::write(root.episodes.join("01E/first"), "").unwrap();
+        quarantine(&root, &id, &reason(400)).unwrap();
+        record_again(&root, "second");
+        let second = Reason {
+            quarantined_at_unix: 1_795_341_700,
+            ..reason(412)
+        };
+        assert_eq!(quarantine(&root, &id, &second).unwrap(), "01E.1795341700");
+        let entry = root.quarantine.join("01E.1795341700");
+        assert!(entry.join("second").exists());
+        assert_eq!(read_reason(&entry).episode_id.as_deref(), Some("01E"));
+        assert_eq!(read_reason(&root.quarantine.join("01E")).status_code, 400);
+
+        // Both map to 01E: the first goes back, the second is refused, naming why.
+        let (back, problems) = requeue(&root, &Selector::All, SystemTime::now()).unwrap();
+        assert_eq!(back, ["01E"]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("quarantine/01E.1795341700")
+                && problems[0].contains("episodes/01E already exists"),
+            "{problems:?}"
+        );
+        assert!(root.episodes.join("01E/first").exists());
+        // Once that one is gone (shipped), the second copy comes back as 01E, never
+        // as an episode named "01E.1795341700".
+        std::fs::rename(root.episodes.join("01E"), root.shipped.join("01E")).unwrap();
+        let (back, problems) =
+            requeue(&root, &Selector::Ids(vec!["01E".into()]), SystemTime::now()).unwrap();
+        assert_eq!((back, problems), (vec!["01E".to_owned()], vec![]));
+        assert!(root.episodes.join("01E/second").exists());
+        assert!(!root.episodes.join("01E").join(REASON_FILE).exists());
+        assert!(layout::entries(&root.episodes).unwrap().len() == 1);
+        assert!(layout::entries(&root.quarantine).unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_older_shippers_suffixed_entry_is_requeued_under_its_id() {
+        let (_d, root, _id) = setup();
+        std::fs::remove_dir_all(root.episodes.join("01E")).unwrap();
+        // Written by a shipper that did not record the id: derived from the suffix.
+        let entry = root.quarantine.join("01E.1795341600");
+        std::fs::create_dir(&entry).unwrap();
+        std::fs::write(
+            entry.join(REASON_FILE),
+            serde_json::to_vec(&reason(400)).unwrap(),
+        )
+        .unwrap();
+        let (back, problems) = requeue(
+            &root,
+            &Selector::Ids(vec!["01E.1795341600".into()]),
+            SystemTime::now(),
+        )
+        .unwrap();
+        assert_eq!((back, problems), (vec!["01E".to_owned()], vec![]));
+        assert!(root.episodes.join("01E").is_dir());
+    }
+
+    #[test]
+    fn recovery_finishes_a_second_copy_into_its_own_entry() {
+        let (_d, root, id) = setup();
+        quarantine(&root, &id, &reason(400)).unwrap();
+        let first_reason = read_reason(&root.quarantine.join("01E"));
+        record_again(&root, "second");
+        // Crash right after the pending record of the second copy was written.
+        let pending = Reason {
+            quarantined_at_unix: 1_795_341_700,
+            episode_id: Some("01E".into()),
+            ..reason(412)
+        };
+        std::fs::write(
+            pending_dir(&root).join("01E.1795341700.json"),
+            serde_json::to_vec(&pending).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(recover(&root).unwrap(), ["01E"]);
+        let entry = root.quarantine.join("01E.1795341700");
+        assert!(entry.join("second").exists());
+        assert_eq!(read_reason(&entry), pending);
+        assert_eq!(
+            read_reason(&root.quarantine.join("01E")),
+            first_reason,
+            "the older entry's reason is untouched"
+        );
+        assert!(!root.episodes.join("01E").exists());
+        assert!(layout::entries(&pending_dir(&root)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn recovery_never_overwrites_a_finished_entrys_reason() {
+        let (_d, root, id) = setup();
+        quarantine(&root, &id, &reason(400)).unwrap();
+        let first_reason = read_reason(&root.quarantine.join("01E"));
+        record_again(&root, "second");
+        // A pending record from an older shipper, named after the id, whose entry
+        // is taken by a finished quarantine: the episode stays pending.
+        std::fs::write(
+            pending_dir(&root).join("01E.json"),
+            serde_json::to_vec(&reason(412)).unwrap(),
+        )
+        .unwrap();
+        assert!(recover(&root).unwrap().is_empty());
+        assert_eq!(read_reason(&root.quarantine.join("01E")), first_reason);
+        assert!(root.episodes.join("01E/second").exists());
+        assert!(layout::entries(&pending_dir(&root)).unwrap().is_empty());
     }
 }

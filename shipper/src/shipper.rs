@@ -5,8 +5,14 @@
 //! finished episodes oldest first, then a pipeline that packs one episode ahead
 //! while up to `upload_concurrency` uploads are in flight, and acts on each answer
 //! through `policy::action`. A transient failure or a hold stops new uploads and
-//! ends the pass, so a dead receiver sees one probe, not N uploads. Retry state
-//! that prevents retry storms (backoff, hold) is saved the moment it changes.
+//! ends the pass, so a dead receiver sees one probe, not N uploads; the backoff's
+//! exponent grows at most once per pass however many uploads failed together. A
+//! repack runs as its own future beside the other uploads and is sent again only
+//! while the pass still launches uploads. Retry state that prevents retry storms
+//! (backoff, hold) is saved the moment it changes, and a pass that starts uploading
+//! is marked in it first (one save), so a process that dies mid-pass is followed by
+//! a backoff before the next upload (the crash-loop guard), not an instant re-send.
+//! `close` makes every rename durable at exit, even after an abandoned pass.
 //!
 //! Invariant: an episode is retired only after a 2xx to a PUT that carried its
 //! digest, or a HEAD that reports the same archive or tar digest.
@@ -14,13 +20,14 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use episode_common::wire::format_rfc3339;
 use episode_common::{ByteSize, Class, EpisodeId, Sha256, classify};
-use futures_util::StreamExt as _;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +39,7 @@ use crate::pack::{self, Packed};
 use crate::policy::{self, Action};
 use crate::progress::Progress;
 use crate::quarantine::{self, Reason};
-use crate::state::{Backoff, Conflict, Hold, StateFile};
+use crate::state::{Backoff, Conflict, Hold, PassUnderWay, StateFile};
 use crate::transport::{Answer, Failure, Transport};
 
 /// Archives larger than this are asked about with HEAD before they are sent: the
@@ -91,6 +98,10 @@ pub struct Shipper {
     sizes: HashMap<EpisodeId, u64>,
     warned_invalid: HashSet<String>,
     memory: pack::MemoryBudget,
+    /// This pass already raised the backoff's (or the hold's) failure count: answers
+    /// to uploads that were in flight together count once.
+    backoff_counted: bool,
+    hold_counted: bool,
     _lock: File,
 }
 
@@ -202,7 +213,18 @@ fn judge(reply: &Reply) -> Judgement {
                 Class::Hold => "hold",
                 Class::Transient => "transient",
             };
-            base(class, outcome, a)
+            let mut j = base(class, outcome, a);
+            if class == Class::Hold && a.problem.is_none() && a.status < 400 {
+                // A 1xx, a 2xx other than 201/200, or a redirect: not our receiver.
+                let what = match a.error() {
+                    e if e.is_empty() => format!("HTTP {}", a.status),
+                    e => e,
+                };
+                j.error = format!(
+                    "{what}: receiver.url does not point at an episode receiver (only 201 or 200 mean stored)"
+                );
+            }
+            j
         }
         Reply::HeadMatch(a) => base(Class::Shipped, "already_present", a),
         Reply::HeadConflict(a) => Judgement {
@@ -280,7 +302,7 @@ fn prepare(
     for warning in &meta.warnings {
         tracing::warn!(episode_id = %id, "meta.json: {warning}; sent without that header");
     }
-    let (packed, memory) = match pack::reuse(root, &id, &dir) {
+    let (packed, memory) = match pack::reuse(root, &id, &dir, &|n| progress.add(n)) {
         Ok(Some(p)) => (p, None),
         Ok(None) => pack::pack(root, &dir, &id, level, &|n| progress.add(n), budget)
             .map_err(|e| (id.clone(), e))?,
@@ -292,6 +314,27 @@ fn prepare(
         meta,
         _memory: memory,
     })
+}
+
+/// What a future of the pipeline ends with.
+enum Done {
+    /// An upload's answer, or why there was none (boxed: it is the large one).
+    Sent(Box<(Prepared, Reply, Duration)>),
+    /// A repack finished (or failed): sent again only if the pass still launches.
+    Repacked(Result<Box<Prepared>, (EpisodeId, std::io::Error)>),
+}
+
+type Work = Pin<Box<dyn Future<Output = Done> + Send>>;
+
+fn send(
+    transport: &Arc<Transport>,
+    prepared: Prepared,
+    head_first: bool,
+    progress: &Arc<Progress>,
+) -> Work {
+    ship_one(transport.clone(), prepared, head_first, progress.clone())
+        .map(|sent| Done::Sent(Box::new(sent)))
+        .boxed()
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -327,6 +370,24 @@ impl Shipper {
                 )));
             }
         }
+        if let Some(marker) = &state.state.pass_under_way {
+            let now = now_ms();
+            if now < marker.resume_ms {
+                tracing::warn!(
+                    unfinished = marker.unfinished,
+                    resume_at = %wall(marker.resume_ms),
+                    "crash_loop_guard: the last pass did not finish (the process died: crash, OOM, SIGKILL or watchdog; {} in a row); no upload starts before {} so a crash loop cannot become a retry storm",
+                    marker.unfinished,
+                    wall(marker.resume_ms)
+                );
+            } else {
+                tracing::warn!(
+                    unfinished = marker.unfinished,
+                    "crash_loop_guard: the last pass did not finish (the process died: crash, OOM, SIGKILL or watchdog; {} in a row); its backoff has passed, shipping resumes now",
+                    marker.unfinished
+                );
+            }
+        }
         Ok(Self {
             transport: Arc::new(Transport::new(&config)),
             memory: pack::MemoryBudget::new(config.memory_budget.get()),
@@ -337,6 +398,8 @@ impl Shipper {
             stop,
             sizes: HashMap::new(),
             warned_invalid: HashSet::new(),
+            backoff_counted: false,
+            hold_counted: false,
             _lock: lock,
         })
     }
@@ -359,14 +422,16 @@ impl Shipper {
         if !due {
             return;
         }
-        let (root, q_days, s_days) = (
+        let (root, q_days, s_days, progress) = (
             self.root.clone(),
             self.config.quarantine.keep_days,
             self.config.shipped.keep_days,
+            self.progress.clone(),
         );
         let result = blocking(move || {
-            let q = quarantine::prune(&root.quarantine, q_days, SystemTime::now())?;
-            let s = quarantine::prune(&root.shipped, s_days, SystemTime::now())?;
+            let step = || progress.step();
+            let q = quarantine::prune(&root.quarantine, q_days, SystemTime::now(), &step)?;
+            let s = quarantine::prune(&root.shipped, s_days, SystemTime::now(), &step)?;
             std::io::Result::Ok((q, s))
         })
         .await;
@@ -440,6 +505,18 @@ impl Shipper {
             self.finish(&mut result, started);
             return result;
         }
+        if let Some(marker) = &self.state.state.pass_under_way
+            && now < marker.resume_ms
+        {
+            result.waiting = finished.ready.len();
+            result.stopped_by = Some(format!(
+                "crash-loop guard: {} pass(es) in a row did not finish; uploads resume at {}",
+                marker.unfinished,
+                wall(marker.resume_ms)
+            ));
+            self.finish(&mut result, started);
+            return result;
+        }
         let queue: Vec<EpisodeId> = finished
             .ready
             .into_iter()
@@ -453,10 +530,54 @@ impl Shipper {
             .collect();
         result.waiting = result.scanned - queue.len();
         self.progress.set_episodes_total(queue.len() as u64);
-        self.ship(queue, &mut result).await;
+        if !queue.is_empty() {
+            self.mark_pass_under_way(now);
+            self.ship(queue, &mut result).await;
+            self.state.state.pass_under_way = None;
+        }
         self.save_state();
         self.finish(&mut result, started);
         result
+    }
+
+    /// Records on disk that a pass is starting to upload (one save per such pass);
+    /// `pass` clears it when the pass ends. Found at the next start, it means this
+    /// process died mid-pass: the next upload then waits `resume_ms`, a backoff that
+    /// grows with the passes in a row that never ended.
+    fn mark_pass_under_way(&mut self, now: i64) {
+        let unfinished = self
+            .state
+            .state
+            .pass_under_way
+            .as_ref()
+            .map_or(0, |m| m.unfinished)
+            .saturating_add(1);
+        let delay = self.backoff_delay(unfinished, None);
+        self.state.state.pass_under_way = Some(PassUnderWay {
+            started_ms: now,
+            unfinished,
+            resume_ms: now + delay.as_millis() as i64,
+        });
+        self.save_state();
+    }
+
+    /// At exit, also after a pass the shutdown grace abandoned: saves the retry state
+    /// (an orderly stop is no crash: the pass marker goes) and fsyncs every
+    /// directory a rename may have touched (retires are renamed during a pass and
+    /// fsynced only at its end, which an abandoned pass never reaches). Then exit 0
+    /// is honest.
+    pub async fn close(&mut self) {
+        self.state.state.pass_under_way = None;
+        self.save_state();
+        let root = self.root.clone();
+        let synced = blocking(move || {
+            root.sync_places(&[Place::Episodes, Place::Shipped, Place::Quarantine])?;
+            episode_common::fsx::fsync_dir(&root.outbox)
+        })
+        .await;
+        if let Err(e) = synced {
+            tracing::error!(error = %e, data_root = %self.root.root.display(), "cannot fsync the data root's directories at exit");
+        }
     }
 
     fn finish(&mut self, result: &mut PassResult, started: Instant) {
@@ -474,10 +595,12 @@ impl Shipper {
                 tracing::$level!(
                     scanned = result.scanned,
                     shipped = result.shipped,
+                    already_present = result.already_present,
                     conflicts = result.conflicts,
                     fatal = result.fatal,
                     transient_failures = result.transient_failures,
                     held = result.held,
+                    repacked = result.repacked,
                     waiting = result.waiting,
                     bytes = result.bytes,
                     duration_ms = result.duration_ms,
@@ -499,6 +622,7 @@ impl Shipper {
         // sees one probe per pass, not one upload per slot.
         let concurrency = self.config.upload_concurrency;
         let mut limit = 1;
+        (self.backoff_counted, self.hold_counted) = (false, false);
         let remaining = queue.len();
         let (tx, mut rx) =
             mpsc::channel::<Result<Prepared, (EpisodeId, std::io::Error)>>(concurrency);
@@ -526,7 +650,7 @@ impl Shipper {
                 }
             })
         };
-        let mut in_flight = FuturesUnordered::new();
+        let mut in_flight: FuturesUnordered<Work> = FuturesUnordered::new();
         let (mut launching, mut open) = (true, true);
         loop {
             let can_launch =
@@ -535,25 +659,41 @@ impl Shipper {
                 break;
             }
             tokio::select! {
-                Some((prepared, reply, took)) = in_flight.next(), if !in_flight.is_empty() => {
-                    match self.act(prepared, reply, took, result).await {
-                        Next::Continue => limit = concurrency,
-                        Next::Stop(why) => {
-                            launching = false;
-                            result.stopped_by.get_or_insert(why);
-                        }
-                        Next::Again(prepared) => {
-                            let head_first = self.head_first(&prepared.id);
-                            in_flight.push(ship_one(self.transport.clone(), prepared, head_first, self.progress.clone()));
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => match done {
+                    Done::Sent(sent) => {
+                        let (prepared, reply, took) = *sent;
+                        match self.act(prepared, reply, took, result).await {
+                            Next::Continue => limit = concurrency,
+                            Next::Stop(why) => {
+                                launching = false;
+                                result.stopped_by.get_or_insert(why);
+                            }
+                            Next::Repack(id) => {
+                                limit = concurrency;
+                                if self.may_send(launching) {
+                                    in_flight.push(self.repack(id));
+                                } else {
+                                    self.drop_outbox(id).await;
+                                }
+                            }
                         }
                     }
-                }
+                    Done::Repacked(Err((id, e))) => self.pack_failed(&id, &e),
+                    Done::Repacked(Ok(prepared)) => {
+                        // The pass may have stopped (hold, transient, SIGTERM) while
+                        // this was packed: then it waits for the next pass.
+                        if self.may_send(launching) {
+                            let head_first = self.head_first(&prepared.id);
+                            in_flight.push(send(&self.transport, *prepared, head_first, &self.progress));
+                        }
+                    }
+                },
                 item = rx.recv(), if can_launch => match item {
                     None => open = false,
                     Some(Err((id, e))) => self.pack_failed(&id, &e),
                     Some(Ok(prepared)) => {
                         let head_first = self.head_first(&prepared.id);
-                        in_flight.push(ship_one(self.transport.clone(), prepared, head_first, self.progress.clone()));
+                        in_flight.push(send(&self.transport, prepared, head_first, &self.progress));
                     }
                 },
             }
@@ -577,6 +717,37 @@ impl Shipper {
         }
         if self.stop.is_cancelled() {
             result.stopped_by.get_or_insert_with(|| "stopping".into());
+        }
+    }
+
+    /// Whether an upload may still be started in this pass.
+    fn may_send(&self, launching: bool) -> bool {
+        launching && !self.stop.is_cancelled() && self.state.state.hold.is_none()
+    }
+
+    /// Packs an episode again (its outbox archive dropped first) as a future of the
+    /// pipeline, so the uploads in flight keep moving meanwhile.
+    fn repack(&self, id: EpisodeId) -> Work {
+        let (root, level, progress, memory) = (
+            self.root.clone(),
+            self.config.compression_level,
+            self.progress.clone(),
+            self.memory.clone(),
+        );
+        blocking(move || {
+            root.remove_outbox(&id).map_err(|e| (id.clone(), e))?;
+            prepare(&root, id, level, &progress, &memory)
+        })
+        .map(|repacked| Done::Repacked(repacked.map(Box::new)))
+        .boxed()
+    }
+
+    /// Drops an episode's outbox archive, so the next pass packs it afresh.
+    async fn drop_outbox(&self, id: EpisodeId) {
+        let root = self.root.clone();
+        let episode_id = id.clone();
+        if let Err(e) = blocking(move || root.remove_outbox(&episode_id)).await {
+            tracing::warn!(episode_id = %id, error = %e, "cannot remove the outbox archive to be repacked");
         }
     }
 
@@ -620,7 +791,7 @@ impl Shipper {
         let repacks = episode.repacks;
         let action = policy::action(j.class, repacks);
         log_ship_result(&id, &j, attempt, prepared.packed.digests.bytes, took);
-        if j.class != Class::Hold && self.state.state.hold.take().is_some() {
+        if policy::ends_hold(j.class) && self.state.state.hold.take().is_some() {
             tracing::info!(
                 status_code = j.status,
                 "hold_ended: the receiver accepts our requests again"
@@ -681,24 +852,7 @@ impl Shipper {
                 episode.repacks += 1;
                 self.save_state();
                 result.repacked += 1;
-                let (root, level, progress, memory) = (
-                    self.root.clone(),
-                    self.config.compression_level,
-                    self.progress.clone(),
-                    self.memory.clone(),
-                );
-                let repacked = blocking(move || {
-                    root.remove_outbox(&id).map_err(|e| (id.clone(), e))?;
-                    prepare(&root, id, level, &progress, &memory)
-                })
-                .await;
-                match repacked {
-                    Ok(prepared) => Next::Again(prepared),
-                    Err((id, e)) => {
-                        self.pack_failed(&id, &e);
-                        Next::Continue
-                    }
-                }
+                Next::Repack(id)
             }
             Action::Quarantine => {
                 let body = match &reply {
@@ -719,17 +873,18 @@ impl Shipper {
                     quarantined_at_wall: wall(now),
                     quarantined_at_unix: now / 1000,
                     shipper_version: crate::VERSION.to_owned(),
+                    episode_id: Some(id.to_string()),
                 };
                 let root = self.root.clone();
                 let (qid, qreason) = (id.clone(), reason.clone());
                 match blocking(move || quarantine::quarantine(&root, &qid, &qreason)).await {
-                    Ok(()) => {
+                    Ok(entry) => {
                         tracing::warn!(
                             episode_id = %id,
                             status_code = j.status,
                             problem_type = j.problem_type.as_deref().unwrap_or(""),
                             error = %j.error,
-                            "quarantined: the receiver will not take this episode as it is; see quarantine/{id}/quarantine_reason.json"
+                            "quarantined: the receiver will not take this episode as it is; see quarantine/{entry}/quarantine_reason.json"
                         );
                         self.state.forget(id.as_str());
                         self.sizes.remove(&id);
@@ -742,7 +897,12 @@ impl Shipper {
                 Next::Continue
             }
             Action::Hold => {
-                let failures = self.state.state.hold.as_ref().map_or(0, |h| h.failures) + 1;
+                let previous = self.state.state.hold.as_ref().map(|h| h.failures);
+                let failures = match previous {
+                    Some(n) if self.hold_counted => n,
+                    other => other.unwrap_or(0) + 1,
+                };
+                self.hold_counted = true;
                 let delay = self.backoff_delay(failures, j.retry_after);
                 let since = self
                     .state
@@ -752,7 +912,7 @@ impl Shipper {
                     .map_or(now / 1000, |h| h.since_unix);
                 let episode = self.state.episode(id.as_str());
                 record(episode, &j, attempt, now);
-                if failures == 1 {
+                if previous.is_none() {
                     tracing::error!(
                         status_code = j.status,
                         problem_type = j.problem_type.as_deref().unwrap_or(""),
@@ -774,8 +934,18 @@ impl Shipper {
                 Next::Stop(format!("hold: {}", j.error))
             }
             Action::Backoff => {
-                let failures = self.state.state.backoff.as_ref().map_or(0, |b| b.failures) + 1;
+                let previous = self.state.state.backoff.as_ref().map(|b| b.failures);
+                let failures = match previous {
+                    Some(n) if self.backoff_counted => n,
+                    other => other.unwrap_or(0) + 1,
+                };
+                self.backoff_counted = true;
                 let delay = self.backoff_delay(failures, j.retry_after);
+                if let Some(hold) = self.state.state.hold.as_mut() {
+                    // A transient failure says nothing about the credentials: the
+                    // hold stays, re-checked after this backoff.
+                    hold.recheck_ms = hold.recheck_ms.max(now + delay.as_millis() as i64);
+                }
                 let episode = self.state.episode(id.as_str());
                 record(episode, &j, attempt, now);
                 episode.next_attempt_ms = Some(now + delay.as_millis() as i64);
@@ -827,7 +997,7 @@ impl Shipper {
 
     /// The one-line summary for systemd's STATUS and the logs.
     pub async fn status_line(&mut self) -> String {
-        let root = self.root.clone();
+        let (root, progress) = (self.root.clone(), self.progress.clone());
         let known: HashMap<EpisodeId, u64> = self.sizes.clone();
         let (sizes, n_quarantine, oldest) = blocking(move || {
             let mut sizes = known;
@@ -837,6 +1007,8 @@ impl Shipper {
                 .unwrap_or_default();
             sizes.retain(|id, _| ready.contains(id));
             for id in &ready {
+                // Sizing a large backlog walks many trees: progress the heartbeat sees.
+                progress.step();
                 if !sizes.contains_key(id) {
                     let dir = root.episode_dir(Place::Episodes, id);
                     let size = pack::collect_entries(&dir, id)
@@ -899,8 +1071,8 @@ enum Next {
     Continue,
     /// Stop starting new uploads (hold, transient).
     Stop(String),
-    /// Send this (repacked) episode again.
-    Again(Prepared),
+    /// Pack this episode again and send it again (if the pass still launches).
+    Repack(EpisodeId),
 }
 
 fn record(episode: &mut crate::state::EpisodeState, j: &Judgement, attempt: u32, now_ms: i64) {
@@ -972,6 +1144,7 @@ mod tests {
             retry_after: None,
             repr_digest: None,
             tar_digest: None,
+            location: None,
         }
     }
 
@@ -1066,6 +1239,33 @@ mod tests {
         let j = judge(&Reply::Answer(answer(400, Some(Slug::MissingCodeCommit))));
         assert_eq!(j.problem_type.as_deref(), Some("missing-code-commit"));
         assert!(j.error.contains("400 missing-code-commit"), "{}", j.error);
+    }
+
+    #[test]
+    fn a_2xx_that_stores_nothing_or_a_redirect_holds_and_says_why() {
+        let j = judge(&Reply::Answer(answer(204, None)));
+        assert_eq!((j.class, j.outcome), (Class::Hold, "hold"));
+        assert!(
+            j.error
+                .starts_with("HTTP 204: receiver.url does not point at an episode receiver"),
+            "{}",
+            j.error
+        );
+        let redirect = Answer {
+            location: Some("https://elsewhere/x".into()),
+            ..answer(303, None)
+        };
+        let j = judge(&Reply::Answer(redirect));
+        assert_eq!(j.class, Class::Hold);
+        assert!(
+            j.error
+                .contains("HTTP 303 redirect to https://elsewhere/x (redirects are not followed)")
+                && j.error.contains("receiver.url"),
+            "{}",
+            j.error
+        );
+        // A stored answer carries no error text.
+        assert_eq!(judge(&Reply::Answer(answer(201, None))).error, "");
     }
 
     #[test]

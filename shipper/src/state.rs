@@ -1,8 +1,9 @@
 //! Everything the shipper must remember across restarts, in `state/retry.json`.
 //!
 //! Owns per-episode retry records (attempts, next attempt, last answer, repacks,
-//! "ask with HEAD first", conflicts), the global backoff and hold, and the times of
-//! the last cleanup and the last success. Written atomically (temp, fsync, rename,
+//! "ask with HEAD first", conflicts), the global backoff and hold, the marker of a
+//! pass under way (the crash-loop guard), and the times of the last cleanup and the
+//! last success. Written atomically (temp, fsync, rename,
 //! fsync dir) only when it changed, so an idle pass writes nothing; the temp file of
 //! a save a crash interrupted is removed at the next load. A corrupt file
 //! is set aside with a warning and never blocks start-up; unknown fields are
@@ -29,6 +30,21 @@ pub struct State {
     pub last_cleanup_unix: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_success_unix: Option<i64>,
+    /// Set when a pass starts uploading, cleared when it ends: found at start-up, it
+    /// means the last process died mid-pass (OOM, panic, SIGKILL, watchdog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pass_under_way: Option<PassUnderWay>,
+}
+
+/// A pass that started uploading and has not ended (yet).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PassUnderWay {
+    pub started_ms: i64,
+    /// Passes in a row that started uploading and never ended, this one included.
+    pub unfinished: u32,
+    /// If this pass never ends, no upload starts before this time (Unix ms): the
+    /// backoff for `unfinished` passes, drawn once so restarts cannot re-roll it.
+    pub resume_ms: i64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -169,6 +185,24 @@ impl StateFile {
     }
 }
 
+/// Drops the retry records of `ids` from `state/retry.json` on disk (for `requeue`,
+/// which must not let an old backoff or attempt count follow an episode back).
+/// Writes only when one of them had a record. Returns the ids whose records went.
+pub fn forget_on_disk(state_dir: &Path, ids: &[String]) -> Result<Vec<String>, String> {
+    let mut state = StateFile::peek(state_dir)?;
+    let forgotten: Vec<String> = ids
+        .iter()
+        .filter(|id| state.episodes.remove(id.as_str()).is_some())
+        .cloned()
+        .collect();
+    if !forgotten.is_empty() {
+        let path = state_dir.join(FILE_NAME);
+        let bytes = serde_json::to_vec_pretty(&state).map_err(|e| e.to_string())?;
+        fsx::write_atomic(&path, &bytes).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    }
+    Ok(forgotten)
+}
+
 /// Removes `.retry.json.<pid>.tmp` files: `fsx::write_atomic` leaves one when the
 /// process dies between writing its temp file and renaming it over `retry.json`.
 fn remove_interrupted_saves(state_dir: &Path) -> io::Result<()> {
@@ -273,6 +307,30 @@ mod tests {
             names,
             [".other.tmp", "lock", "retry.json", "retry.json.corrupt-7"]
         );
+    }
+
+    #[test]
+    fn forgetting_on_disk_drops_only_the_named_records() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            forget_on_disk(dir.path(), &["E1".into()])
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            !dir.path().join(FILE_NAME).exists(),
+            "nothing to forget, nothing written"
+        );
+        let (mut file, _) = StateFile::load(dir.path(), 0).unwrap();
+        file.episode("E1").attempts = 3;
+        file.episode("E2").attempts = 1;
+        file.save().unwrap();
+        assert_eq!(
+            forget_on_disk(dir.path(), &["E1".into(), "E9".into()]).unwrap(),
+            ["E1"]
+        );
+        let state = StateFile::peek(dir.path()).unwrap();
+        assert_eq!(state.episodes.keys().collect::<Vec<_>>(), ["E2"]);
     }
 
     #[test]

@@ -7,6 +7,9 @@
 //! whose message starts "mTLS material missing". Uploads stream from memory or the
 //! outbox file with progress counted per chunk; an upload whose bytes stop moving
 //! (or whose answer does not come) for `idle_timeout` is abandoned as stalled.
+//! Redirects are never followed: a 3xx is the answer (and holds shipping), because a
+//! PUT turned into a GET elsewhere, or a health check answered by another server,
+//! proves nothing about our receiver.
 //! Turns answers into `Answer` and everything else into `Failure`; decides nothing.
 
 use std::path::PathBuf;
@@ -66,6 +69,8 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
     pub repr_digest: Option<Sha256>,
     pub tar_digest: Option<Sha256>,
+    /// `Location` of a redirect (never followed).
+    pub location: Option<String>,
 }
 
 impl Answer {
@@ -73,11 +78,22 @@ impl Answer {
         self.problem.as_ref().map(|p| p.slug.as_str())
     }
 
-    /// A one-line description: the problem's detail, or the status.
+    /// A one-line description: the problem's detail (or title), or the status.
     pub fn error(&self) -> String {
         match &self.problem {
-            Some(p) => format!("{} {}: {}", self.status, p.slug, p.detail),
+            Some(p) => {
+                let text = [&p.detail, &p.title].into_iter().find(|t| !t.is_empty());
+                match text {
+                    Some(text) => format!("{} {}: {text}", self.status, p.slug),
+                    None => format!("{} {}", self.status, p.slug),
+                }
+            }
             None if self.status >= 400 => format!("HTTP {}", self.status),
+            None if (300..400).contains(&self.status) => format!(
+                "HTTP {} redirect to {} (redirects are not followed)",
+                self.status,
+                self.location.as_deref().unwrap_or("nowhere (no Location)")
+            ),
             None => String::new(),
         }
     }
@@ -191,6 +207,7 @@ impl Transport {
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .pool_idle_timeout(Some(Duration::from_secs(60)))
             .pool_max_idle_per_host(self.pool_size)
+            .redirect(reqwest::redirect::Policy::none())
             .http1_only();
         // reqwest is built without a process-wide crypto provider, so it always gets
         // our rustls config; for plain http:// (loopback tests) it is never used.
@@ -368,6 +385,7 @@ async fn read_answer(mut response: reqwest::Response, idle: Duration) -> Result<
     let retry_after = get("retry-after").and_then(|v| crate::policy::parse_retry_after(&v, now));
     let repr_digest = get(header::REPR_DIGEST).and_then(|v| Sha256::from_field(&v).ok());
     let tar_digest = get(header::X_TAR_DIGEST).and_then(|v| Sha256::from_field(&v).ok());
+    let location = get("location");
     let mut bytes = Vec::new();
     loop {
         match tokio::time::timeout(idle, response.chunk()).await {
@@ -382,15 +400,7 @@ async fn read_answer(mut response: reqwest::Response, idle: Duration) -> Result<
             }
         }
     }
-    let json: Option<serde_json::Value> = serde_json::from_slice(&bytes).ok();
-    let problem = json
-        .as_ref()
-        .and_then(|v| serde_json::from_value::<Problem>(v.clone()).ok())
-        .filter(|_| status >= 400);
-    let body = json.unwrap_or_else(|| {
-        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(BODY_KEEP)]).into_owned();
-        serde_json::Value::String(text)
-    });
+    let (problem, body) = parse_body(status, &bytes);
     Ok(Answer {
         status,
         problem,
@@ -398,7 +408,23 @@ async fn read_answer(mut response: reqwest::Response, idle: Duration) -> Result<
         retry_after,
         repr_digest,
         tar_digest,
+        location,
     })
+}
+
+/// The problem (of a 4xx/5xx) and the body to keep: the whole JSON value, or up to
+/// 4 KiB of text. The problem needs only its `type`.
+fn parse_body(status: u16, bytes: &[u8]) -> (Option<Problem>, serde_json::Value) {
+    let json: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
+    let problem = json
+        .as_ref()
+        .and_then(Problem::from_json)
+        .filter(|_| status >= 400);
+    let body = json.unwrap_or_else(|| {
+        let text = String::from_utf8_lossy(&bytes[..bytes.len().min(BODY_KEEP)]).into_owned();
+        serde_json::Value::String(text)
+    });
+    (problem, body)
 }
 
 /// The whole error chain in one line, with TLS failures in plain words.
@@ -416,5 +442,35 @@ pub fn describe(err: &(dyn std::error::Error + 'static)) -> String {
     match tls::explain_tls_failure(err) {
         Some(plain) => format!("TLS: {plain} ({chain})"),
         None => chain,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use episode_common::problem::Slug;
+
+    #[test]
+    fn a_problem_with_only_a_type_is_read_and_its_body_kept_whole() {
+        let (problem, body) = parse_body(400, br#"{"type":"digest-mismatch"}"#);
+        let problem = problem.expect("a problem with only `type`");
+        assert_eq!(problem.known_slug(), Some(Slug::DigestMismatch));
+        assert_eq!(body, serde_json::json!({"type": "digest-mismatch"}));
+        let answer = Answer {
+            status: 400,
+            problem: Some(problem),
+            body,
+            retry_after: None,
+            repr_digest: None,
+            tar_digest: None,
+            location: None,
+        };
+        assert_eq!(answer.problem_type(), Some("digest-mismatch"));
+        assert_eq!(answer.error(), "400 digest-mismatch");
+        // A 2xx body is never a problem; text is kept up to 4 KiB.
+        assert!(parse_body(200, br#"{"type":"conflict"}"#).0.is_none());
+        let (problem, body) = parse_body(502, &b"x".repeat(10_000));
+        assert!(problem.is_none());
+        assert_eq!(body.as_str().map(str::len), Some(BODY_KEEP));
     }
 }

@@ -240,8 +240,14 @@ fn shipper_killed_at_random_instants(name: &str, plan: Plan) {
     let env = TestEnv::new(name);
     let mut receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
     // A small memory budget: the large episodes go through outbox/ (.partial,
-    // fsync, rename), so kills land in that path too.
-    let extra = format!("memory_budget = \"4MiB\"\n{FAST_RETRY}");
+    // fsync, rename), so kills land in that path too. Retries faster still: after a
+    // kill mid-pass the crash-loop guard waits a backoff before the next upload, and
+    // at FAST_RETRY's pace most kills would land in that wait instead of in a pack,
+    // an upload or a retire. (The guard's pacing is tested on its own.)
+    let extra = format!(
+        "memory_budget = \"4MiB\"\n{}",
+        "[retry]\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"\n"
+    );
     let host = env.shipper_host("lab1", "lab1", &receiver.url, &extra);
     let mut originals = backlog(&host, plan.episodes, plan.large_percent, &mut rng);
     let mut kills = Kills::default();

@@ -1,11 +1,13 @@
 //! The shipper against a live receiver over mTLS (and against stubs that play a
-//! misbehaving receiver): the original Python suite, plus hold, persisted backoff,
-//! the single-instance lock, SIGTERM mid-upload and malformed meta.json.
+//! misbehaving receiver): the original Python suite, plus hold (401, 403, 3xx,
+//! 2xx that stores nothing), redirects never followed, persisted backoff, the
+//! crash-loop guard, requeue, retention, the headers of every request, the
+//! single-instance lock, SIGTERM mid-upload and mid-repack, and malformed meta.json.
 
 use std::time::{Duration, SystemTime};
 
 use episode_e2e::{
-    BlackHole, FaultProxy, Host, Mode, Reply, StubServer, TestEnv, archive_files, dir_files,
+    BlackHole, FaultProxy, Host, Mode, Reply, StubServer, TestEnv, archive_files, dir_files, noise,
     wait_until, write_episode,
 };
 use serde_json::{Value, json};
@@ -206,12 +208,23 @@ fn reshipping_after_a_crash_before_retire_is_already_present_and_not_indexed_twi
     // As if the shipper crashed after the 201 but before the move: the directory is
     // back where it was.
     std::fs::rename(host.shipped().join(ID), host.episodes().join(ID)).unwrap();
-    let pass = once(&env, &host);
+    let run = env.shipper(&host, &["once"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    let pass = run.json();
     assert_eq!(
         (pass["shipped"].as_u64(), pass["already_present"].as_u64()),
         (Some(1), Some(1)),
         "{pass}"
     );
+    // The pass_complete event carries every count of the result.
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.contains("pass_complete"))
+        .unwrap_or_else(|| panic!("no pass_complete at info:\n{run}"));
+    for field in ["already_present=1", "repacked=0", "shipped=1", "scanned=1"] {
+        assert!(line.contains(field), "{field} missing from: {line}");
+    }
     assert_eq!(receiver.index_rows().len(), 1);
     assert_eq!(host.list(&host.shipped()), [ID]);
 }
@@ -809,6 +822,9 @@ fn urls_that_are_not_a_receiver_hold_instead_of_quarantining() {
         (405, vec![]),
         (501, vec![]),
         (301, vec![("location", "http://elsewhere/")]),
+        // A WebDAV server stores the PUT as a file of its own: not our receiver.
+        (204, vec![]),
+        (202, vec![]),
     ] {
         let env = TestEnv::new(&format!("hold-{status}"));
         let stub = StubServer::new(Reply::new(
@@ -918,4 +934,509 @@ fn check_validates_read_only_and_status_reports_everything() {
         "{:?}",
         host.list(&host.state())
     );
+}
+
+/// A stub at `status` redirecting to `target` (which answers 200 to anything).
+fn redirecting(status: u16, target: &StubServer, path: &str) -> StubServer {
+    StubServer::new(Reply::new(
+        status,
+        &[("location", &format!("{}{path}", target.url()))],
+        json!({}),
+    ))
+}
+
+#[test]
+fn a_redirected_put_is_never_followed_and_holds_shipping() {
+    for status in [303, 307] {
+        let env = TestEnv::new(&format!("redirect-{status}"));
+        // Where the redirect points: anything there "succeeds", storing nothing of ours.
+        let elsewhere = StubServer::new(Reply::new(200, &[], json!({"ok": true})));
+        let stub = redirecting(status, &elsewhere, &format!("/v1/episodes/lab1/{ID}"));
+        let host = env.shipper_host("lab1", "lab1", &stub.url(), "");
+        episode(&host, ID);
+        let run = env.shipper(&host, &["once"]);
+        assert_eq!(run.code(), Some(0), "{run}");
+        let pass = run.json();
+        assert_eq!(
+            (
+                pass["shipped"].as_u64(),
+                pass["on_hold"].as_bool(),
+                pass["fatal"].as_u64()
+            ),
+            (Some(0), Some(true), Some(0)),
+            "{status}: {pass}\n{run}"
+        );
+        assert_eq!(
+            host.list(&host.episodes()),
+            [ID],
+            "{status}: nothing retired"
+        );
+        assert!(host.list(&host.shipped()).is_empty(), "{status}");
+        assert!(host.list(&host.quarantine()).is_empty(), "{status}");
+        assert!(
+            elsewhere.requests().is_empty(),
+            "{status}: the redirect was followed: {:?}",
+            elsewhere.requests()
+        );
+        let hold = &host.retry_state()["hold"];
+        assert_eq!(hold["status_code"], status, "{hold}");
+        assert!(
+            hold["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("redirect") && e.contains("receiver.url")),
+            "{hold}"
+        );
+    }
+}
+
+#[test]
+fn ping_through_a_redirect_fails() {
+    let env = TestEnv::new("ping-redirect");
+    let elsewhere = StubServer::new(Reply::new(
+        200,
+        &[],
+        json!({"ok": true, "host_id": "lab1", "schema_version": 1}),
+    ));
+    let stub = redirecting(302, &elsewhere, "/v1/health");
+    let host = env.shipper_host("lab1", "lab1", &stub.url(), "");
+    let run = env.shipper(&host, &["ping"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    let out = run.json();
+    assert_eq!(
+        (out["ok"].as_bool(), out["status"].as_u64()),
+        (Some(false), Some(302)),
+        "{out}"
+    );
+    assert!(
+        out["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("redirect")),
+        "{out}"
+    );
+    assert!(
+        elsewhere.requests().is_empty(),
+        "{:?}",
+        elsewhere.requests()
+    );
+    assert_eq!(stub.count("GET"), 1);
+}
+
+/// Waits until every wait in the retry state (hold re-check, backoff) has passed.
+fn wait_out_the_hold_and_backoff(host: &Host) {
+    let state = host.retry_state();
+    let until = [&state["hold"]["recheck_ms"], &state["backoff"]["until_ms"]]
+        .iter()
+        .filter_map(|v| v.as_i64())
+        .max()
+        .unwrap_or(0);
+    wait_until(Duration::from_secs(5), "the re-check to be due", || {
+        now_ms() > until
+    });
+}
+
+#[test]
+fn a_transient_failure_during_a_hold_keeps_the_hold() {
+    let env = TestEnv::new("hold-transient");
+    let stub = StubServer::new(Reply::problem(401, "unauthorized"));
+    let host = env.shipper_host("lab1", "lab1", &stub.url(), "");
+    episode(&host, ID);
+    let first = env.shipper(&host, &["once"]);
+    assert_eq!(first.json()["on_hold"], true, "{first}");
+    assert!(first.stderr.contains("hold_started"), "{first}");
+    let since = host.retry_state()["hold"]["since_unix"].clone();
+
+    // At the re-check the receiver is down (503): that says nothing about the
+    // credentials, so the hold stays and its re-check moves back.
+    wait_out_the_hold_and_backoff(&host);
+    stub.set_reply(Reply::problem(503, "unavailable"));
+    let before = now_ms();
+    let second = env.shipper(&host, &["once"]);
+    let pass = second.json();
+    assert_eq!(
+        (
+            pass["transient_failures"].as_u64(),
+            pass["on_hold"].as_bool()
+        ),
+        (Some(1), Some(true)),
+        "{pass}\n{second}"
+    );
+    assert!(!second.stderr.contains("hold_ended"), "{second}");
+    let hold = host.retry_state()["hold"].clone();
+    assert_eq!(hold["status_code"], 401, "the hold stays: {hold}");
+    assert_eq!(hold["since_unix"], since, "{hold}");
+    assert!(
+        hold["recheck_ms"].as_i64().unwrap() >= before + 300,
+        "the re-check is pushed back by the backoff: {hold}"
+    );
+    let status = env.shipper(&host, &["status", "--json"]).json();
+    assert_eq!(status["hold"]["status_code"], 401, "{status}");
+
+    // A 401 again is the same hold, not a new one.
+    wait_out_the_hold_and_backoff(&host);
+    stub.set_reply(Reply::problem(401, "unauthorized"));
+    let third = env.shipper(&host, &["once"]);
+    assert_eq!(third.json()["on_hold"], true, "{third}");
+    assert!(!third.stderr.contains("hold_started"), "{third}");
+
+    // Stored at last: that ends the hold.
+    wait_out_the_hold_and_backoff(&host);
+    stub.set_reply(Reply::new(201, &[], json!({})));
+    let last = env.shipper(&host, &["once"]);
+    assert_eq!(last.json()["shipped"], 1, "{last}");
+    assert!(last.stderr.contains("hold_ended"), "{last}");
+    assert_eq!(host.retry_state()["hold"], Value::Null);
+}
+
+#[test]
+fn a_certificate_for_another_host_holds_with_403_and_quarantines_nothing() {
+    let env = TestEnv::new("hold-403");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    // host_id lab1, but the certificate names lab2.
+    let table = format!(
+        "[receiver]\nurl = {:?}\nca_bundle = {}\nclient_cert = {}\nclient_key = {}\n",
+        receiver.url,
+        episode_e2e::env::toml_str(&env.pki.ca),
+        episode_e2e::env::toml_str(&env.pki.client_cert("lab2")),
+        episode_e2e::env::toml_str(&env.pki.client_key("lab2")),
+    );
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, &table);
+    for id in ["01A", "01B"] {
+        episode(&host, id);
+    }
+    let pass = once(&env, &host);
+    assert_eq!(
+        (
+            pass["on_hold"].as_bool(),
+            pass["held"].as_u64(),
+            pass["fatal"].as_u64(),
+            pass["shipped"].as_u64()
+        ),
+        (Some(true), Some(2), Some(0), Some(0)),
+        "{pass}"
+    );
+    assert_eq!(host.list(&host.episodes()), ["01A", "01B"]);
+    assert!(host.list(&host.quarantine()).is_empty());
+    let hold = &host.retry_state()["hold"];
+    assert_eq!(
+        (hold["status_code"].as_u64(), hold["problem_type"].as_str()),
+        (Some(403), Some("forbidden-identity")),
+        "{hold}"
+    );
+    let status = env.shipper(&host, &["status", "--json"]).json();
+    assert_eq!(status["hold"]["status_code"], 403, "{status}");
+    assert!(receiver.index_rows().is_empty());
+}
+
+#[test]
+fn every_request_names_the_host_and_the_shipper() {
+    let env = TestEnv::new("request-headers");
+    let stub = StubServer::new(Reply::new(201, &[], json!({})));
+    let host = env.shipper_host("lab1", "lab1", &stub.url(), "");
+    // Over 1 MiB of archive: asked about with HEAD before the PUT.
+    let blob = noise(1_500_000, 7);
+    write_episode(
+        &host.data_root,
+        ID,
+        &[("blob.bin", blob.as_slice())],
+        Some(meta()),
+        true,
+    );
+    assert_eq!(once(&env, &host)["shipped"], 1);
+    stub.set_reply(Reply::new(
+        200,
+        &[],
+        json!({"ok": true, "host_id": "lab1", "schema_version": 1}),
+    ));
+    let run = env.shipper(&host, &["ping"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    let requests = stub.requests();
+    let methods: Vec<&str> = requests.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods, ["HEAD", "PUT", "GET"], "{requests:?}");
+    for r in &requests {
+        assert_eq!(
+            r.header("x-host-id"),
+            Some("lab1"),
+            "{} {}",
+            r.method,
+            r.path
+        );
+        assert!(
+            r.header("user-agent")
+                .is_some_and(|ua| ua.starts_with("episode-shipper/")),
+            "{} {}: user-agent {:?}",
+            r.method,
+            r.path,
+            r.header("user-agent")
+        );
+    }
+}
+
+#[test]
+fn shipped_keep_days_removes_old_shipped_entries_only() {
+    let env = TestEnv::new("shipped-retention");
+    let host = env.shipper_host(
+        "lab1",
+        "lab1",
+        "https://127.0.0.1:1",
+        "[shipped]\nkeep_days = 7\n",
+    );
+    std::fs::create_dir_all(host.shipped()).unwrap();
+    for (name, age_days) in [("01OLD", 10), ("01YOUNG", 1)] {
+        let dir = host.shipped().join(name);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/events.jsonl"), b"{}\n").unwrap();
+        std::fs::File::open(&dir)
+            .unwrap()
+            .set_modified(SystemTime::now() - Duration::from_secs(age_days * 86_400))
+            .unwrap();
+    }
+    let run = env.shipper(&host, &["once"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(host.list(&host.shipped()), ["01YOUNG"], "{run}");
+    assert!(run.stderr.contains("shipped_cleaned"), "{run}");
+}
+
+#[test]
+fn requeue_by_id_and_all_moves_episodes_back_with_fresh_retry_state() {
+    let env = TestEnv::new("requeue");
+    let stub = StubServer::new(Reply::problem(400, "missing-code-commit"));
+    let host = env.shipper_host("lab1", "lab1", &stub.url(), "");
+    for id in ["01A", "01B", "01C"] {
+        episode(&host, id);
+    }
+    assert_eq!(once(&env, &host)["fatal"], 3);
+    assert_eq!(host.list(&host.quarantine()), ["01A", "01B", "01C"]);
+    // Retry state left for 01A (as a crash between the quarantine and the state
+    // save leaves it): a far next attempt that must not follow it back.
+    let mut state = host.retry_state();
+    if state.is_null() {
+        state = json!({});
+    }
+    state["episodes"] = json!({"01A": {
+        "attempts": 7, "next_attempt_ms": now_ms() + 3_600_000, "last_status": 503
+    }});
+    std::fs::write(
+        host.state().join("retry.json"),
+        serde_json::to_vec(&state).unwrap(),
+    )
+    .unwrap();
+
+    let run = env.shipper(&host, &["requeue", "01A"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert!(run.stdout.contains("requeued 01A"), "{run}");
+    assert_eq!(host.list(&host.episodes()), ["01A"]);
+    assert_eq!(host.list(&host.quarantine()), ["01B", "01C"]);
+    assert!(!host.episodes().join("01A/quarantine_reason.json").exists());
+    assert_eq!(
+        host.retry_state()["episodes"]["01A"],
+        Value::Null,
+        "requeue drops the retry state: {}",
+        host.retry_state()
+    );
+
+    let run = env.shipper(&host, &["requeue", "01NOPE"]);
+    assert_eq!(run.code(), Some(1), "{run}");
+    assert!(run.stderr.contains("01NOPE: not in quarantine"), "{run}");
+
+    let run = env.shipper(&host, &["requeue", "--all"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    assert_eq!(host.list(&host.episodes()), ["01A", "01B", "01C"]);
+    assert!(host.list(&host.quarantine()).is_empty());
+    for id in ["01B", "01C"] {
+        assert!(
+            !host
+                .episodes()
+                .join(id)
+                .join("quarantine_reason.json")
+                .exists()
+        );
+    }
+    // Fresh: all three go at the next pass.
+    stub.set_reply(Reply::new(201, &[], json!({})));
+    let pass = once(&env, &host);
+    assert_eq!(
+        (pass["shipped"].as_u64(), pass["waiting"].as_u64()),
+        (Some(3), Some(0)),
+        "{pass}"
+    );
+}
+
+#[test]
+fn a_shipper_killed_mid_upload_waits_a_backoff_before_sending_again() {
+    let env = TestEnv::new("crash-guard");
+    let hole = BlackHole::new();
+    let initial = Duration::from_secs(2);
+    let host = env.shipper_host(
+        "lab1",
+        "lab1",
+        &hole.url(),
+        "[retry]\ninitial_backoff = \"2s\"\nmax_backoff = \"4s\"\n",
+    );
+    episode(&host, ID);
+    let first = env.spawn_shipper(&host, |_| {});
+    wait_until(
+        Duration::from_secs(5),
+        "the first upload to connect",
+        || hole.connections() >= 1,
+    );
+    let first_connect = std::time::Instant::now();
+    assert!(
+        !host.retry_state()["pass_under_way"].is_null(),
+        "the pass is marked before it uploads: {}",
+        host.retry_state()
+    );
+    drop(first); // SIGKILL mid-upload: no answer was ever recorded
+    let second = env.spawn_shipper(&host, |_| {});
+    wait_until(Duration::from_secs(5), "the guard to be logged", || {
+        second.stderr().contains("crash_loop_guard")
+    });
+    std::thread::sleep(
+        initial
+            .saturating_sub(first_connect.elapsed())
+            .saturating_sub(Duration::from_millis(300)),
+    );
+    assert_eq!(
+        hole.connections(),
+        1,
+        "re-sent at once after the crash\n{}",
+        second.report()
+    );
+    wait_until(
+        Duration::from_secs(5),
+        "the upload after the backoff",
+        || hole.connections() >= 2,
+    );
+    assert!(
+        first_connect.elapsed() + Duration::from_millis(300) >= initial,
+        "sent again after {:?}",
+        first_connect.elapsed()
+    );
+    let marker = host.retry_state()["pass_under_way"].clone();
+    assert_eq!(marker["unfinished"], 2, "{marker}");
+    drop(second);
+}
+
+#[test]
+fn sigterm_during_a_repack_sends_nothing_more() {
+    let env = TestEnv::new("repack-stop");
+    let stub = StubServer::new(Reply::problem(400, "digest-mismatch"));
+    // A slow compression level, so the repack takes a while.
+    let host = env.shipper_host(
+        "lab1",
+        "lab1",
+        &stub.url(),
+        "compression_level = 17\nshutdown_grace = \"5s\"\n",
+    );
+    let blob = noise(3 << 20, 3);
+    write_episode(
+        &host.data_root,
+        ID,
+        &[("blob.bin", blob.as_slice())],
+        Some(meta()),
+        true,
+    );
+    let mut daemon = env.spawn_shipper(&host, |_| {});
+    wait_until(Duration::from_secs(8), "the first answer, a repack", || {
+        daemon.stderr().contains("outcome=repack")
+    });
+    // Into the repack (it runs for a while at this level).
+    std::thread::sleep(Duration::from_millis(100));
+    daemon.signal(libc::SIGTERM);
+    let asked = std::time::Instant::now();
+    let status = daemon
+        .wait_exit(Duration::from_secs(8))
+        .expect("exit after the repack");
+    assert_eq!(status.code(), Some(0), "{}", daemon.report());
+    eprintln!("repack-stop: exited {:?} after SIGTERM", asked.elapsed());
+    assert_eq!(
+        (stub.count("PUT"), stub.count("HEAD")),
+        (1, 1),
+        "sent again after SIGTERM: {:?}\n{}",
+        stub.requests(),
+        daemon.report()
+    );
+    assert_eq!(host.list(&host.episodes()), [ID]);
+    assert!(host.list(&host.quarantine()).is_empty());
+}
+
+/// Whether `strace` is installed and may trace our children here.
+fn strace_works() -> bool {
+    std::process::Command::new("strace")
+        .args(["-o", "/dev/null", "true"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn an_abandoned_pass_makes_its_retires_durable_before_exiting_0() {
+    if !strace_works() {
+        eprintln!("strace is not usable here; skipping");
+        return;
+    }
+    let env = TestEnv::new("abandon-fsync");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let proxy = FaultProxy::new(receiver.addr);
+    let host = env.shipper_host("lab1", "lab1", &proxy.url(), "shutdown_grace = \"1s\"\n");
+    // 01A is small and ships first, alone; 01B is large and stalls on the wire.
+    episode(&host, "01A");
+    let big = noise(12 << 20, 11);
+    write_episode(
+        &host.data_root,
+        "01B",
+        &[("blob.bin", big.as_slice())],
+        Some(meta()),
+        true,
+    );
+    proxy.set_mode(Mode::StallAfter(256 << 10));
+    // The real binary under strace: which directories it fsyncs, and when.
+    let trace = env.root().join("strace.out");
+    let mut cmd = std::process::Command::new("strace");
+    cmd.args(["-f", "-y", "-e", "trace=fsync,rename,renameat2", "-o"])
+        .arg(&trace)
+        .arg(episode_e2e::bin("episode-shipper"))
+        .arg("--config")
+        .arg(&host.config)
+        .args(["--log-format", "text", "run"])
+        .env("RUST_LOG", "info")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("WATCHDOG_USEC");
+    let mut traced = episode_e2e::Proc::spawn(&mut cmd, &env, "strace-shipper");
+    wait_until(Duration::from_secs(8), "01A retired, 01B stalled", || {
+        host.list(&host.shipped()) == ["01A"] && proxy.bytes_up() >= 256 << 10
+    });
+    // SIGTERM to the shipper itself (its pid is in the lock file), not to strace.
+    let pid: i32 = std::fs::read_to_string(host.state().join("lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the shipper, a live child of our strace child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let status = traced
+        .wait_exit(Duration::from_secs(6))
+        .expect("exit after the grace");
+    assert_eq!(status.code(), Some(0), "{}", traced.report());
+    assert!(
+        traced.stderr().contains("upload abandoned"),
+        "the grace did not abandon the pass:\n{}",
+        traced.report()
+    );
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let shipped = format!("{}>", host.shipped().display());
+    let retire = lines
+        .iter()
+        .position(|l| l.contains("rename") && l.contains("/shipped/01A\""))
+        .unwrap_or_else(|| panic!("no rename into shipped/ traced:\n{text}"));
+    assert!(
+        lines[retire..]
+            .iter()
+            .any(|l| l.contains("fsync(") && l.contains(&shipped) && l.contains("= 0")),
+        "shipped/ was never fsynced after the retire, yet the shipper exited 0:\n{}",
+        lines[retire..].join("\n")
+    );
+    assert_eq!(host.list(&host.shipped()), ["01A"]);
+    assert_eq!(host.list(&host.episodes()), ["01B"]);
 }
