@@ -404,9 +404,15 @@ impl Shipper {
         })
     }
 
-    fn save_state(&mut self) {
-        if let Err(e) = self.state.save() {
-            tracing::error!(error = %e, "cannot save retry state");
+    /// Saves the retry state if it changed (the write and its fsyncs run off the
+    /// async workers).
+    async fn save_state(&mut self) {
+        let Some((path, state)) = self.state.unsaved() else {
+            return;
+        };
+        match blocking(move || StateFile::write(&path, &state).map(|()| state)).await {
+            Ok(state) => self.state.mark_saved(state),
+            Err(e) => tracing::error!(error = %e, "cannot save retry state"),
         }
     }
 
@@ -448,7 +454,7 @@ impl Shipper {
         }
         if interval > 0 {
             self.state.state.last_cleanup_unix = Some(now);
-            self.save_state();
+            self.save_state().await;
         }
     }
 
@@ -531,11 +537,11 @@ impl Shipper {
         result.waiting = result.scanned - queue.len();
         self.progress.set_episodes_total(queue.len() as u64);
         if !queue.is_empty() {
-            self.mark_pass_under_way(now);
+            self.mark_pass_under_way(now).await;
             self.ship(queue, &mut result).await;
             self.state.state.pass_under_way = None;
         }
-        self.save_state();
+        self.save_state().await;
         self.finish(&mut result, started);
         result
     }
@@ -544,7 +550,7 @@ impl Shipper {
     /// `pass` clears it when the pass ends. Found at the next start, it means this
     /// process died mid-pass: the next upload then waits `resume_ms`, a backoff that
     /// grows with the passes in a row that never ended.
-    fn mark_pass_under_way(&mut self, now: i64) {
+    async fn mark_pass_under_way(&mut self, now: i64) {
         let unfinished = self
             .state
             .state
@@ -558,7 +564,7 @@ impl Shipper {
             unfinished,
             resume_ms: now + delay.as_millis() as i64,
         });
-        self.save_state();
+        self.save_state().await;
     }
 
     /// At exit, also after a pass the shutdown grace abandoned: saves the retry state
@@ -568,7 +574,7 @@ impl Shipper {
     /// is honest.
     pub async fn close(&mut self) {
         self.state.state.pass_under_way = None;
-        self.save_state();
+        self.save_state().await;
         let root = self.root.clone();
         let synced = blocking(move || {
             root.sync_places(&[Place::Episodes, Place::Shipped, Place::Quarantine])?;
@@ -842,7 +848,7 @@ impl Shipper {
                     recheck_ms: now + policy::CONFLICT_RECHECK.as_millis() as i64,
                 });
                 self.keep_in_outbox(&prepared).await;
-                self.save_state();
+                self.save_state().await;
                 result.conflicts += 1;
                 Next::Continue
             }
@@ -850,7 +856,7 @@ impl Shipper {
                 let episode = self.state.episode(id.as_str());
                 record(episode, &j, attempt, now);
                 episode.repacks += 1;
-                self.save_state();
+                self.save_state().await;
                 result.repacked += 1;
                 Next::Repack(id)
             }
@@ -929,7 +935,7 @@ impl Shipper {
                     failures,
                     recheck_ms: now + delay.as_millis() as i64,
                 });
-                self.save_state();
+                self.save_state().await;
                 result.on_hold = true;
                 Next::Stop(format!("hold: {}", j.error))
             }
@@ -956,7 +962,7 @@ impl Shipper {
                     last_status: j.status,
                     last_error: j.error.clone(),
                 });
-                self.save_state();
+                self.save_state().await;
                 self.keep_in_outbox(&prepared).await;
                 result.transient_failures += 1;
                 Next::Stop(format!(

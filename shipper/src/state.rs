@@ -159,15 +159,30 @@ impl StateFile {
         }
     }
 
-    /// Writes the state if it changed since the last save.
+    /// Writes the state if it changed since the last save. Blocking: the daemon
+    /// goes through `unsaved` + `write` + `mark_saved` off its async workers.
     pub fn save(&mut self) -> io::Result<()> {
-        if self.state == self.saved {
-            return Ok(());
+        if let Some((path, state)) = self.unsaved() {
+            Self::write(&path, &state)?;
+            self.mark_saved(state);
         }
-        let bytes = serde_json::to_vec_pretty(&self.state).map_err(io::Error::other)?;
-        fsx::write_atomic(&self.path, &bytes)?;
-        self.saved = self.state.clone();
         Ok(())
+    }
+
+    /// Where to write and what, when the state changed since the last save.
+    pub fn unsaved(&self) -> Option<(PathBuf, State)> {
+        (self.state != self.saved).then(|| (self.path.clone(), self.state.clone()))
+    }
+
+    /// Writes a snapshot atomically (temp file, fsync, rename, fsync of the dir).
+    pub fn write(path: &Path, state: &State) -> io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(state).map_err(io::Error::other)?;
+        fsx::write_atomic(path, &bytes)
+    }
+
+    /// Records that `state` is what the disk now holds.
+    pub fn mark_saved(&mut self, state: State) {
+        self.saved = state;
     }
 
     pub fn episode(&mut self, id: &str) -> &mut EpisodeState {
