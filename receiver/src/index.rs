@@ -182,6 +182,87 @@ struct RowRef<'a> {
     received_at: &'a str,
 }
 
+/// Reads a row in the exact shape the receiver writes (`IndexRow`'s fields in
+/// order, no whitespace, no escapes) without a JSON parser: start-up reads a
+/// million of them. Anything else is `None` and goes through serde_json, so a row
+/// edited by hand still loads (or is reported) as before.
+fn fast_row(line: &[u8]) -> Option<RowRef<'_>> {
+    let mut c = Cursor { s: line, i: 0 };
+    c.lit(b"{\"host_id\":")?;
+    let host_id = c.string()?;
+    c.lit(b",\"episode_id\":")?;
+    let episode_id = c.string()?;
+    c.lit(b",\"sha256\":")?;
+    let sha256 = c.string()?;
+    c.lit(b",\"tar_sha256\":")?;
+    let tar_sha256 = c.nullable()?;
+    c.lit(b",\"bytes\":")?;
+    let bytes = c.integer()?;
+    c.lit(b",\"code_commit\":")?;
+    let code_commit = c.nullable()?;
+    c.lit(b",\"started_at\":")?;
+    c.nullable()?;
+    c.lit(b",\"received_at\":")?;
+    let received_at = c.string()?;
+    c.lit(b",\"client\":")?;
+    c.nullable()?;
+    c.lit(b"}")?;
+    (c.i == line.len()).then_some(RowRef {
+        host_id,
+        episode_id,
+        sha256,
+        tar_sha256,
+        bytes,
+        code_commit: code_commit.map(std::borrow::Cow::Borrowed),
+        received_at,
+    })
+}
+
+struct Cursor<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn lit(&mut self, lit: &[u8]) -> Option<()> {
+        let found = self.s[self.i..].starts_with(lit);
+        found.then(|| self.i += lit.len())
+    }
+
+    /// A JSON string without escapes or control characters.
+    fn string(&mut self) -> Option<&'a str> {
+        self.lit(b"\"")?;
+        let rest = &self.s[self.i..];
+        let end = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+        if rest[end] != b'"' {
+            return None;
+        }
+        let s = std::str::from_utf8(&rest[..end]).ok()?;
+        self.i += end + 1;
+        Some(s)
+    }
+
+    fn nullable(&mut self) -> Option<Option<&'a str>> {
+        if self.lit(b"null").is_some() {
+            return Some(None);
+        }
+        self.string().map(Some)
+    }
+
+    fn integer(&mut self) -> Option<u64> {
+        let rest = &self.s[self.i..];
+        let n = rest.iter().take_while(|b| b.is_ascii_digit()).count();
+        if n == 0 || (n > 1 && rest[0] == b'0') {
+            return None;
+        }
+        let value = std::str::from_utf8(&rest[..n]).ok()?.parse().ok()?;
+        self.i += n;
+        Some(value)
+    }
+}
+
 /// Commit ids seen by one loader thread.
 #[derive(Default)]
 struct Interner(HashSet<Arc<str>, Hasher>);
@@ -198,9 +279,16 @@ impl Interner {
     }
 }
 
-fn parse_row(interner: &mut Interner, line: &[u8]) -> Result<(HostId, EpisodeId, Entry), String> {
-    let row: RowRef<'_> = serde_json::from_slice(line).map_err(|e| e.to_string())?;
-    let host_id = HostId::new(row.host_id).map_err(|e| e.to_string())?;
+/// Parses a row; its host is returned unvalidated (the caller validates each
+/// distinct host once).
+fn parse_row<'a>(
+    interner: &mut Interner,
+    line: &'a [u8],
+) -> Result<(&'a str, EpisodeId, Entry), String> {
+    let row: RowRef<'a> = match fast_row(line) {
+        Some(row) => row,
+        None => serde_json::from_slice(line).map_err(|e| e.to_string())?,
+    };
     let episode_id = EpisodeId::new(row.episode_id).map_err(|e| e.to_string())?;
     let sha256 = Sha256::from_hex(row.sha256).map_err(|e| format!("sha256: {e}"))?;
     let tar_sha256 = row
@@ -218,40 +306,117 @@ fn parse_row(interner: &mut Interner, line: &[u8]) -> Result<(HostId, EpisodeId,
         received_at,
         code_commit: interner.intern(row.code_commit.as_deref()),
     };
-    Ok((host_id, episode_id, entry))
+    Ok((row.host_id, episode_id, entry))
 }
 
-/// One line of the index, parsed.
-struct Parsed {
-    /// Bytes, including the newline.
-    len: usize,
-    complete: bool,
-    /// `Ok(None)`: a blank line.
-    row: Result<Option<(HostId, EpisodeId, Entry)>, String>,
+/// The rows of one host in one piece of the file, in line order.
+type Group = (HostId, Vec<(EpisodeId, Entry)>);
+
+/// One piece of the file, parsed: its rows grouped by host, each host's group in
+/// the shard that will insert it.
+struct Piece {
+    /// `groups[shard]`.
+    groups: Vec<Vec<Group>>,
+    bytes: u64,
+    lines: u64,
+    /// `(1-based line number within the piece, error)`.
+    bad_lines: Vec<(u64, String)>,
+    /// A last line without its newline: `(offset within the piece, length, parses)`.
+    torn_tail: Option<(u64, usize, bool)>,
 }
 
-fn parse_lines(text: &[u8]) -> Vec<Parsed> {
+/// Which shard (loader thread, map) a host belongs to. Any stable function works:
+/// all rows of a host go to one shard, so "the last row wins" keeps its meaning.
+fn shard_of(host: &str, shards: usize) -> usize {
+    host.bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)))
+        % shards
+}
+
+fn parse_piece(text: &[u8], shards: usize) -> Piece {
     let mut interner = Interner::default();
-    text.split_inclusive(|b| *b == b'\n')
-        .map(|line| {
-            let complete = line.last() == Some(&b'\n');
-            let body = if complete {
-                &line[..line.len() - 1]
-            } else {
-                line
+    let mut piece = Piece {
+        groups: (0..shards).map(|_| Vec::new()).collect(),
+        bytes: text.len() as u64,
+        lines: 0,
+        bad_lines: Vec::new(),
+        torn_tail: None,
+    };
+    // host (as written) -> (shard, position of its group there)
+    let mut group_of: HashMap<&[u8], (usize, usize), Hasher> = HashMap::default();
+    let mut offset = 0u64;
+    for line in text.split_inclusive(|b| *b == b'\n') {
+        piece.lines += 1;
+        let complete = line.last() == Some(&b'\n');
+        let body = if complete {
+            &line[..line.len() - 1]
+        } else {
+            line
+        };
+        let torn = |parses| (!complete).then_some((offset, line.len(), parses));
+        if body.iter().all(u8::is_ascii_whitespace) {
+            piece.torn_tail = piece.torn_tail.or(torn(false));
+            offset += line.len() as u64;
+            continue;
+        }
+        let parsed = parse_row(&mut interner, body).and_then(|(host, episode_id, entry)| {
+            let slot = match group_of.get(host.as_bytes()) {
+                Some(&slot) => slot,
+                None => {
+                    let host_id = HostId::new(host).map_err(|e| e.to_string())?;
+                    let shard = shard_of(host, shards);
+                    piece.groups[shard].push((host_id, Vec::new()));
+                    let slot = (shard, piece.groups[shard].len() - 1);
+                    group_of.insert(host.as_bytes(), slot);
+                    slot
+                }
             };
-            let row = if body.iter().all(u8::is_ascii_whitespace) {
-                Ok(None)
-            } else {
-                parse_row(&mut interner, body).map(Some)
-            };
-            Parsed {
-                len: line.len(),
-                complete,
-                row,
+            piece.groups[slot.0][slot.1].1.push((episode_id, entry));
+            Ok(())
+        });
+        match parsed {
+            Ok(()) => piece.torn_tail = piece.torn_tail.or(torn(true)),
+            Err(_) if !complete => piece.torn_tail = torn(false),
+            Err(e) => piece.bad_lines.push((piece.lines, e)),
+        }
+        offset += line.len() as u64;
+    }
+    piece
+}
+
+/// Inserts one shard's groups, piece by piece in file order. Returns the number of
+/// new keys and pushes the keys that a later row replaced onto `duplicates`.
+fn insert_groups(
+    map: &mut Map,
+    groups: Vec<Vec<Group>>,
+    expected: &HashMap<HostId, usize, Hasher>,
+    duplicates: &mut Vec<(HostId, EpisodeId)>,
+) -> u64 {
+    use std::collections::hash_map::Entry as Slot;
+    let mut fresh = 0;
+    for (host_id, rows) in groups.into_iter().flatten() {
+        if !map.contains_key(host_id.as_str()) {
+            let capacity = expected.get(&host_id).copied().unwrap_or(rows.len());
+            map.insert(
+                host_id.clone(),
+                HashMap::with_capacity_and_hasher(capacity, Hasher::default()),
+            );
+        }
+        let episodes = map.get_mut(host_id.as_str()).expect("just inserted");
+        for (episode_id, entry) in rows {
+            match episodes.entry(episode_id) {
+                Slot::Occupied(mut slot) => {
+                    slot.insert(entry);
+                    duplicates.push((host_id.clone(), slot.key().clone()));
+                }
+                Slot::Vacant(slot) => {
+                    slot.insert(entry);
+                    fresh += 1;
+                }
             }
-        })
-        .collect()
+        }
+    }
+    fresh
 }
 
 /// Splits `text` into about `n` pieces that each end at a newline (or the end).
@@ -281,8 +446,11 @@ fn split_at_lines(text: &[u8], n: usize) -> Vec<&[u8]> {
 /// Bytes read (and parsed on every core) at a time.
 const LOAD_BLOCK: usize = 32 << 20;
 
-/// Reads `path` into a new `Index`. A missing file is an empty index. Parses on
-/// every core, a block at a time, so memory stays at a few blocks whatever the size.
+/// Reads `path` into a new `Index`. A missing file is an empty index. Memory stays
+/// at a few blocks of text whatever the size. Each block is parsed on every core,
+/// then inserted on every core: the map is sharded by host while loading (a host's
+/// rows all go to one shard, in file order) and the shards are joined at the end.
+/// Host maps are sized from the first block, so a million rows don't rehash.
 pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
     let index = Index::default();
     let mut report = LoadReport::default();
@@ -291,11 +459,12 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((index, report)),
         Err(e) => return Err(e),
     };
+    let file_len = file.metadata()?.len();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let (mut offset, mut line_no) = (0u64, 0u64);
+    let mut shards: Vec<(Map, Vec<(HostId, EpisodeId)>)> =
+        (0..threads).map(|_| Default::default()).collect();
+    let (mut offset, mut line_no, mut rows) = (0u64, 0u64, 0u64);
     let mut carry: Vec<u8> = Vec::with_capacity(LOAD_BLOCK + 4096);
-    let mut map = index.map.write().unwrap_or_else(|e| e.into_inner());
-    let mut rows = 0u64;
     loop {
         let start = carry.len();
         carry.resize(start + LOAD_BLOCK, 0);
@@ -315,42 +484,74 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
         } else {
             carry.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1)
         };
-        let pieces = split_at_lines(&carry[..end], threads);
-        let parsed: Vec<Vec<Parsed>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = pieces
-                .iter()
-                .map(|piece| scope.spawn(move || parse_lines(piece)))
+        let pieces: Vec<Piece> = std::thread::scope(|scope| {
+            let handles: Vec<_> = split_at_lines(&carry[..end], threads)
+                .into_iter()
+                .map(|text| scope.spawn(move || parse_piece(text, threads)))
                 .collect();
             handles
                 .into_iter()
                 .map(|h| h.join().expect("index parser panicked"))
                 .collect()
         });
-        for line in parsed.into_iter().flatten() {
-            line_no += 1;
-            match line.row {
-                Ok(None) if !line.complete => report.torn_tail = Some((offset, line.len, false)),
-                Ok(None) => {}
-                Ok(Some((host_id, episode_id, entry))) => {
-                    if !line.complete {
-                        report.torn_tail = Some((offset, line.len, true));
+        let first_block = offset == 0;
+        let mut by_shard: Vec<Vec<Vec<Group>>> = (0..threads).map(|_| Vec::new()).collect();
+        for piece in pieces {
+            for (line, error) in piece.bad_lines {
+                report.bad_lines.push((line_no + line, error));
+            }
+            if let Some((at, len, parses)) = piece.torn_tail {
+                report.torn_tail = Some((offset + at, len, parses));
+            }
+            line_no += piece.lines;
+            offset += piece.bytes;
+            for (shard, groups) in piece.groups.into_iter().enumerate() {
+                by_shard[shard].push(groups);
+            }
+        }
+        // Expected rows per host: its share of the first block, scaled to the file.
+        let expected: Vec<HashMap<HostId, usize, Hasher>> = by_shard
+            .iter()
+            .map(|groups| {
+                let mut expected = HashMap::default();
+                if first_block && offset > 0 {
+                    let scale = file_len as f64 / offset as f64;
+                    for (host_id, rows) in groups.iter().flatten() {
+                        *expected.entry(host_id.clone()).or_insert(0) += rows.len();
                     }
-                    match insert_into(&mut map, host_id, episode_id, entry) {
-                        None => rows += 1,
-                        Some(key) => report.duplicates.push(key),
+                    for n in expected.values_mut() {
+                        *n = (*n as f64 * scale * 1.1) as usize;
                     }
                 }
-                Err(_) if !line.complete => report.torn_tail = Some((offset, line.len, false)),
-                Err(e) => report.bad_lines.push((line_no, e)),
-            }
-            offset += line.len as u64;
-        }
+                expected
+            })
+            .collect();
+        rows += std::thread::scope(|scope| {
+            let handles: Vec<_> = shards
+                .iter_mut()
+                .zip(by_shard)
+                .zip(&expected)
+                .map(|(((map, duplicates), groups), expected)| {
+                    scope.spawn(move || insert_groups(map, groups, expected, duplicates))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("index loader panicked"))
+                .sum::<u64>()
+        });
         carry.drain(..end);
         if eof {
             break;
         }
     }
+    let mut map = index.map.write().unwrap_or_else(|e| e.into_inner());
+    for (shard, duplicates) in shards {
+        map.extend(shard);
+        report.duplicates.extend(duplicates);
+    }
     drop(map);
+    report.duplicates.sort();
     index.rows.store(rows, Ordering::Relaxed);
     report.rows = rows;
     Ok((index, report))

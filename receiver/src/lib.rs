@@ -156,9 +156,19 @@ pub fn open(
         ..StartReport::default()
     };
     let started = std::time::Instant::now();
-    let (index, load) =
-        index::load(&config.index_path).map_err(|e| runtime("reading", &config.index_path, e))?;
+    // The store is listed while the index loads; they are compared after.
+    let (loaded, listing) = std::thread::scope(|scope| {
+        let listing = scope.spawn(|| {
+            let listing = reconcile::list_store(&config.store_root);
+            (listing, started.elapsed())
+        });
+        let loaded = index::load(&config.index_path);
+        (loaded, listing.join().expect("store lister panicked"))
+    });
+    let (index, load) = loaded.map_err(|e| runtime("reading", &config.index_path, e))?;
     let load_ms = started.elapsed().as_millis() as u64;
+    let (listing, list_took) = listing;
+    let listing = listing.map_err(|e| runtime("scanning", &config.store_root, e))?;
     if load.torn_tail.is_some() {
         index::repair_tail(&config.index_path, &load)
             .map_err(|e| runtime("repairing", &config.index_path, e))?;
@@ -170,13 +180,13 @@ pub fn open(
     report.bad_lines = load.bad_lines.len();
     report.superseded = load.duplicates.len();
     let started = std::time::Instant::now();
-    let scan = reconcile::scan_store(&config.store_root, &index)
-        .map_err(|e| runtime("scanning", &config.store_root, e))?;
+    let scan = reconcile::compare(listing, &index, &config.store_root);
     tracing::info!(
         rows = load.rows,
         archives = scan.archives,
         load_ms,
-        scan_ms = started.elapsed().as_millis() as u64,
+        list_ms = list_took.as_millis() as u64,
+        compare_ms = started.elapsed().as_millis() as u64,
         "index_loaded: the index is in memory and checked against the store"
     );
     let mut rows = Vec::with_capacity(scan.orphans.len());

@@ -31,14 +31,45 @@ pub struct StoreScan {
     pub strays: Vec<PathBuf>,
 }
 
-/// Compares the store's directory tree with the index, reading names only, with
-/// host directories spread over every core. Allocates nothing for an archive that
-/// is indexed (the common case, a million times).
-pub fn scan_store(store_root: &Path, index: &Index) -> io::Result<StoreScan> {
-    let mut scan = StoreScan::default();
+/// The names in the store, read without the index so that listing can run while
+/// the index loads. Names are packed per host (one string, end offsets): a million
+/// archives cost one allocation per host, not one per name.
+#[derive(Debug, Default)]
+pub struct StoreListing {
+    hosts: Vec<HostNames>,
+    strays: Vec<PathBuf>,
+}
+
+#[derive(Debug)]
+struct HostNames {
+    host_id: HostId,
+    path: PathBuf,
+    /// Episode ids (archive names without the suffix), concatenated.
+    names: String,
+    ends: Vec<u32>,
+}
+
+impl HostNames {
+    fn names(&self) -> impl Iterator<Item = &str> {
+        let mut start = 0usize;
+        self.ends.iter().map(move |&end| {
+            let name = &self.names[start..end as usize];
+            start = end as usize;
+            name
+        })
+    }
+}
+
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
+}
+
+/// Lists the store's host directories, spread over every core. Reads names only.
+pub fn list_store(store_root: &Path) -> io::Result<StoreListing> {
+    let mut listing = StoreListing::default();
     let read_dir = match std::fs::read_dir(store_root) {
         Ok(rd) => rd,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(scan),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(listing),
         Err(e) => return Err(e),
     };
     let mut hosts = Vec::new();
@@ -46,15 +77,69 @@ pub fn scan_store(store_root: &Path, index: &Index) -> io::Result<StoreScan> {
         let host_entry = host_entry?;
         match host_entry.file_name().to_str().map(HostId::new) {
             Some(Ok(h)) if host_entry.file_type()?.is_dir() => hosts.push((h, host_entry.path())),
-            _ => scan.strays.push(host_entry.path()),
+            _ => listing.strays.push(host_entry.path()),
         }
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let chunk = hosts.len().div_ceil(threads).max(1);
-    let parts: Vec<io::Result<(StoreScan, u64)>> = std::thread::scope(|scope| {
+    let chunk = hosts.len().div_ceil(threads()).max(1);
+    let parts: Vec<io::Result<(Vec<HostNames>, Vec<PathBuf>)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = hosts
             .chunks(chunk)
-            .map(|part| scope.spawn(move || scan_hosts(part, index)))
+            .map(|part| scope.spawn(move || list_hosts(part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("store lister panicked"))
+            .collect()
+    });
+    for part in parts {
+        let (hosts, strays) = part?;
+        listing.hosts.extend(hosts);
+        listing.strays.extend(strays);
+    }
+    Ok(listing)
+}
+
+fn list_hosts(hosts: &[(HostId, PathBuf)]) -> io::Result<(Vec<HostNames>, Vec<PathBuf>)> {
+    let mut listed = Vec::with_capacity(hosts.len());
+    let mut strays = Vec::new();
+    for (host_id, host_path) in hosts {
+        let mut names = HostNames {
+            host_id: host_id.clone(),
+            path: host_path.clone(),
+            names: String::new(),
+            ends: Vec::new(),
+        };
+        for entry in std::fs::read_dir(host_path)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            match name.to_str().and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX)) {
+                Some(stem) if u32::try_from(names.names.len() + stem.len()).is_ok() => {
+                    names.names.push_str(stem);
+                    names.ends.push(names.names.len() as u32);
+                }
+                _ => strays.push(entry.path()),
+            }
+        }
+        listed.push(names);
+    }
+    Ok((listed, strays))
+}
+
+/// Compares a listing of the store with the index: archives without a row
+/// (orphans), rows without an archive (missing), and files that are not
+/// `<host>/<episode>.tar.zst` (strays). Allocates nothing for an archive that is
+/// indexed (the common case, a million times).
+pub fn compare(listing: StoreListing, index: &Index, store_root: &Path) -> StoreScan {
+    let mut scan = StoreScan {
+        strays: listing.strays,
+        ..StoreScan::default()
+    };
+    let chunk = listing.hosts.len().div_ceil(threads()).max(1);
+    let parts: Vec<(StoreScan, u64)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = listing
+            .hosts
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || compare_hosts(part, index)))
             .collect();
         handles
             .into_iter()
@@ -62,8 +147,7 @@ pub fn scan_store(store_root: &Path, index: &Index) -> io::Result<StoreScan> {
             .collect()
     });
     let mut in_index = 0u64;
-    for part in parts {
-        let (part, indexed) = part?;
+    for (part, indexed) in parts {
         in_index += indexed;
         scan.archives += part.archives;
         scan.orphans.extend(part.orphans);
@@ -78,40 +162,35 @@ pub fn scan_store(store_root: &Path, index: &Index) -> io::Result<StoreScan> {
             .collect();
         scan.missing.sort();
     }
-    Ok(scan)
+    scan
 }
 
-/// Scans some host directories; returns what it found and how many were indexed.
-fn scan_hosts(
-    hosts: &[(HostId, std::path::PathBuf)],
-    index: &Index,
-) -> io::Result<(StoreScan, u64)> {
+/// Lists the store and compares it with the index (`list_store` + `compare`).
+pub fn scan_store(store_root: &Path, index: &Index) -> io::Result<StoreScan> {
+    Ok(compare(list_store(store_root)?, index, store_root))
+}
+
+fn compare_hosts(hosts: &[HostNames], index: &Index) -> (StoreScan, u64) {
     let mut scan = StoreScan::default();
     let mut in_index = 0u64;
-    for (host_id, host_path) in hosts {
-        for entry in std::fs::read_dir(host_path)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX)) else {
-                scan.strays.push(entry.path());
-                continue;
-            };
-            if index.contains_str(host_id.as_str(), stem) {
+    for host in hosts {
+        for stem in host.names() {
+            if index.contains_str(host.host_id.as_str(), stem) {
                 scan.archives += 1;
                 in_index += 1;
                 continue;
             }
+            let path = host.path.join(format!("{stem}{ARCHIVE_SUFFIX}"));
             match EpisodeId::new(stem) {
                 Ok(episode_id) => {
                     scan.archives += 1;
-                    scan.orphans
-                        .push((host_id.clone(), episode_id, entry.path()));
+                    scan.orphans.push((host.host_id.clone(), episode_id, path));
                 }
-                Err(_) => scan.strays.push(entry.path()),
+                Err(_) => scan.strays.push(path),
             }
         }
     }
-    Ok((scan, in_index))
+    (scan, in_index)
 }
 
 /// Rebuilds the index row of an archive from the archive: its sha256 and size, the
