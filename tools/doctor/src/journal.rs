@@ -731,7 +731,7 @@ pub fn journal_row(summary: &JournalSummary, ctx: &Context, scope: &Scope<'_>) -
             Level::Yellow,
             match journal_file {
                 Some(_) => format!(
-                    "give --journal-file JSON lines as {save} writes them (not -o json-pretty or short), or the shipper's own log lines; then {}",
+                    "give --journal-file JSON lines as {save} writes them (not -o json-pretty or export), or the shipper's own log lines; then {}",
                     ctx.doctor("--journal-file F")
                 ),
                 None => format!("run `journalctl -u {} -o json -n 20` by hand to see what it prints", ctx.unit),
