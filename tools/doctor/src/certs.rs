@@ -6,7 +6,11 @@
 //! parsed, the key matches (rustls refuses a client config otherwise), the chain
 //! verifies against `ca_bundle`, validity windows, identities. `certificates_row`
 //! judges those facts against a `now` it is given (pure): yellow when something
-//! expires within 14 days, red within 2 days or when expired, missing or broken.
+//! (the CA, the client certificate or any intermediate in its chain) expires
+//! within 14 days, red within 2 days or when expired, missing or broken. For a
+//! plain http:// receiver the shipper still loads the files it names (a missing
+//! or broken one stops shipping: red) but never presents them, so expiry, chain
+//! and identity problems are at most yellow there.
 //! Writes nothing and never contacts the receiver.
 
 use std::io::ErrorKind;
@@ -55,6 +59,8 @@ pub struct CertFacts {
     pub ca: Loaded<Vec<CertInfo>>,
     /// The leaf of the client chain.
     pub cert: Loaded<CertInfo>,
+    /// The rest of the client chain (intermediates), in file order.
+    pub intermediates: Vec<CertInfo>,
     pub key: Loaded<()>,
     /// `None` when not both cert and key could be loaded.
     pub key_matches: Option<Result<(), String>>,
@@ -107,17 +113,31 @@ pub fn gather(config: &Config, now_unix: i64) -> CertFacts {
         },
     };
     let mut chain: Option<Vec<CertificateDer<'static>>> = None;
+    let mut intermediates = Vec::new();
     let cert = match &r.client_cert {
         None => Loaded::NotConfigured,
         Some(p) => match tls::load_certs(p) {
             Err(e) => classify_error(p, e),
-            Ok(ders) => match CertInfo::parse(&ders[0]) {
-                Ok(info) => {
-                    chain = Some(ders);
-                    Loaded::Ok(p.clone(), info)
+            Ok(ders) => {
+                let infos: Result<Vec<CertInfo>, (usize, TlsError)> = ders
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| CertInfo::parse(d).map_err(|e| (i, e)))
+                    .collect();
+                match infos {
+                    Ok(mut infos) => {
+                        chain = Some(ders);
+                        let leaf = infos.remove(0);
+                        intermediates = infos;
+                        Loaded::Ok(p.clone(), leaf)
+                    }
+                    Err((0, e)) => Loaded::Bad(p.clone(), format!("{}: {e}", p.display())),
+                    Err((i, e)) => Loaded::Bad(
+                        p.clone(),
+                        format!("{}: certificate #{} of the chain: {e}", p.display(), i + 1),
+                    ),
                 }
-                Err(e) => Loaded::Bad(p.clone(), format!("{}: {e}", p.display())),
-            },
+            }
         },
     };
     let mut key_der = None;
@@ -145,10 +165,15 @@ pub fn gather(config: &Config, now_unix: i64) -> CertFacts {
     };
     let chains = match (&chain, &ca_ders, cert.value()) {
         (Some(chain), Some(ca), Some(info)) => {
-            // Judge the chain inside the leaf's validity, so an expired certificate
-            // reads as "expired" (below), not as "does not chain".
-            let at = if (info.not_before..=info.not_after).contains(&now_unix) {
+            // Judge the chain inside the validity of all its certificates, so an
+            // expired one reads as "expired" (below), not as "does not chain".
+            let all = || std::iter::once(info).chain(&intermediates);
+            let from = all().map(|i| i.not_before).max().unwrap_or(info.not_before);
+            let until = all().map(|i| i.not_after).min().unwrap_or(info.not_after);
+            let at = if (from..=until).contains(&now_unix) {
                 now_unix
+            } else if from <= until {
+                from + (until - from) / 2
             } else {
                 info.not_before + (info.not_after - info.not_before) / 2
             };
@@ -161,6 +186,7 @@ pub fn gather(config: &Config, now_unix: i64) -> CertFacts {
         host_id: config.host_id.to_string(),
         ca,
         cert,
+        intermediates,
         key,
         key_matches,
         chains,
@@ -232,13 +258,26 @@ pub fn certificates_row(f: &CertFacts, now_unix: i64, ctx: &Context) -> Row {
             if nothing {
                 "plain http:// receiver: no TLS material in use"
             } else {
-                "receiver.url is http://: the TLS files below are not used"
+                "receiver.url is http://: the shipper loads the TLS files (a missing or broken one stops shipping) but does not present them"
             },
         );
         if nothing {
             return row;
         }
     }
+    // Problems that only matter once the files are used on the wire.
+    let used = |level: Level| {
+        if f.tls {
+            level
+        } else {
+            level.min(Level::Yellow)
+        }
+    };
+    let unused = if f.tls {
+        ""
+    } else {
+        " (not used while receiver.url is http://)"
+    };
     let cert_path = match &f.cert {
         Loaded::Missing(p) | Loaded::Denied(p, _) | Loaded::Bad(p, _) | Loaded::Ok(p, _) => {
             Some(p.clone())
@@ -303,11 +342,13 @@ pub fn certificates_row(f: &CertFacts, now_unix: i64, ctx: &Context) -> Row {
             None => {}
             Some(soonest) => {
                 let (level, words) = expiry(soonest.not_before, soonest.not_after, now_unix);
+                let level = used(level);
                 let name = soonest
                     .subject_cn
                     .clone()
                     .unwrap_or_else(|| soonest.subject.clone());
-                row.note(level, format!("CA {name:?} {words}"));
+                let unused = if level == Level::Green { "" } else { unused };
+                row.note(level, format!("CA {name:?} {words}{unused}"));
                 if level != Level::Green {
                     row.fix(
                         level,
@@ -354,10 +395,12 @@ pub fn certificates_row(f: &CertFacts, now_unix: i64, ctx: &Context) -> Row {
         }
         Loaded::Ok(p, info) => {
             let (level, words) = expiry(info.not_before, info.not_after, now_unix);
+            let level = used(level);
             let ids = info.identities();
+            let suffix = if level == Level::Green { "" } else { unused };
             row.note(
                 level,
-                format!("client certificate [{}] {words}", quoted(&ids)),
+                format!("client certificate [{}] {words}{suffix}", quoted(&ids)),
             );
             if level != Level::Green {
                 row.fix(
@@ -369,16 +412,47 @@ pub fn certificates_row(f: &CertFacts, now_unix: i64, ctx: &Context) -> Row {
                     ),
                 );
             }
-            if !ids.contains(&f.host_id) {
+            for inter in &f.intermediates {
+                let (level, words) = expiry(inter.not_before, inter.not_after, now_unix);
+                if level == Level::Green {
+                    continue;
+                }
+                let level = used(level);
+                let name = inter
+                    .subject_cn
+                    .clone()
+                    .unwrap_or_else(|| inter.subject.clone());
                 row.note(
-                    Level::Red,
+                    level,
                     format!(
-                        "client certificate names [{}], not host_id {:?}: the receiver will answer 403",
+                        "intermediate certificate {name:?} in {} {words}{unused}",
+                        p.display()
+                    ),
+                );
+                row.fix(
+                    level,
+                    format!(
+                        "install at {} the chain with the CA's current intermediate (leaf first, then the intermediate); the shipper picks it up without a restart",
+                        p.display()
+                    ),
+                );
+            }
+            if !ids.contains(&f.host_id) {
+                let level = used(Level::Red);
+                let consequence = if f.tls {
+                    ": the receiver will answer 403"
+                } else {
+                    unused
+                };
+                row.note(
+                    level,
+                    format!(
+                        "client certificate names [{}], not host_id {:?}{consequence}",
                         quoted(&ids),
                         f.host_id
                     ),
                 );
-                row.fix(Level::Red, fixes::forbidden(ctx));
+                row.fix(level, fixes::forbidden(ctx));
             }
         }
     }
@@ -443,9 +517,10 @@ pub fn certificates_row(f: &CertFacts, now_unix: i64, ctx: &Context) -> Row {
             row.note(Level::Green, "chains to receiver.ca_bundle");
         }
         (Some(Err(e)), _) if e.contains("purpose") => {
-            row.note(Level::Red, format!("client certificate: {e}"));
+            let level = used(Level::Red);
+            row.note(level, format!("client certificate: {e}{unused}"));
             row.fix(
-                Level::Red,
+                level,
                 "issue the client certificate with extendedKeyUsage clientAuth",
             );
         }
@@ -551,6 +626,7 @@ mod tests {
                 "/c/client.pem".into(),
                 info("lab1", now - DAY, now + 365 * DAY),
             ),
+            intermediates: vec![],
             key: Loaded::Ok("/c/client.key".into(), ()),
             key_matches: Some(Ok(())),
             chains: Some(Ok(())),
@@ -631,5 +707,83 @@ mod tests {
             row.finding_line(),
             "plain http:// receiver: no TLS material in use"
         );
+    }
+
+    #[test]
+    fn over_http_only_broken_files_are_red() {
+        let now = 1_800_000_000;
+        let http = |f: CertFacts| CertFacts { tls: false, ..f };
+        // Expired leaf, expired CA, another host's name: used on the wire only.
+        let mut f = http(facts());
+        f.cert = Loaded::Ok(
+            "/c/client.pem".into(),
+            info("lab2", now - 9 * DAY, now - DAY),
+        );
+        f.ca = Loaded::Ok(
+            "/c/ca.pem".into(),
+            vec![info("ca", now - 9 * DAY, now - DAY)],
+        );
+        let row = certificates_row(&f, now, &ctx());
+        assert_eq!(row.level(), Level::Yellow, "{}", row.finding_line());
+        let line = row.finding_line();
+        assert!(
+            line.contains(
+                "client certificate [\"lab2\"] expired 1 day(s) ago (2027-01-14) (not used while receiver.url is http://)"
+            ),
+            "{line}"
+        );
+        assert!(line.contains("CA \"ca\" expired"), "{line}");
+        assert!(
+            line.contains("not host_id \"lab1\" (not used while"),
+            "{line}"
+        );
+        assert!(!line.contains("will answer 403"), "{line}");
+        assert!(line.contains("the shipper loads the TLS files"), "{line}");
+        // The transport loads them even for http://: missing or mismatched is red.
+        let mut f = http(facts());
+        f.key = Loaded::Missing("/c/client.key".into());
+        f.key_matches = None;
+        assert_eq!(certificates_row(&f, now, &ctx()).level(), Level::Red);
+        let mut f = http(facts());
+        f.key_matches = Some(Err("private key does not match the certificate".into()));
+        assert_eq!(certificates_row(&f, now, &ctx()).level(), Level::Red);
+        // The same expired leaf over https:// is red.
+        let mut f = facts();
+        f.cert = Loaded::Ok(
+            "/c/client.pem".into(),
+            info("lab1", now - 9 * DAY, now - DAY),
+        );
+        assert_eq!(certificates_row(&f, now, &ctx()).level(), Level::Red);
+    }
+
+    #[test]
+    fn every_certificate_of_the_client_chain_is_checked() {
+        let now = 1_800_000_000;
+        let mut f = facts();
+        f.intermediates = vec![
+            info("issuing 2025", now - 900 * DAY, now - 3 * DAY),
+            info("root-signed", now - DAY, now + 5 * DAY),
+        ];
+        let row = certificates_row(&f, now, &ctx());
+        assert_eq!(row.level(), Level::Red);
+        let findings = row.findings();
+        assert!(
+            findings[0].starts_with(
+                "intermediate certificate \"issuing 2025\" in /c/client.pem expired 3 day(s) ago"
+            ),
+            "{findings:?}"
+        );
+        assert!(
+            findings[1].starts_with(
+                "intermediate certificate \"root-signed\" in /c/client.pem expires in 5 day(s)"
+            ),
+            "{findings:?}"
+        );
+        assert!(row.fix_line().unwrap().contains("current intermediate"));
+        // Valid intermediates say nothing of their own.
+        f.intermediates = vec![info("fine", now - DAY, now + 900 * DAY)];
+        let row = certificates_row(&f, now, &ctx());
+        assert_eq!(row.level(), Level::Green);
+        assert!(!row.finding_line().contains("intermediate"));
     }
 }

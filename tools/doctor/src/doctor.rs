@@ -14,7 +14,7 @@ use episode_shipper::config::Config;
 use episode_shipper::status;
 
 use crate::fixes::Context;
-use crate::journal::{classify_journal, journal_row, unreadable_row};
+use crate::journal::{Scope, Window, classify_journal, journal_row, unreadable_row};
 use crate::report::{Check, Report, Row};
 use crate::source::{JournalText, read_journal};
 use crate::{certs, config, data, receiver, service, since};
@@ -41,7 +41,13 @@ pub fn diagnose(opts: &Options) -> anyhow::Result<Report> {
     let now = time::OffsetDateTime::now_utc();
     let now_unix = now.unix_timestamp();
     let now_us = i64::try_from(now.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX);
-    let cutoff_us = since::cutoff_us(now_us, opts.since);
+    // Whole seconds, as journalctl's `--since=@<secs>` gets it: both draw the same line.
+    let cutoff_us = since::cutoff_us(now_us, opts.since).div_euclid(1_000_000) * 1_000_000;
+    let window = Window {
+        cutoff_us,
+        now_us,
+        utc_offset_secs: utc_offset_secs(now_unix),
+    };
     let loaded = Config::load(&opts.config);
     let config = loaded.as_ref().ok();
     let cert_facts = config.map(|c| certs::gather(c, now_unix));
@@ -80,7 +86,7 @@ pub fn diagnose(opts: &Options) -> anyhow::Result<Report> {
         let service = service
             .join()
             .map_err(|_| anyhow::anyhow!("systemctl probe panicked"))?;
-        rows.push(service::service_row(&service, &opts.unit));
+        rows.push(service::service_row(&service, &ctx));
         match &state {
             Some((status, access, _)) => {
                 rows.push(data::backlog_row(status, access, &ctx));
@@ -100,13 +106,34 @@ pub fn diagnose(opts: &Options) -> anyhow::Result<Report> {
         };
         rows.push(match journal {
             JournalText::Lines(text) => journal_row(
-                &classify_journal(text.lines(), cutoff_us),
+                &classify_journal(text.lines(), &window),
                 &ctx,
-                &label,
-                &source,
+                &Scope {
+                    since: &label,
+                    source: &source,
+                    journal_file: opts.journal_file.as_deref(),
+                    now_us,
+                },
             ),
             JournalText::Unreadable { reason, fix } => unreadable_row(&reason, &fix),
         });
         Ok(Report { rows })
     })
+}
+
+/// The local time zone's offset from UTC at `unix` (seconds), as `journalctl -o
+/// short` uses it for its stamps; 0 when it cannot be learned.
+pub fn utc_offset_secs(unix: i64) -> i32 {
+    // time_t is 64 bits wherever the doctor runs; a stamp past 2038 on a 32-bit
+    // time_t wraps, and the offset of some other date is still a fair guess.
+    let t = unix as libc::time_t;
+    // SAFETY: `tm` is plain data that localtime_r fills in; both pointers are valid
+    // for the call, and localtime_r (unlike localtime) keeps no shared result.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let filled = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    if filled {
+        i32::try_from(tm.tm_gmtoff).unwrap_or(0)
+    } else {
+        0
+    }
 }

@@ -10,6 +10,9 @@ use std::path::{Path, PathBuf};
 
 use episode_shipper::config::{Config, DEFAULT_PATH};
 
+/// The shipper's unit when `--unit` is not given.
+pub const DEFAULT_UNIT: &str = "episode-shipper";
+
 /// What a fix may name. Everything is optional: the config may not have loaded.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Context {
@@ -52,6 +55,20 @@ impl Context {
                 self.config_path.display()
             )
         }
+    }
+
+    /// `episode-doctor <args>`, with the `--config F` and `--unit U` this run used
+    /// when they are not the defaults.
+    pub fn doctor(&self, args: &str) -> String {
+        let mut out = format!("`episode-doctor {args}");
+        if self.config_path != Path::new(DEFAULT_PATH) {
+            out.push_str(&format!(" --config {}", self.config_path.display()));
+        }
+        if !self.unit.is_empty() && self.unit != DEFAULT_UNIT {
+            out.push_str(&format!(" --unit {}", self.unit));
+        }
+        out.push('`');
+        out
     }
 
     fn host(&self) -> String {
@@ -171,6 +188,15 @@ pub fn conflict(ctx: &Context, episode_ids: &[String]) -> String {
     )
 }
 
+/// 400 digest-mismatch / length-mismatch: the receiver got other bytes than were
+/// packed, and the shipper packed the episode again.
+pub fn repacked(ctx: &Context) -> String {
+    format!(
+        "the bytes arrived damaged and the shipper packed again (quarantined on the third time): if it repeats, check this host's disk and memory (`sudo dmesg | grep -i -e error -e ecc -e corrupt`) and the network path; {} shows each episode's attempts",
+        ctx.shipper("status")
+    )
+}
+
 /// Transient failures: the shipper retries by itself.
 pub fn transient(ctx: &Context) -> String {
     format!(
@@ -240,6 +266,25 @@ mod tests {
         assert!(misdirected(&c).contains("https://r:8443"));
         assert!(conflict(&c, &["E1".into()]).contains("E1"));
         assert!(transient(&c).contains("`episode-shipper ping`"));
+        let f = repacked(&c);
+        assert!(
+            f.contains("dmesg") && f.contains("`episode-shipper status`"),
+            "{f}"
+        );
+    }
+
+    #[test]
+    fn doctor_commands_repeat_the_non_default_options() {
+        assert_eq!(ctx().doctor("--since 1d"), "`episode-doctor --since 1d`");
+        let c = Context {
+            config_path: "/tmp/s.toml".into(),
+            unit: "shipper-b".into(),
+            ..ctx()
+        };
+        assert_eq!(
+            c.doctor("--since 1d --journal-file F"),
+            "`episode-doctor --since 1d --journal-file F --config /tmp/s.toml --unit shipper-b`"
+        );
     }
 
     #[test]

@@ -1,17 +1,21 @@
 //! The journal row's core: reading the shipper's log lines (journal JSON, JSON log
 //! lines, or plain text) and classifying its `ship_result` events.
 //!
-//! Owns `classify_journal(lines, since_cutoff) -> JournalSummary` and the row it
-//! makes: one finding per class with a count ("12 ship(s) rejected as
-//! out-of-window"), worst class first (412 before 400), each with its canonical
-//! fix. Structured journal fields (`OUTCOME`, `STATUS_CODE`, `PROBLEM_TYPE`,
-//! `EPISODE_ID`, `ERROR`) win; lines without them are read from the
-//! `outcome=… status=…` text the shipper puts in every `ship_result` message.
-//! Pure: no clock, no process, no file; `source` runs journalctl.
+//! Owns `classify_journal(lines, window) -> JournalSummary` and the row it makes:
+//! one finding per class with a count ("12 ship(s) rejected as out-of-window"),
+//! worst class first (412 before 400), each with its canonical fix. Structured
+//! fields win: journal fields (`OUTCOME`, `STATUS_CODE`, `PROBLEM_TYPE`,
+//! `EPISODE_ID`, `ERROR`, as `common::logging` names them, or `F_`-prefixed as
+//! tracing-journald does by default), then the fields of a JSON log line (also
+//! when it is the `MESSAGE` of a journal entry: `--log-format json` under systemd),
+//! then the `key=value` text tracing's fmt layer writes (Display values unquoted,
+//! so a value runs to the next ` key=`). Pure: no clock (the caller passes a
+//! `Window`), no process, no file; `source` runs journalctl.
 //!
 //! Invariant: only `ship_result` events are counted (a `quarantined` or
-//! `hold_started` event carries a status code too, but never an outcome), and a
-//! line older than the cutoff is never counted.
+//! `hold_started` event carries a status code too, but never an outcome); a line
+//! stamped before the cutoff is never counted, and the row says how many were
+//! skipped; a line without any timestamp is counted and the row says so.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +25,14 @@ use serde_json::{Map, Value};
 
 use crate::fixes::{self, Context};
 use crate::report::{Check, Level, Row};
+
+/// The field-name prefix `common::logging` gives the journald layer
+/// (`with_field_prefix(None)`): the shipper's `status_code` is the journal field
+/// `STATUS_CODE`. Must match common/src/logging.rs (a test reads it).
+pub const JOURNAL_FIELD_PREFIX: Option<&str> = None;
+/// tracing-journald's default prefix (`F_STATUS_CODE`): read too, so a build that
+/// drops `with_field_prefix(None)` is still understood.
+pub const TRACING_JOURNALD_DEFAULT_PREFIX: &str = "F";
 
 /// What a ship attempt means for the person at the terminal, in display order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -37,7 +49,9 @@ pub enum JournalClass {
     Misdirected,
     /// 409: another archive is stored under the id.
     Conflict,
-    /// 5xx, 429, 408, connection errors (status 0), repacks.
+    /// 400 digest-mismatch / length-mismatch: the bytes arrived damaged, re-packed.
+    Repacked,
+    /// 5xx, 429, 408, connection errors (status 0).
     Transient,
     /// Stored or already present.
     Clean,
@@ -51,7 +65,9 @@ impl JournalClass {
             | JournalClass::Unauthorized
             | JournalClass::Forbidden
             | JournalClass::Misdirected => Level::Red,
-            JournalClass::Conflict | JournalClass::Transient => Level::Yellow,
+            JournalClass::Conflict | JournalClass::Repacked | JournalClass::Transient => {
+                Level::Yellow
+            }
             JournalClass::Clean => Level::Green,
         }
     }
@@ -74,7 +90,8 @@ pub fn class_of(
     match outcome {
         Some("shipped" | "already_present") => Some(J::Clean),
         Some("conflict") => Some(J::Conflict),
-        Some("repack" | "transient") => Some(J::Transient),
+        Some("repack") => Some(J::Repacked),
+        Some("transient") => Some(J::Transient),
         Some("fatal") if status == Some(412) => Some(J::OutOfWindow),
         Some("fatal") => Some(J::BadRequest),
         Some("hold") => Some(by_hold_status(status)),
@@ -83,7 +100,8 @@ pub fn class_of(
             s => Some(match classify(s, problem_type) {
                 Class::Shipped => J::Clean,
                 Class::Conflict => J::Conflict,
-                Class::Repack | Class::Transient => J::Transient,
+                Class::Repack => J::Repacked,
+                Class::Transient => J::Transient,
                 Class::Fatal if s == 412 => J::OutOfWindow,
                 Class::Fatal => J::BadRequest,
                 Class::Hold => by_hold_status(Some(s)),
@@ -102,6 +120,19 @@ pub struct ShipEvent {
     pub error: Option<String>,
 }
 
+impl ShipEvent {
+    /// `self`'s fields, with what it lacks taken from `other`.
+    fn or(self, other: ShipEvent) -> ShipEvent {
+        ShipEvent {
+            outcome: self.outcome.or(other.outcome),
+            status: self.status.or(other.status),
+            problem_type: self.problem_type.or(other.problem_type),
+            episode_id: self.episode_id.or(other.episode_id),
+            error: self.error.or(other.error),
+        }
+    }
+}
+
 /// What a log line is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
@@ -115,11 +146,26 @@ pub enum Event {
 pub struct Line {
     pub at_us: Option<i64>,
     pub event: Event,
+    /// A journal entry, a JSON log line, a stamped text line or a shipper event;
+    /// false for anything else (e.g. a fragment of `journalctl -o json-pretty`).
+    pub recognised: bool,
+}
+
+/// What "now" is for a log: the cutoff of `--since`, and what a syslog-style
+/// stamp (`Dec 02 05:08:50`: local time, no year) needs to be placed in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Window {
+    /// Lines stamped before this (Unix microseconds) are skipped.
+    pub cutoff_us: i64,
+    pub now_us: i64,
+    /// The local time zone's offset from UTC, in seconds (as of now).
+    pub utc_offset_secs: i32,
 }
 
 /// Parses one line of `journalctl -o json`, of the shipper's `--log-format json`,
-/// or of plain text. `None` for a blank line.
-pub fn parse_line(line: &str) -> Option<Line> {
+/// or of plain text (tracing's fmt, `journalctl -o short`/`short-iso`/`cat`).
+/// `None` for a blank line.
+pub fn parse_line(line: &str, window: &Window) -> Option<Line> {
     let line = line.trim();
     if line.is_empty() {
         return None;
@@ -129,10 +175,101 @@ pub fn parse_line(line: &str) -> Option<Line> {
     {
         return Some(from_object(&map));
     }
+    if is_pretty_fragment(line) {
+        return Some(Line {
+            at_us: None,
+            event: Event::Other,
+            recognised: false,
+        });
+    }
+    let at_us = leading_stamp(line, window);
+    let event = from_text(line, ShipEvent::default(), false);
     Some(Line {
-        at_us: None,
-        event: from_text(line, ShipEvent::default(), false),
+        at_us,
+        recognised: at_us.is_some() || event != Event::Other,
+        event,
     })
+}
+
+/// A line of `journalctl -o json-pretty` (`"MESSAGE" : "…",`, `{`, `}`): a piece
+/// of an entry, not an entry. Read as text it would count the message without its
+/// time, so it is not read.
+fn is_pretty_fragment(line: &str) -> bool {
+    matches!(line, "{" | "}" | "},")
+        || line.strip_prefix('"').is_some_and(|rest| {
+            rest.split_once('"').is_some_and(|(name, after)| {
+                !name.is_empty()
+                    && name
+                        .chars()
+                        .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+                    && after.trim_start().starts_with(':')
+            })
+        })
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// The timestamp a text line starts with, as Unix microseconds: RFC 3339 (what
+/// tracing's fmt writes, `2026-12-02T05:08:50.123456Z`; also journalctl's
+/// short-iso `2026-12-02T05:08:50+0000`), or syslog's `Dec 02 05:08:50[.123456]`
+/// (journalctl -o short: local time, no year; placed in the year that puts it
+/// no more than a day in the future).
+pub fn leading_stamp(line: &str, window: &Window) -> Option<i64> {
+    use time::format_description::well_known::Rfc3339;
+    let mut words = line.split_whitespace();
+    let first = words.next()?;
+    let micros = |t: time::OffsetDateTime| i64::try_from(t.unix_timestamp_nanos() / 1000).ok();
+    if first.as_bytes().first().is_some_and(u8::is_ascii_digit) {
+        if let Ok(t) = time::OffsetDateTime::parse(first, &Rfc3339) {
+            return micros(t);
+        }
+        // short-iso: "+0000" without the colon RFC 3339 wants.
+        let n = first.len();
+        if n > 5 && first.is_char_boundary(n - 5) {
+            let (head, zone) = first.split_at(n - 5);
+            if zone.starts_with(['+', '-']) && zone[1..].bytes().all(|b| b.is_ascii_digit()) {
+                let fixed = format!("{head}{}:{}", &zone[..3], &zone[3..]);
+                return time::OffsetDateTime::parse(&fixed, &Rfc3339)
+                    .ok()
+                    .and_then(micros);
+            }
+        }
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| *m == first)?;
+    let day: u8 = words.next()?.parse().ok()?;
+    let clock = words.next()?;
+    let (hms, frac) = clock.split_once('.').unwrap_or((clock, ""));
+    let mut parts = hms.split(':').map(|p| p.parse::<u8>().ok());
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    if parts.next().is_some() {
+        return None;
+    }
+    let micro: u32 = if frac.is_empty() {
+        0
+    } else {
+        if frac.len() > 6 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        format!("{frac:0<6}").parse().ok()?
+    };
+    let offset = time::UtcOffset::from_whole_seconds(window.utc_offset_secs).ok()?;
+    let now = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(window.now_us) * 1000)
+        .ok()?
+        .to_offset(offset);
+    let month = time::Month::try_from(u8::try_from(month + 1).ok()?).ok()?;
+    let time_of_day = time::Time::from_hms_micro(h, m, s, micro).ok()?;
+    let at = |year: i32| {
+        let date = time::Date::from_calendar_date(year, month, day).ok()?;
+        micros(time::PrimitiveDateTime::new(date, time_of_day).assume_offset(offset))
+    };
+    let day_us = 86_400 * 1_000_000;
+    match at(now.year()) {
+        Some(t) if t <= window.now_us + day_us => Some(t),
+        _ => at(now.year() - 1),
+    }
 }
 
 /// A journal field as text: strings as they are, byte arrays (non-UTF-8 values)
@@ -154,36 +291,82 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
-/// The field under its journal name or its JSON-log name; empty means absent.
-fn field(map: &Map<String, Value>, journal: &str, json: &str) -> Option<String> {
+/// The journal name tracing-journald gives the event field `name` (upper case,
+/// `.` as `_`, other characters dropped), without a prefix.
+pub fn journal_name(name: &str) -> String {
+    name.chars()
+        .map(|c| if c == '.' { '_' } else { c })
+        .skip_while(|&c| c == '_')
+        .filter(|&c| c == '_' || c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect()
+}
+
+/// The event field `name` (as the shipper logs it: `status_code`) of a journal
+/// entry (`STATUS_CODE`, or `F_STATUS_CODE` with tracing-journald's default
+/// prefix) or of a JSON log line (`status_code`); empty means absent.
+fn field(map: &Map<String, Value>, name: &str) -> Option<String> {
+    let journal = journal_name(name);
+    let ours = match JOURNAL_FIELD_PREFIX {
+        Some(p) => format!("{p}_{journal}"),
+        None => journal.clone(),
+    };
+    let default = format!("{TRACING_JOURNALD_DEFAULT_PREFIX}_{journal}");
+    [ours.as_str(), default.as_str(), journal.as_str(), name]
+        .iter()
+        .find_map(|k| map.get(*k).and_then(text).filter(|s| !s.is_empty()))
+}
+
+/// A journal entry's own field (`MESSAGE`, `__REALTIME_TIMESTAMP`): never prefixed.
+fn own(map: &Map<String, Value>, journal: &str, json: &str) -> Option<String> {
     map.get(journal)
         .or_else(|| map.get(json))
         .and_then(text)
         .filter(|s| !s.is_empty())
 }
 
-fn from_object(map: &Map<String, Value>) -> Line {
-    let at_us = field(map, "__REALTIME_TIMESTAMP", "__realtime_timestamp")
+fn stamp_of(map: &Map<String, Value>) -> Option<i64> {
+    own(map, "__REALTIME_TIMESTAMP", "__realtime_timestamp")
         .and_then(|s| s.trim().parse::<i64>().ok())
         .or_else(|| {
-            let stamp = field(map, "TIMESTAMP", "timestamp")?;
+            let stamp = own(map, "TIMESTAMP", "timestamp")?;
             let t =
                 time::OffsetDateTime::parse(&stamp, &time::format_description::well_known::Rfc3339)
                     .ok()?;
             i64::try_from(t.unix_timestamp_nanos() / 1000).ok()
-        });
-    let message = field(map, "MESSAGE", "message").unwrap_or_default();
-    let structured = ShipEvent {
-        outcome: field(map, "OUTCOME", "outcome"),
-        status: field(map, "STATUS_CODE", "status_code").and_then(|s| leading_u16(&s)),
-        problem_type: field(map, "PROBLEM_TYPE", "problem_type"),
-        episode_id: field(map, "EPISODE_ID", "episode_id"),
-        error: field(map, "ERROR", "error"),
-    };
-    let has_outcome = structured.outcome.is_some();
+        })
+}
+
+fn structured(map: &Map<String, Value>) -> ShipEvent {
+    ShipEvent {
+        outcome: field(map, "outcome"),
+        status: field(map, "status_code").and_then(|s| leading_u16(&s)),
+        problem_type: field(map, "problem_type"),
+        episode_id: field(map, "episode_id"),
+        error: field(map, "error"),
+    }
+}
+
+fn from_object(map: &Map<String, Value>) -> Line {
+    let recognised = ["MESSAGE", "message", "__REALTIME_TIMESTAMP", "timestamp"]
+        .iter()
+        .any(|k| map.contains_key(*k));
+    let mut at_us = stamp_of(map);
+    let mut known = structured(map);
+    let mut message = own(map, "MESSAGE", "message").unwrap_or_default();
+    // `--log-format json` under systemd: the journal's MESSAGE is the JSON line.
+    if message.trim_start().starts_with('{')
+        && let Ok(Value::Object(inner)) = serde_json::from_str::<Value>(&message)
+    {
+        at_us = at_us.or_else(|| stamp_of(&inner));
+        known = known.or(structured(&inner));
+        message = own(&inner, "MESSAGE", "message").unwrap_or_default();
+    }
+    let has_outcome = known.outcome.is_some();
     Line {
         at_us,
-        event: from_text(&message, structured, has_outcome),
+        event: from_text(&message, known, has_outcome),
+        recognised,
     }
 }
 
@@ -205,25 +388,17 @@ fn from_text(message: &str, known: ShipEvent, is_ship: bool) -> Event {
             .collect();
         Some(w).filter(|w| !w.is_empty())
     };
-    Event::Ship(ShipEvent {
-        outcome: known
-            .outcome
-            .or_else(|| kv(message, "outcome").and_then(word)),
-        status: known.status.or_else(|| {
-            kv(message, "status")
+    Event::Ship(
+        known.or(ShipEvent {
+            outcome: kv(message, "outcome").and_then(word),
+            status: kv(message, "status")
                 .or_else(|| kv(message, "status_code"))
-                .and_then(|s| leading_u16(&s))
+                .and_then(|s| leading_u16(&s)),
+            problem_type: kv(message, "problem_type").and_then(word),
+            episode_id: kv(message, "episode_id").and_then(word),
+            error: kv(message, "error").filter(|e| !e.is_empty()),
         }),
-        problem_type: known
-            .problem_type
-            .or_else(|| kv(message, "problem_type").and_then(word)),
-        episode_id: known
-            .episode_id
-            .or_else(|| kv(message, "episode_id").and_then(word)),
-        error: known
-            .error
-            .or_else(|| kv(message, "error").filter(|e| !e.is_empty())),
-    })
+    )
 }
 
 fn leading_u16(s: &str) -> Option<u16> {
@@ -231,8 +406,35 @@ fn leading_u16(s: &str) -> Option<u16> {
     digits.parse().ok()
 }
 
+/// A field name as tracing's fmt layer writes it: `status_code`, `log.target`.
+fn is_key(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+}
+
+/// Where an unquoted value ends: at the next ` <key>=`, or the end of the text.
+fn value_end(rest: &str) -> usize {
+    for (i, c) in rest.char_indices() {
+        if !c.is_whitespace() {
+            continue;
+        }
+        let after = rest[i..].trim_start();
+        if let Some((name, _)) = after.split_once('=')
+            && is_key(name)
+        {
+            return i;
+        }
+    }
+    rest.len()
+}
+
 /// The value of `key=value` in free text: the key must start the text or follow
-/// whitespace; a value in double quotes may hold spaces.
+/// whitespace; a value in double quotes (tracing's Debug values) may hold spaces
+/// and escapes; an unquoted value (tracing's Display values, e.g. `error=connect
+/// error: tcp connect error`) runs to the next ` <key>=` or the end of the line.
 fn kv(text: &str, key: &str) -> Option<String> {
     let needle = format!("{key}=");
     let mut from = 0;
@@ -259,8 +461,7 @@ fn kv(text: &str, key: &str) -> Option<String> {
             }
             return Some(out);
         }
-        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
-        return Some(rest[..end].to_owned());
+        return Some(rest[..value_end(rest)].trim_end().to_owned());
     }
     None
 }
@@ -305,10 +506,16 @@ pub struct JournalSummary {
     pub classes: BTreeMap<JournalClass, ClassCount>,
     /// Non-blank lines read.
     pub lines: usize,
-    /// Lines dropped because they are older than the cutoff.
+    /// Lines that are journal entries, log lines or shipper events (see `Line`).
+    pub recognised: usize,
+    /// Lines skipped because they are older than the cutoff…
     pub older: usize,
+    /// …of which ship attempts…
+    pub older_ships: usize,
+    /// …and the oldest of them (Unix microseconds).
+    pub oldest_us: Option<i64>,
     pub passes: usize,
-    /// Ship events that carried no timestamp (plain text): counted, not filtered.
+    /// Ship events that carried no timestamp: counted whatever the window.
     pub untimed: usize,
 }
 
@@ -322,20 +529,34 @@ impl JournalSummary {
     }
 }
 
-/// Classifies the lines; those stamped before `since_cutoff_us` (Unix
-/// microseconds) are dropped.
+/// Classifies the lines; those stamped before `window.cutoff_us` are skipped
+/// (and counted as such).
 pub fn classify_journal<'a>(
     lines: impl IntoIterator<Item = &'a str>,
-    since_cutoff_us: i64,
+    window: &Window,
 ) -> JournalSummary {
     let mut summary = JournalSummary::default();
     for raw in lines {
-        let Some(line) = parse_line(raw) else {
+        let Some(line) = parse_line(raw, window) else {
             continue;
         };
         summary.lines += 1;
-        if line.at_us.is_some_and(|t| t < since_cutoff_us) {
+        if line.recognised {
+            summary.recognised += 1;
+        }
+        if let Some(at) = line.at_us.filter(|t| *t < window.cutoff_us) {
             summary.older += 1;
+            summary.oldest_us = Some(summary.oldest_us.map_or(at, |o| o.min(at)));
+            if let Event::Ship(ship) = &line.event
+                && class_of(
+                    ship.outcome.as_deref(),
+                    ship.status,
+                    ship.problem_type.as_deref(),
+                )
+                .is_some()
+            {
+                summary.older_ships += 1;
+            }
             continue;
         }
         let ship = match line.event {
@@ -429,6 +650,11 @@ pub fn finding(class: JournalClass, count: &ClassCount) -> String {
                 fixes::list(&count.episode_ids, 5)
             }
         ),
+        JournalClass::Repacked => format!(
+            "{n} ship(s) re-packed after a digest/length mismatch ({}){}",
+            details(count),
+            across(count)
+        ),
         JournalClass::Transient => {
             let last = count
                 .last_error
@@ -457,10 +683,62 @@ pub fn finding(class: JournalClass, count: &ClassCount) -> String {
     }
 }
 
-/// The journal row for what was read in the last `since` ("10m") from `source`
-/// ("unit episode-shipper", "file /tmp/j.jsonl").
-pub fn journal_row(summary: &JournalSummary, ctx: &Context, since: &str, source: &str) -> Row {
+/// Where the lines came from and for which window, as the row words it.
+#[derive(Debug, Clone, Copy)]
+pub struct Scope<'a> {
+    /// The window's label: "10m".
+    pub since: &'a str,
+    /// "unit episode-shipper", "file /tmp/j.jsonl".
+    pub source: &'a str,
+    /// `--journal-file`, if the lines came from one.
+    pub journal_file: Option<&'a std::path::Path>,
+    /// Now, Unix microseconds (to say how far back skipped lines go).
+    pub now_us: i64,
+}
+
+/// A `--since` that reaches `age_us` back, with a margin: "45m", "21h", "3d".
+pub fn wider_since(age_us: i64) -> String {
+    let secs = age_us.max(0) / 1_000_000 + 60;
+    let up = |unit: i64| (secs + unit - 1) / unit;
+    if secs < 3600 {
+        format!("{}m", up(60))
+    } else if secs < 86_400 {
+        format!("{}h", up(3600))
+    } else {
+        format!("{}d", up(86_400))
+    }
+}
+
+/// The journal row for what `summary` read, as `scope` says.
+pub fn journal_row(summary: &JournalSummary, ctx: &Context, scope: &Scope<'_>) -> Row {
     let mut row = Row::new(Check::Journal);
+    let Scope {
+        since,
+        source,
+        journal_file,
+        now_us,
+    } = *scope;
+    if summary.lines > 0 && summary.recognised == 0 {
+        row.note(
+            Level::Yellow,
+            format!(
+                "{} line(s) read ({source}), none of them a journal entry or a shipper log line: nothing could be checked",
+                summary.lines
+            ),
+        );
+        let save = format!("`journalctl -u {} -o json > F`", ctx.unit);
+        row.fix(
+            Level::Yellow,
+            match journal_file {
+                Some(_) => format!(
+                    "give --journal-file JSON lines as {save} writes them (not -o json-pretty or export), or the shipper's own log lines; then {}",
+                    ctx.doctor("--journal-file F")
+                ),
+                None => format!("run `journalctl -u {} -o json -n 20` by hand to see what it prints", ctx.unit),
+            },
+        );
+        return row;
+    }
     if summary.ship_events() == 0 {
         let what = if summary.passes > 0 {
             format!(
@@ -471,7 +749,6 @@ pub fn journal_row(summary: &JournalSummary, ctx: &Context, since: &str, source:
             format!("no ship attempts in the last {since} ({source})")
         };
         row.note(Level::Green, what);
-        return row;
     }
     for (&class, count) in &summary.classes {
         let level = class.level();
@@ -501,6 +778,9 @@ pub fn journal_row(summary: &JournalSummary, ctx: &Context, since: &str, source:
             JournalClass::Conflict => {
                 row.fix(level, fixes::conflict(ctx, &count.episode_ids));
             }
+            JournalClass::Repacked => {
+                row.fix(level, fixes::repacked(ctx));
+            }
             JournalClass::Transient => {
                 if count
                     .last_error
@@ -517,6 +797,39 @@ pub fn journal_row(summary: &JournalSummary, ctx: &Context, since: &str, source:
             JournalClass::Clean => {}
         }
     }
+    if summary.older > 0 {
+        // Ship attempts outside the window may be the very incident being looked
+        // at (a saved log): yellow, with the window that reaches them.
+        let level = if summary.older_ships > 0 {
+            Level::Yellow
+        } else {
+            Level::Green
+        };
+        let theirs = if summary.older_ships > 0 {
+            format!(" to see their {} ship attempt(s)", summary.older_ships)
+        } else {
+            String::new()
+        };
+        row.note(
+            level,
+            format!(
+                "{} line(s) older than {since} skipped; widen --since{theirs}",
+                summary.older
+            ),
+        );
+        let wider = wider_since(now_us - summary.oldest_us.unwrap_or(now_us));
+        let args = match journal_file {
+            Some(path) => format!("--since {wider} --journal-file {}", path.display()),
+            None => format!("--since {wider}"),
+        };
+        row.fix(level, format!("{} reads them too", ctx.doctor(&args)));
+    }
+    if summary.untimed > 0 {
+        row.note(
+            Level::Green,
+            format!("({} undated line(s) counted)", summary.untimed),
+        );
+    }
     row
 }
 
@@ -532,6 +845,24 @@ pub fn unreadable_row(reason: &str, fix: &str) -> Row {
 mod tests {
     use super::*;
     use JournalClass as J;
+
+    /// No cutoff; "now" is 2027-01-15T08:00:00Z, in UTC.
+    const W: Window = Window {
+        cutoff_us: 0,
+        now_us: 1_800_000_000_000_000,
+        utc_offset_secs: 0,
+    };
+
+    fn at(cutoff_us: i64) -> Window {
+        Window { cutoff_us, ..W }
+    }
+
+    const SCOPE: Scope<'static> = Scope {
+        since: "10m",
+        source: "unit episode-shipper",
+        journal_file: None,
+        now_us: 1_800_000_000_000_000,
+    };
 
     #[test]
     fn classes_follow_outcome_then_status() {
@@ -590,8 +921,9 @@ mod tests {
                 Some("repack"),
                 Some(400),
                 Some("digest-mismatch"),
-                Some(J::Transient),
+                Some(J::Repacked),
             ),
+            (None, Some(400), Some("length-mismatch"), Some(J::Repacked)),
             // Text without an outcome: the status decides, as the shipper would.
             (None, Some(412), None, Some(J::OutOfWindow)),
             (
@@ -647,7 +979,7 @@ mod tests {
     #[test]
     fn reads_structured_fields_and_plain_text() {
         let structured = ship("fatal", 412, "out-of-window", "E1", 5);
-        let line = parse_line(&structured).unwrap();
+        let line = parse_line(&structured, &W).unwrap();
         assert_eq!(line.at_us, Some(5));
         assert_eq!(
             line.event,
@@ -661,18 +993,18 @@ mod tests {
         );
         // A journal line with only the message text (non-native, older shipper).
         let message_only = journal("ship_result outcome=fatal status=400", &[], 7);
-        let Event::Ship(e) = parse_line(&message_only).unwrap().event else {
+        let Event::Ship(e) = parse_line(&message_only, &W).unwrap().event else {
             panic!("not a ship event");
         };
         assert_eq!((e.outcome.as_deref(), e.status), (Some("fatal"), Some(400)));
         // A syslog-style text line and the shipper's human stderr format.
         let text = "Nov 22 10:00:01 lab1 episode-shipper[811]: ship_result outcome=hold status=401";
-        let Event::Ship(e) = parse_line(text).unwrap().event else {
+        let Event::Ship(e) = parse_line(text, &W).unwrap().event else {
             panic!("not a ship event");
         };
         assert_eq!((e.outcome.as_deref(), e.status), (Some("hold"), Some(401)));
         let fmt = r#"2026-11-22T10:00:00Z ERROR ship_result outcome=fatal status=400 episode_id=E9 outcome="fatal" status_code=400 problem_type="missing-code-commit" error="400 missing-code-commit: no X-Code-Commit""#;
-        let Event::Ship(e) = parse_line(fmt).unwrap().event else {
+        let Event::Ship(e) = parse_line(fmt, &W).unwrap().event else {
             panic!("not a ship event");
         };
         assert_eq!(e.problem_type.as_deref(), Some("missing-code-commit"));
@@ -683,7 +1015,7 @@ mod tests {
         );
         // The shipper's --log-format json.
         let json = r#"{"timestamp":"2026-11-22T10:00:00Z","level":"ERROR","message":"ship_result outcome=fatal status=412","episode_id":"E2","outcome":"fatal","status_code":412,"problem_type":"out-of-window"}"#;
-        let line = parse_line(json).unwrap();
+        let line = parse_line(json, &W).unwrap();
         assert_eq!(line.at_us, Some(1_795_341_600_000_000));
         let Event::Ship(e) = line.event else {
             panic!("not a ship event");
@@ -704,7 +1036,7 @@ mod tests {
             1,
         );
         let pass = journal("pass_complete", &[("SCANNED", "3")], 1);
-        let s = classify_journal([quarantined.as_str(), hold.as_str(), pass.as_str()], 0);
+        let s = classify_journal([quarantined.as_str(), hold.as_str(), pass.as_str()], &W);
         assert_eq!(s.ship_events(), 0);
         assert_eq!(s.passes, 1);
         assert_eq!(s.lines, 3);
@@ -717,7 +1049,10 @@ mod tests {
             .map(|b| Value::from(*b))
             .collect();
         let line = serde_json::json!({"MESSAGE": bytes, "__REALTIME_TIMESTAMP": "9"}).to_string();
-        let s = classify_journal([line.as_str(), r#"{"MESSAGE": null}"#, "not json {", ""], 0);
+        let s = classify_journal(
+            [line.as_str(), r#"{"MESSAGE": null}"#, "not json {", ""],
+            &W,
+        );
         assert_eq!(s.count(J::Transient), 1);
         assert_eq!(s.lines, 3);
     }
@@ -739,7 +1074,7 @@ mod tests {
             // Plain text: no timestamp, always counted.
             "ship_result outcome=fatal status=412".to_owned(),
         ];
-        let s = classify_journal(lines.iter().map(String::as_str), 50);
+        let s = classify_journal(lines.iter().map(String::as_str), &at(50));
         assert_eq!(s.count(J::OutOfWindow), 3);
         assert_eq!(s.count(J::BadRequest), 1);
         assert_eq!(s.count(J::Unauthorized), 2);
@@ -769,8 +1104,8 @@ mod tests {
         lines.insert(0, ship("fatal", 400, "missing-code-commit", "X1", 100));
         lines.push(ship("fatal", 413, "too-large", "X2", 100));
         lines.push(ship("shipped", 201, "", "X3", 100));
-        let s = classify_journal(lines.iter().map(String::as_str), 0);
-        let row = journal_row(&s, &ctx(), "10m", "unit episode-shipper");
+        let s = classify_journal(lines.iter().map(String::as_str), &W);
+        let row = journal_row(&s, &ctx(), &SCOPE);
         assert_eq!(row.level(), Level::Red);
         let findings = row.findings();
         assert_eq!(findings[0], "12 ship(s) rejected as out-of-window (412)");
@@ -793,10 +1128,9 @@ mod tests {
         let c = ctx();
         let row = |lines: Vec<String>| {
             journal_row(
-                &classify_journal(lines.iter().map(String::as_str), 0),
+                &classify_journal(lines.iter().map(String::as_str), &W),
                 &c,
-                "10m",
-                "unit episode-shipper",
+                &SCOPE,
             )
         };
         let empty = row(vec![]);
@@ -851,5 +1185,306 @@ mod tests {
             "sudo usermod -aG systemd-journal $USER",
         );
         assert_eq!(unread.level(), Level::Yellow);
+    }
+
+    #[test]
+    fn unquoted_display_values_run_to_the_next_key() {
+        // tracing's fmt writes Display values (`error = %e`) without quotes.
+        let line = "2026-12-02T05:08:50.123456Z  WARN ship_result outcome=transient status=0 episode_id=E1 outcome=\"transient\" status_code=0 problem_type=\"\" error=mTLS material missing: receiver.client_cert /c/client.pem does not exist (yet) attempt=1 bytes=1000 duration_ms=0";
+        let Event::Ship(e) = parse_line(line, &W).unwrap().event else {
+            panic!("not a ship event");
+        };
+        assert_eq!(
+            e.error.as_deref(),
+            Some("mTLS material missing: receiver.client_cert /c/client.pem does not exist (yet)")
+        );
+        assert_eq!(
+            (e.outcome.as_deref(), e.status),
+            (Some("transient"), Some(0))
+        );
+        assert_eq!(e.problem_type, None);
+        assert_eq!(e.episode_id.as_deref(), Some("E1"));
+        // At the end of the line, and with a quoted value holding `key=`.
+        assert_eq!(
+            kv("a=1 error=connect error: tcp connect error", "error").as_deref(),
+            Some("connect error: tcp connect error")
+        );
+        assert_eq!(
+            kv(r#"error="x y=2 \"q\"" b=3"#, "error").as_deref(),
+            Some(r#"x y=2 "q""#)
+        );
+        assert_eq!(kv("noerror=1 b=2", "error"), None);
+        // The special fix fires for a text log too.
+        let row = journal_row(&classify_journal([line], &W), &ctx(), &SCOPE);
+        assert!(
+            row.finding_line()
+                .ends_with("last: mTLS material missing: receiver.client_cert /c/client.pem does not exist (yet)"),
+            "{}",
+            row.finding_line()
+        );
+        assert!(
+            row.fix_line()
+                .unwrap()
+                .starts_with("the shipper cannot load its TLS material"),
+            "{:?}",
+            row.fix_line()
+        );
+    }
+
+    #[test]
+    fn text_lines_carry_their_leading_timestamp() {
+        let now = W.now_us;
+        let secs = |us: i64| us / 1_000_000;
+        let stamp = |text: &str, w: &Window| leading_stamp(text, w);
+        // tracing fmt (RFC 3339, microseconds), short-iso, short, short-precise.
+        assert_eq!(
+            stamp("2027-01-15T07:59:00.250000Z  INFO ship_result", &W),
+            Some(now - 60_000_000 + 250_000)
+        );
+        assert_eq!(
+            stamp("2027-01-15T09:59:00+0200 lab1 episode-shipper[1]: x", &W).map(secs),
+            Some(secs(now) - 60)
+        );
+        assert_eq!(
+            stamp("Jan 15 07:59:00 lab1 episode-shipper[1]: x", &W).map(secs),
+            Some(secs(now) - 60)
+        );
+        assert_eq!(
+            stamp("Jan 15 07:59:00.5 lab1 x", &W),
+            Some(now - 60_000_000 + 500_000)
+        );
+        // journalctl prints local time: 10:59 at UTC+3 is 07:59Z.
+        let east = Window {
+            utc_offset_secs: 3 * 3600,
+            ..W
+        };
+        assert_eq!(
+            stamp("Jan 15 10:59:00 lab1 x", &east).map(secs),
+            Some(secs(now) - 60)
+        );
+        // No year: December is last year's, seen in January.
+        let dec = stamp("Dec 31 23:00:00 lab1 x", &W).unwrap();
+        assert_eq!(dec / 1_000_000, 1_798_758_000, "2026-12-31T23:00:00Z");
+        for none in [
+            "ship_result outcome=fatal",
+            "Janet 15 07:59:00",
+            "Jan 15 7:59",
+            "12 ship(s)",
+        ] {
+            assert_eq!(stamp(none, &W), None, "{none}");
+        }
+        // Applied to --since: the old text line is skipped, the undated counted.
+        let lines = [
+            "2027-01-15T06:00:00Z ERROR ship_result outcome=fatal status=412 episode_id=OLD",
+            "Jan 15 07:59:00 lab1 episode-shipper[811]: ship_result outcome=fatal status=412",
+            "ship_result outcome=fatal status=400",
+        ];
+        let s = classify_journal(lines, &at(now - 600_000_000));
+        assert_eq!(s.count(J::OutOfWindow), 1);
+        assert_eq!(s.count(J::BadRequest), 1);
+        assert_eq!((s.older, s.older_ships, s.untimed), (1, 1, 1));
+        let row = journal_row(&s, &ctx(), &SCOPE);
+        let findings = row.findings();
+        assert!(
+            findings.contains(&"(1 undated line(s) counted)"),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
+    fn lines_older_than_the_window_are_said_with_the_wider_since() {
+        let now = W.now_us;
+        let hour = 3_600_000_000;
+        let lines = [
+            ship("hold", 401, "unauthorized", "E1", now - 20 * hour),
+            ship("transient", 0, "", "E1", now - 19 * hour),
+            journal("pass_complete", &[], now - 19 * hour),
+        ];
+        let s = classify_journal(lines.iter().map(String::as_str), &at(now - 600_000_000));
+        assert_eq!((s.older, s.older_ships, s.ship_events()), (3, 2, 0));
+        let scope = Scope {
+            source: "file /tmp/y.jsonl",
+            journal_file: Some(std::path::Path::new("/tmp/y.jsonl")),
+            ..SCOPE
+        };
+        let row = journal_row(&s, &ctx(), &scope);
+        assert_eq!(row.level(), Level::Yellow);
+        assert_eq!(
+            row.findings(),
+            [
+                "3 line(s) older than 10m skipped; widen --since to see their 2 ship attempt(s)",
+                "no ship attempts in the last 10m (file /tmp/y.jsonl)",
+            ]
+        );
+        assert_eq!(
+            row.fix_line().unwrap(),
+            "`episode-doctor --since 21h --journal-file /tmp/y.jsonl` reads them too"
+        );
+        // Old lines that are no ship attempts: said, but green.
+        let s = classify_journal(
+            [journal("pass_complete", &[], now - hour)]
+                .iter()
+                .map(String::as_str),
+            &at(now - 600_000_000),
+        );
+        let row = journal_row(&s, &ctx(), &SCOPE);
+        assert_eq!(row.level(), Level::Green);
+        assert!(
+            row.finding_line()
+                .contains("1 line(s) older than 10m skipped")
+        );
+        assert_eq!(wider_since(0), "1m");
+        assert_eq!(wider_since(30 * 60_000_000), "31m");
+        assert_eq!(wider_since(3 * 86_400_000_000), "4d");
+    }
+
+    #[test]
+    fn lines_that_are_no_log_at_all_make_the_row_yellow() {
+        // `journalctl -o json-pretty`: fragments, and a MESSAGE line that would
+        // otherwise be counted without its time.
+        let pretty = [
+            "{",
+            "\t\"__REALTIME_TIMESTAMP\" : \"1800000000000000\",",
+            "\t\"MESSAGE\" : \"ship_result outcome=fatal status=412\",",
+            "\t\"OUTCOME\" : \"fatal\"",
+            "}",
+        ];
+        for lines in [&pretty[..], &["hello", "world"][..]] {
+            let s = classify_journal(lines.iter().copied(), &W);
+            assert_eq!((s.recognised, s.ship_events()), (0, 0), "{lines:?}");
+            let scope = Scope {
+                source: "file F",
+                journal_file: Some(std::path::Path::new("F")),
+                ..SCOPE
+            };
+            let row = journal_row(&s, &ctx(), &scope);
+            assert_eq!(row.level(), Level::Yellow);
+            assert!(
+                row.finding_line().contains("none of them a journal entry"),
+                "{}",
+                row.finding_line()
+            );
+            assert!(
+                row.fix_line()
+                    .unwrap()
+                    .contains("`journalctl -u episode-shipper -o json > F`")
+            );
+        }
+        // One recognisable line among noise is enough.
+        let s = classify_journal(["noise", "2027-01-15T07:00:00Z  INFO scan_complete"], &W);
+        assert_eq!(journal_row(&s, &ctx(), &SCOPE).level(), Level::Green);
+    }
+
+    #[test]
+    fn journal_field_names_match_the_logging_setup() {
+        // common::logging builds the journald layer with_field_prefix(None), and
+        // the doctor reads exactly that (plus tracing-journald's default "F").
+        let logging = include_str!("../../../common/src/logging.rs");
+        let configured = match JOURNAL_FIELD_PREFIX {
+            None => ".with_field_prefix(None)".to_owned(),
+            Some(p) => format!(".with_field_prefix(Some({p:?}.into()))"),
+        };
+        assert!(
+            logging.contains(&configured),
+            "common/src/logging.rs no longer says {configured}: update JOURNAL_FIELD_PREFIX"
+        );
+        // tracing-journald's name mangling of the shipper's field names.
+        assert_eq!(journal_name("status_code"), "STATUS_CODE");
+        assert_eq!(journal_name("log.target"), "LOG_TARGET");
+        assert_eq!(journal_name("_x-y"), "XY");
+        // Records with the default prefix read the same as unprefixed ones.
+        let prefixed = serde_json::json!({
+            "__REALTIME_TIMESTAMP": "5",
+            "MESSAGE": "ship_result outcome=fatal status=412",
+            "F_OUTCOME": "fatal",
+            "F_STATUS_CODE": "412",
+            "F_PROBLEM_TYPE": "out-of-window",
+            "F_EPISODE_ID": "E1",
+            "F_ERROR": "412 out-of-window: too old",
+        })
+        .to_string();
+        let plain = ship("fatal", 412, "out-of-window", "E1", 5);
+        let Event::Ship(a) = parse_line(&prefixed, &W).unwrap().event else {
+            panic!("not a ship event")
+        };
+        let Event::Ship(b) = parse_line(&plain, &W).unwrap().event else {
+            panic!("not a ship event")
+        };
+        assert_eq!(a.problem_type, b.problem_type);
+        assert_eq!(
+            (a.outcome, a.status, a.episode_id),
+            (b.outcome, b.status, b.episode_id)
+        );
+        assert_eq!(a.error.as_deref(), Some("412 out-of-window: too old"));
+    }
+
+    #[test]
+    fn a_json_log_line_as_the_journal_message_is_read_structured() {
+        // `--log-format json` under systemd: stderr becomes MESSAGE.
+        let inner = r#"{"timestamp":"2027-01-15T07:59:00.000001Z","level":"WARN","message":"ship_result outcome=repack status=400","episode_id":"E5","outcome":"repack","status_code":400,"problem_type":"digest-mismatch","error":"400 digest-mismatch: Repr-Digest differs","attempt":1}"#;
+        let entry = serde_json::json!({
+            "MESSAGE": inner,
+            "__REALTIME_TIMESTAMP": "1799999940000000",
+            "_SYSTEMD_UNIT": "episode-shipper.service",
+        })
+        .to_string();
+        let line = parse_line(&entry, &W).unwrap();
+        assert_eq!(line.at_us, Some(1_799_999_940_000_000));
+        assert_eq!(
+            line.event,
+            Event::Ship(ShipEvent {
+                outcome: Some("repack".into()),
+                status: Some(400),
+                problem_type: Some("digest-mismatch".into()),
+                episode_id: Some("E5".into()),
+                error: Some("400 digest-mismatch: Repr-Digest differs".into()),
+            })
+        );
+        // Without the journal's stamp, the line's own timestamp counts.
+        let bare = serde_json::json!({ "MESSAGE": inner }).to_string();
+        assert_eq!(
+            parse_line(&bare, &W).unwrap().at_us,
+            Some(1_799_999_940_000_001)
+        );
+    }
+
+    #[test]
+    fn a_repack_has_its_own_line_after_the_rejections() {
+        let lines = [
+            ship("repack", 400, "digest-mismatch", "R1", 1),
+            ship("repack", 400, "length-mismatch", "R1", 1),
+            ship("fatal", 400, "missing-code-commit", "X1", 1),
+            ship("fatal", 412, "out-of-window", "E1", 1),
+            ship("transient", 503, "", "T1", 1),
+        ];
+        let s = classify_journal(lines.iter().map(String::as_str), &W);
+        let row = journal_row(&s, &ctx(), &SCOPE);
+        let findings = row.findings();
+        assert!(
+            findings[0].starts_with("1 ship(s) rejected as out-of-window"),
+            "{findings:?}"
+        );
+        assert!(
+            findings[1].starts_with("1 ship(s) rejected as bad request (400 missing-code-commit"),
+            "{findings:?}"
+        );
+        assert_eq!(
+            findings[2],
+            "2 ship(s) re-packed after a digest/length mismatch (400 digest-mismatch ×1, 400 length-mismatch ×1) across 1 episode(s)"
+        );
+        assert!(
+            findings[3].starts_with("1 transient failure(s) (503 ×1)"),
+            "{findings:?}"
+        );
+        let fixes = row.fixes();
+        assert!(
+            fixes
+                .iter()
+                .any(|f| f.contains("dmesg") && f.contains("`episode-shipper status`")),
+            "{fixes:?}"
+        );
+        // Alone it is yellow.
+        let s = classify_journal([lines[0].as_str()], &W);
+        assert_eq!(journal_row(&s, &ctx(), &SCOPE).level(), Level::Yellow);
     }
 }

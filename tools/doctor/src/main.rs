@@ -36,9 +36,10 @@ struct Cli {
     #[arg(long, default_value = "10min", value_parser = since::parse)]
     since: Duration,
     /// The shipper's systemd unit.
-    #[arg(long, default_value = "episode-shipper")]
+    #[arg(long, default_value = episode_doctor::fixes::DEFAULT_UNIT)]
     unit: String,
-    /// Read journal JSON lines (as from `journalctl -o json`) from this file instead of journalctl.
+    /// Read journal JSON lines (as from `journalctl -o json`), or the shipper's own text or JSON log
+    /// lines, from this file instead of journalctl.
     #[arg(long)]
     journal_file: Option<PathBuf>,
 }

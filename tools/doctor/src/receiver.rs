@@ -2,11 +2,12 @@
 //!
 //! `probe` calls `episode_shipper::transport::Transport::health` (same TLS setup,
 //! credentials, token and headers as the daemon: no second HTTP client) under a
-//! deadline and times it; `receiver_row` judges the answer (pure): 200 is green
-//! (yellow when the receiver's clock and ours differ by more than a minute,
-//! the usual cause of 412s); 401/403/404 are red with the credential or URL fix;
-//! 408/429/5xx are yellow (the shipper retries by itself); no answer is red with
-//! the transport's own words. Sends nothing but the health request.
+//! deadline and times it; `receiver_row` judges the answer (pure), saying how
+//! long every answer took: 200 is green (yellow when the receiver's clock and
+//! ours differ by more than a minute, the usual cause of 412s); 401/403/404 are
+//! red with the credential or URL fix; 408/429/5xx are yellow (the shipper
+//! retries by itself); no answer is red with the transport's own words. Sends
+//! nothing but the health request.
 
 use std::time::{Duration, Instant};
 
@@ -166,11 +167,17 @@ pub fn receiver_row(health: &Health, url: &str, ctx: &Context) -> Row {
                     }
                 }
                 401 => {
-                    row.note(Level::Red, format!("{said} from {endpoint}"));
+                    row.note(
+                        Level::Red,
+                        format!("{said} from {endpoint} in {latency_ms} ms"),
+                    );
                     row.fix(Level::Red, fixes::unauthorized(ctx));
                 }
                 403 => {
-                    row.note(Level::Red, format!("{said} from {endpoint}"));
+                    row.note(
+                        Level::Red,
+                        format!("{said} from {endpoint} in {latency_ms} ms"),
+                    );
                     row.fix(Level::Red, fixes::forbidden(ctx));
                 }
                 408 | 429 | 500 | 502..=599 => {
@@ -180,12 +187,15 @@ pub fn receiver_row(health: &Health, url: &str, ctx: &Context) -> Row {
                         .unwrap_or_default();
                     row.note(
                         Level::Yellow,
-                        format!("{said}{reason} from {endpoint}: the receiver is up but not accepting now"),
+                        format!("{said}{reason} from {endpoint} in {latency_ms} ms: the receiver is up but not accepting now"),
                     );
                     row.fix(Level::Yellow, fixes::transient(ctx));
                 }
                 _ => {
-                    row.note(Level::Red, format!("{said} from {endpoint}"));
+                    row.note(
+                        Level::Red,
+                        format!("{said} from {endpoint} in {latency_ms} ms"),
+                    );
                     row.fix(Level::Red, fixes::misdirected(ctx));
                 }
             }
@@ -240,11 +250,33 @@ mod tests {
         assert!(row.fix_line().unwrap().contains("/etc/t"));
         let row = receiver_row(&answer(403, "403 forbidden-identity: x", None), url, &ctx());
         assert!(row.fix_line().unwrap().contains("host_id \"lab1\""));
+        assert!(
+            row.finding_line().ends_with(" in 3 ms"),
+            "{}",
+            row.finding_line()
+        );
         let row = receiver_row(&answer(404, "HTTP 404", None), url, &ctx());
         assert_eq!(row.level(), Level::Red);
         assert!(row.fix_line().unwrap().contains("receiver.url (?)"));
+        assert_eq!(
+            receiver_row(
+                &answer(401, "401 unauthorized: no token", None),
+                url,
+                &ctx()
+            )
+            .finding_line(),
+            "401 unauthorized: no token from https://r:8443/v1/health in 3 ms"
+        );
+        assert_eq!(
+            row.finding_line(),
+            "HTTP 404 from https://r:8443/v1/health in 3 ms"
+        );
         let row = receiver_row(&answer(503, "HTTP 503", None), url, &ctx());
         assert_eq!(row.level(), Level::Yellow);
+        assert_eq!(
+            row.finding_line(),
+            "HTTP 503 from https://r:8443/v1/health in 3 ms: the receiver is up but not accepting now"
+        );
         assert!(row.fix_line().unwrap().contains("`episode-shipper ping`"));
         let row = receiver_row(&answer(501, "HTTP 501", None), url, &ctx());
         assert_eq!(row.level(), Level::Red);

@@ -1,20 +1,27 @@
 //! The service row: what systemd says about the shipper's unit.
 //!
 //! Owns asking `systemctl show <unit> -p LoadState,ActiveState,SubState,NRestarts,
-//! WatchdogUSec,Result,ExecMainStatus` (the I/O, in `probe`) and judging the
-//! answer (pure, in `service_row`): running, restarting, failed (exit 78 = bad
-//! configuration), not installed; restarts and the watchdog. A host without
+//! WatchdogUSec,Result,ExecMainStatus,ExecStartPre` (the I/O, in `probe`) and
+//! judging the answer (pure, in `service_row`): running, restarting, failed, not
+//! installed; restarts and the watchdog. A bad configuration shows as exit 78:
+//! of the main process (`run` exits 78; the unit's `ExecStartPre=-… check` is
+//! allowed to fail), or of an `ExecStartPre` check that is not allowed to fail
+//! (units installed before the `-`), which systemd restarts over and over. A host without
 //! systemctl, or where systemd is not running, gets a yellow row that says so.
 //! Starts and stops nothing.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::fixes::Context;
 use crate::report::{Check, Level, Row};
 use crate::source::{Tool, run_tool};
 
 pub const PROPERTIES: &str =
-    "LoadState,ActiveState,SubState,NRestarts,WatchdogUSec,Result,ExecMainStatus";
+    "LoadState,ActiveState,SubState,NRestarts,WatchdogUSec,Result,ExecMainStatus,ExecStartPre";
+
+/// The exit status of a bad configuration (`episode_common::EXIT_CONFIG`).
+const CONFIG_STATUS: &str = "78";
 
 /// Asks systemctl about `unit`.
 pub fn probe(unit: &str) -> Tool {
@@ -39,18 +46,47 @@ pub fn parse_show(text: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The command line of an `ExecStartPre` that exited 78 and may not fail, from
+/// `systemctl show` lines such as `ExecStartPre={ path=/usr/local/bin/episode-shipper ;
+/// argv[]=/usr/local/bin/episode-shipper --config F check ; ignore_errors=no ; … ;
+/// code=exited ; status=78 }` (one line per command).
+pub fn failed_prestart(text: &str) -> Option<String> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("ExecStartPre="))
+        .find_map(|value| {
+            let inner = value.trim().strip_prefix('{')?.strip_suffix('}')?;
+            let parts: BTreeMap<&str, &str> = inner
+                .split(" ; ")
+                .filter_map(|p| p.trim().split_once('='))
+                .map(|(k, v)| (k.trim(), v.trim()))
+                .collect();
+            let failed = parts.get("ignore_errors").is_none_or(|v| *v == "no")
+                && parts.get("code") == Some(&"exited")
+                && parts.get("status") == Some(&CONFIG_STATUS);
+            failed.then(|| {
+                parts
+                    .get("argv[]")
+                    .or_else(|| parts.get("path"))
+                    .copied()
+                    .unwrap_or("?")
+                    .to_owned()
+            })
+        })
+}
+
 /// A watchdog value that means "off".
 fn watchdog_off(value: &str) -> bool {
     matches!(value, "" | "0" | "infinity")
 }
 
-/// The service row from what systemctl did.
-pub fn service_row(tool: &Tool, unit: &str) -> Row {
+/// The service row from what systemctl did, for the unit `ctx.unit`.
+pub fn service_row(tool: &Tool, ctx: &Context) -> Row {
+    let unit = ctx.unit.as_str();
     let mut row = Row::new(Check::Service);
     let logs = format!("`journalctl -u {unit} -n 50` shows why");
     let by_hand =
         "check the shipper by hand: `pgrep -a episode-shipper`; its service state needs systemd";
-    let props = match tool {
+    let stdout = match tool {
         Tool::NotFound => {
             row.note(
                 Level::Yellow,
@@ -89,8 +125,9 @@ pub fn service_row(tool: &Tool, unit: &str) -> Row {
             );
             return row;
         }
-        Tool::Ran { stdout, .. } => parse_show(stdout),
+        Tool::Ran { stdout, .. } => stdout,
     };
+    let props = parse_show(stdout);
     let get = |k: &str| props.get(k).map(String::as_str).unwrap_or("");
     let (load, active, sub, result) = (
         get("LoadState"),
@@ -126,6 +163,16 @@ pub fn service_row(tool: &Tool, unit: &str) -> Row {
         _ => {}
     }
     let state = format!("{active} ({sub})");
+    // Exit 78 of `run`, or of a check the unit does not let fail.
+    let bad_config = if get("ExecMainStatus") == CONFIG_STATUS {
+        Some("exit 78".to_owned())
+    } else {
+        failed_prestart(stdout).map(|argv| format!("ExecStartPre `{argv}` exited 78"))
+    };
+    let config_fix = format!(
+        "{} names the file and key; fix it, then `sudo systemctl restart {unit}`",
+        ctx.shipper("check")
+    );
     match (active, sub) {
         ("active", _) => {
             let watchdog_text = if watchdog_off(watchdog) {
@@ -137,6 +184,14 @@ pub fn service_row(tool: &Tool, unit: &str) -> Row {
                 Level::Green,
                 format!("{state}, {restarts} restart(s), {watchdog_text}"),
             );
+        }
+        ("activating", "auto-restart") | ("failed", _) if bad_config.is_some() => {
+            let what = bad_config.as_deref().unwrap_or_default();
+            row.note(
+                Level::Red,
+                format!("{state}: {what}, the configuration is wrong (see the config row)"),
+            );
+            row.fix(Level::Red, config_fix);
         }
         ("activating", "auto-restart") => {
             row.note(
@@ -153,24 +208,11 @@ pub fn service_row(tool: &Tool, unit: &str) -> Row {
             );
         }
         ("failed", _) => {
-            if get("ExecMainStatus") == "78" {
-                row.note(
-                    Level::Red,
-                    format!("{state}: exit 78, the configuration is wrong (see the config row)"),
-                );
-                row.fix(
-                    Level::Red,
-                    format!(
-                        "`episode-shipper check` names the file and key; fix it, then `sudo systemctl restart {unit}`"
-                    ),
-                );
-            } else {
-                row.note(Level::Red, format!("{state}: result {result}"));
-                row.fix(
-                    Level::Red,
-                    format!("{logs} it failed; then `sudo systemctl restart {unit}`"),
-                );
-            }
+            row.note(Level::Red, format!("{state}: result {result}"));
+            row.fix(
+                Level::Red,
+                format!("{logs} it failed; then `sudo systemctl restart {unit}`"),
+            );
         }
         ("inactive", _) => {
             row.note(
@@ -229,11 +271,19 @@ mod tests {
         }
     }
 
+    fn ctx() -> Context {
+        Context {
+            config_path: episode_shipper::config::DEFAULT_PATH.into(),
+            unit: "episode-shipper".into(),
+            ..Context::default()
+        }
+    }
+
     const RUNNING: &str = "LoadState=loaded\nActiveState=active\nSubState=running\nNRestarts=0\nWatchdogUSec=3min\nResult=success\nExecMainStatus=0\n";
 
     #[test]
     fn judges_the_unit() {
-        let row = service_row(&show(RUNNING), "episode-shipper");
+        let row = service_row(&show(RUNNING), &ctx());
         assert_eq!(row.level(), Level::Green);
         assert_eq!(
             row.finding_line(),
@@ -277,7 +327,7 @@ mod tests {
             ),
         ];
         for (text, level, says) in table {
-            let row = service_row(&show(text), "episode-shipper");
+            let row = service_row(&show(text), &ctx());
             assert_eq!(row.level(), *level, "{text}");
             assert!(
                 row.finding_line().contains(says),
@@ -290,7 +340,7 @@ mod tests {
 
     #[test]
     fn no_systemd_is_yellow_with_the_reason() {
-        let row = service_row(&Tool::NotFound, "episode-shipper");
+        let row = service_row(&Tool::NotFound, &ctx());
         assert_eq!(row.level(), Level::Yellow);
         assert!(row.finding_line().contains("systemctl not found"));
         let row = service_row(
@@ -300,9 +350,88 @@ mod tests {
                 stdout: String::new(),
                 stderr: "System has not been booted with systemd as init system (PID 1). Can't operate.\n".into(),
             },
-            "episode-shipper",
+            &ctx(),
         );
         assert_eq!(row.level(), Level::Yellow);
         assert!(row.finding_line().contains("not been booted with systemd"));
+    }
+
+    /// `systemctl show -p …,ExecStartPre` of an installed unit whose check ran.
+    fn prestart(ignore_errors: &str, status: u16) -> String {
+        format!(
+            "ExecStartPre={{ path=/usr/local/bin/episode-shipper ; argv[]=/usr/local/bin/episode-shipper --config /etc/episode-shipper/shipper.toml check ; ignore_errors={ignore_errors} ; start_time=[Wed 2026-12-02 05:08:50 UTC] ; stop_time=[Wed 2026-12-02 05:08:50 UTC] ; pid=811 ; code=exited ; status={status} }}\n"
+        )
+    }
+
+    #[test]
+    fn a_bad_config_is_seen_in_the_main_status_or_a_check_that_may_not_fail() {
+        // Current unit: the check may fail (`-`), `run` then exits 78 itself.
+        let current = format!(
+            "LoadState=loaded\nActiveState=failed\nSubState=failed\nNRestarts=0\nResult=exit-code\nExecMainStatus=78\n{}",
+            prestart("yes", 78)
+        );
+        // Older unit without `-`: the check fails the start, systemd restarts it
+        // every RestartSec, and `run` never ran.
+        let older = format!(
+            "LoadState=loaded\nActiveState=activating\nSubState=auto-restart\nNRestarts=41\nResult=exit-code\nExecMainStatus=0\n{}",
+            prestart("no", 78)
+        );
+        let older_failed = format!(
+            "LoadState=loaded\nActiveState=failed\nSubState=failed\nResult=exit-code\nExecMainStatus=0\n{}",
+            prestart("no", 78)
+        );
+        for (text, says) in [
+            (
+                &current,
+                "failed (failed): exit 78, the configuration is wrong",
+            ),
+            (
+                &older,
+                "activating (auto-restart): ExecStartPre `/usr/local/bin/episode-shipper --config /etc/episode-shipper/shipper.toml check` exited 78, the configuration is wrong",
+            ),
+            (&older_failed, "ExecStartPre `"),
+        ] {
+            let row = service_row(&show(text), &ctx());
+            assert_eq!(row.level(), Level::Red, "{text}");
+            assert!(row.finding_line().contains(says), "{}", row.finding_line());
+            assert!(
+                row.fix_line()
+                    .unwrap()
+                    .starts_with("`episode-shipper check` names the file and key"),
+                "{:?}",
+                row.fix_line()
+            );
+        }
+        // A check that may fail, or one that passed, is no finding of its own.
+        for text in [
+            format!(
+                "LoadState=loaded\nActiveState=activating\nSubState=auto-restart\nNRestarts=2\nResult=exit-code\nExecMainStatus=1\n{}",
+                prestart("yes", 78)
+            ),
+            format!(
+                "LoadState=loaded\nActiveState=activating\nSubState=auto-restart\nNRestarts=2\nResult=exit-code\nExecMainStatus=1\n{}",
+                prestart("no", 0)
+            ),
+        ] {
+            let row = service_row(&show(&text), &ctx());
+            assert!(row.finding_line().contains("crash loop"), "{text}");
+            assert!(!row.finding_line().contains("configuration"), "{text}");
+        }
+        assert_eq!(failed_prestart("ExecStartPre=\n"), None);
+    }
+
+    #[test]
+    fn the_config_fix_names_the_config_the_doctor_used() {
+        let c = Context {
+            config_path: "/srv/shipper.toml".into(),
+            unit: "shipper-b".into(),
+            ..ctx()
+        };
+        let text = "LoadState=loaded\nActiveState=failed\nSubState=failed\nResult=exit-code\nExecMainStatus=78\n";
+        let row = service_row(&show(text), &c);
+        assert_eq!(
+            row.fix_line().unwrap(),
+            "`episode-shipper check --config /srv/shipper.toml` names the file and key; fix it, then `sudo systemctl restart shipper-b`"
+        );
     }
 }

@@ -1,8 +1,10 @@
 //! The real `episode-doctor` binary against hand-built hosts: fixture journals for
-//! every class (structured, plain text, too old, empty), journalctl missing or
-//! denied (fakes on PATH), certificates made with rcgen (valid, expiring in a
-//! day, expired, mismatched), a dead and a live receiver, backlog, quarantine and
-//! hold state, the `--json` schema and the exit codes.
+//! every class (structured, plain text, the shipper's own text and JSON log lines
+//! from a real pass, too old, undated, unrecognisable, empty, unreadable),
+//! journalctl missing, denied, partial or silent (fakes on PATH), certificates
+//! made with rcgen (valid, expiring in a day, expired, expired intermediate,
+//! mismatched, over http://), a dead and a live receiver, backlog, quarantine and
+//! hold state, the `--json` schema, colour on a terminal and the exit codes.
 
 mod support;
 
@@ -27,7 +29,9 @@ fn every_journal_class_is_counted_with_412_listed_before_400() {
         ship_line("hold", 401, "unauthorized", "E401", m),
         ship_line("hold", 401, "unauthorized", "E401", m),
         ship_line("hold", 403, "forbidden-identity", "E403", m),
+        ship_line("hold", 404, "", "E404", m),
         ship_line("conflict", 409, "conflict", "E409", m),
+        ship_line("repack", 400, "digest-mismatch", "ER", m),
         ship_line("transient", 503, "", "E503", m),
         ship_line("transient", 429, "too-many-uploads", "E429", m),
         ship_line("transient", 0, "", "E0", m),
@@ -56,7 +60,9 @@ fn every_journal_class_is_counted_with_412_listed_before_400() {
         "3 ship(s) rejected as bad request (400 missing-code-commit ×2, 413 too-large ×1)",
         "2 ship(s) refused as unauthorized (401",
         "1 ship(s) refused as forbidden (403",
+        "1 ship(s) answered 404 ×1: the URL is not an episode receiver; shipping is on hold",
         "1 conflict(s) (409): another archive is stored under E409",
+        "1 ship(s) re-packed after a digest/length mismatch (400 digest-mismatch ×1)",
         "3 transient failure(s) (connection ×1, 429 too-many-uploads ×1, 503 ×1)",
         "2 shipped (1 already present)",
     ];
@@ -77,7 +83,10 @@ fn every_journal_class_is_counted_with_412_listed_before_400() {
         "max_episode_bytes",
         "receiver.bearer_token_file",
         "must equal host_id \"lab1\"",
+        "receiver.url (https://127.0.0.1:1) does not point at an episode receiver",
         "E409",
+        "dmesg",
+        "`episode-shipper status --config",
         "`episode-shipper ping --config",
     ] {
         assert!(fix.contains(want), "{want:?} not in {fix:?}");
@@ -88,22 +97,45 @@ fn every_journal_class_is_counted_with_412_listed_before_400() {
     );
 }
 
+/// `at` as tracing's fmt layer stamps a line (RFC 3339 UTC).
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap()
+}
+
+/// `at` as `journalctl -o short` stamps a line, in UTC (the tests run with TZ=UTC).
+fn syslog(at: time::OffsetDateTime) -> String {
+    let f = time::macros::format_description!("[month repr:short] [day] [hour]:[minute]:[second]");
+    at.format(&f).unwrap()
+}
+
 #[test]
-fn plain_text_lines_are_classified_from_the_message() {
+fn plain_text_lines_are_classified_from_the_message_and_their_stamp() {
     let env = Env::new(DEAD_URL);
+    let now = time::OffsetDateTime::now_utc();
+    let recent = now - time::Duration::minutes(1);
+    let old = now - time::Duration::hours(2);
     let journal = env.journal_file(
         "plain.txt",
         &[
             // Journal JSON with only MESSAGE (non-native logging).
             text_line("ship_result outcome=fatal status=412", MINUTE),
             text_line("ship_result outcome=fatal status=400", MINUTE),
-            // Not JSON at all: syslog-style and the shipper's text format.
-            "Nov 22 10:00:01 lab1 episode-shipper[811]: ship_result outcome=fatal status=412".into(),
-            r#"2026-11-22T10:00:02Z ERROR ship_result outcome=fatal status=400 episode_id=E9 outcome="fatal" status_code=400 problem_type="missing-code-commit""#.into(),
+            // Not JSON at all: journalctl -o short and the shipper's text format.
+            format!("{} lab1 episode-shipper[811]: ship_result outcome=fatal status=412", syslog(recent)),
+            format!(r#"{}  ERROR ship_result outcome=fatal status=400 episode_id=E9 outcome="fatal" status_code=400 problem_type="missing-code-commit""#, rfc3339(recent)),
+            // Older than --since by their own stamps: skipped.
+            format!("{} lab1 episode-shipper[811]: ship_result outcome=hold status=401", syslog(old)),
+            format!(r#"{}  ERROR ship_result outcome=hold status=403 episode_id=E8"#, rfc3339(old)),
+            // No stamp at all (journalctl -o cat): counted, and said.
+            "ship_result outcome=conflict status=409 episode_id=E7".into(),
             "random noise without any fields".into(),
         ],
     );
-    let run = env.doctor_json(&["--journal-file", journal.to_str().unwrap()]);
+    let run = env.doctor_json_env(
+        &["--journal-file", journal.to_str().unwrap()],
+        &[("TZ", "UTC")],
+    );
     assert_eq!(run.level("journal"), "red", "{}", run.show());
     let finding = run.finding("journal");
     assert!(
@@ -113,10 +145,44 @@ fn plain_text_lines_are_classified_from_the_message() {
         "{finding}"
     );
     assert!(finding.contains("400 missing-code-commit ×1"), "{finding}");
+    assert!(
+        !finding.contains("unauthorized") && !finding.contains("forbidden"),
+        "{finding}"
+    );
+    assert!(
+        finding.contains(
+            "2 line(s) older than 10m skipped; widen --since to see their 2 ship attempt(s)"
+        ),
+        "{finding}"
+    );
+    assert!(finding.contains("1 conflict(s)"), "{finding}");
+    assert!(
+        finding.ends_with("(1 undated line(s) counted)"),
+        "{finding}"
+    );
+    // The same syslog stamp read in a zone 3 hours east of UTC is 3 hours older.
+    let east = env.journal_file(
+        "east.txt",
+        &[format!(
+            "{} lab1 episode-shipper[811]: ship_result outcome=fatal status=412",
+            syslog(recent)
+        )],
+    );
+    let run = env.doctor_json_env(
+        &["--journal-file", east.to_str().unwrap()],
+        &[("TZ", "XYZ-3")],
+    );
+    assert_eq!(run.level("journal"), "yellow", "{}", run.show());
+    assert!(
+        run.finding("journal")
+            .starts_with("1 line(s) older than 10m skipped"),
+        "{}",
+        run.show()
+    );
 }
 
 #[test]
-fn lines_older_than_since_are_ignored() {
+fn lines_older_than_since_are_skipped_and_said() {
     let env = Env::new(DEAD_URL);
     let journal = env.journal_file(
         "old.jsonl",
@@ -128,16 +194,94 @@ fn lines_older_than_since_are_ignored() {
     );
     let path = journal.to_str().unwrap();
     let recent = env.doctor_json(&["--journal-file", path, "--since", "10min"]);
-    assert_eq!(recent.level("journal"), "green", "{}", recent.show());
-    assert_eq!(recent.finding("journal"), "1 shipped");
+    assert_eq!(recent.level("journal"), "yellow", "{}", recent.show());
+    assert_eq!(
+        recent.finding("journal"),
+        "2 line(s) older than 10m skipped; widen --since to see their 2 ship attempt(s); 1 shipped"
+    );
+    assert_eq!(
+        recent.fix("journal"),
+        format!(
+            "`episode-doctor --since 3h --journal-file {path} --config {}` reads them too",
+            env.config.display()
+        )
+    );
     let wide = env.doctor_json(&["--journal-file", path, "--since", "3h"]);
     assert_eq!(wide.level("journal"), "red", "{}", wide.show());
     assert!(
         wide.finding("journal")
             .starts_with("2 ship(s) rejected as out-of-window")
     );
+    assert!(!wide.finding("journal").contains("skipped"));
     let compound = env.doctor_json(&["--journal-file", path, "--since", "1h30m"]);
-    assert_eq!(compound.level("journal"), "green");
+    assert_eq!(compound.level("journal"), "yellow");
+    assert!(
+        compound
+            .finding("journal")
+            .contains("older than 1h30m skipped")
+    );
+}
+
+#[test]
+fn yesterdays_saved_log_is_not_green() {
+    let env = Env::new(DEAD_URL);
+    let day = 24 * HOUR;
+    let journal = env.journal_file(
+        "incident.jsonl",
+        &[
+            ship_line("hold", 401, "unauthorized", "E1", day),
+            ship_line("hold", 401, "unauthorized", "E2", day - MINUTE),
+        ],
+    );
+    let path = journal.to_str().unwrap();
+    let run = env.doctor_json(&["--journal-file", path]);
+    assert_eq!(run.level("journal"), "yellow", "{}", run.show());
+    assert_eq!(
+        run.finding("journal"),
+        format!(
+            "2 line(s) older than 10m skipped; widen --since to see their 2 ship attempt(s); no ship attempts in the last 10m (file {path})"
+        )
+    );
+    assert!(
+        run.fix("journal")
+            .starts_with(&format!("`episode-doctor --since 2d --journal-file {path}")),
+        "{}",
+        run.show()
+    );
+    // Following the fix shows the incident.
+    let run = env.doctor_json(&["--journal-file", path, "--since", "2d"]);
+    assert!(
+        run.finding("journal")
+            .starts_with("2 ship(s) refused as unauthorized"),
+        "{}",
+        run.show()
+    );
+}
+
+#[test]
+fn a_file_with_nothing_recognisable_is_yellow() {
+    let env = Env::new(DEAD_URL);
+    let at = micros_ago(MINUTE);
+    // What `journalctl -o json-pretty` writes.
+    let pretty = format!(
+        "{{\n\t\"__REALTIME_TIMESTAMP\" : \"{at}\",\n\t\"MESSAGE\" : \"ship_result outcome=fatal status=412\",\n\t\"OUTCOME\" : \"fatal\",\n\t\"STATUS_CODE\" : \"412\"\n}}"
+    );
+    let journal = env.journal_file("pretty.json", &[pretty]);
+    let path = journal.to_str().unwrap();
+    let run = env.doctor_json(&["--journal-file", path]);
+    assert_eq!(run.level("journal"), "yellow", "{}", run.show());
+    assert_eq!(
+        run.finding("journal"),
+        format!(
+            "6 line(s) read (file {path}), none of them a journal entry or a shipper log line: nothing could be checked"
+        )
+    );
+    assert!(
+        run.fix("journal")
+            .contains("`journalctl -u episode-shipper -o json > F`"),
+        "{}",
+        run.show()
+    );
 }
 
 #[test]
@@ -684,5 +828,328 @@ fn the_service_row_reads_systemctl() {
     let run = env.doctor_json(&["--unit", "episode-shipper"]);
     assert_eq!(run.level("service"), "red", "{}", run.show());
     assert!(run.finding("service").contains("exit 78"));
-    assert!(run.fix("service").contains("`episode-shipper check`"));
+    assert!(
+        run.fix("service").starts_with(&format!(
+            "`episode-shipper check --config {}` names the file and key",
+            env.config.display()
+        )),
+        "{}",
+        run.show()
+    );
+}
+
+#[test]
+fn an_older_unit_whose_check_fails_the_start_is_a_bad_config() {
+    let env = Env::new(DEAD_URL);
+    // A unit installed before `ExecStartPre=-…`: the check fails the start and
+    // systemd restarts it every RestartSec; `run` never ran.
+    env.fake(
+        "systemctl",
+        "/bin/cat <<'EOF'\nLoadState=loaded\nActiveState=activating\nSubState=auto-restart\nNRestarts=12\nWatchdogUSec=3min\nResult=exit-code\nExecMainStatus=0\nExecStartPre={ path=/usr/local/bin/episode-shipper ; argv[]=/usr/local/bin/episode-shipper --config /etc/episode-shipper/shipper.toml check ; ignore_errors=no ; start_time=[Wed 2026-12-02 05:08:50 UTC] ; stop_time=[Wed 2026-12-02 05:08:50 UTC] ; pid=811 ; code=exited ; status=78 }\nEOF",
+    );
+    let run = env.doctor_json(&[]);
+    assert_eq!(run.level("service"), "red", "{}", run.show());
+    assert!(
+        run.finding("service").starts_with(
+            "activating (auto-restart): ExecStartPre `/usr/local/bin/episode-shipper --config /etc/episode-shipper/shipper.toml check` exited 78, the configuration is wrong"
+        ),
+        "{}",
+        run.show()
+    );
+    assert!(
+        run.fix("service")
+            .contains("`episode-shipper check --config")
+    );
+}
+
+// ---------------------------------------------------------------- the shipper's own log lines
+
+/// Not a test of its own: one real shipper pass (`episode-shipper --log-format
+/// <format> once`), with the shipper's logging setup, for `support::shipper_log`.
+#[test]
+#[ignore = "run by support::shipper_log in a child process"]
+fn shipper_pass_child() {
+    let Some(config) = std::env::var_os(CHILD_CONFIG) else {
+        return;
+    };
+    let format = std::env::var(CHILD_LOG_FORMAT).unwrap_or_default();
+    episode_common::logging::init(format.parse().unwrap(), "episode-shipper");
+    let config = episode_shipper::config::Config::load(std::path::Path::new(&config)).unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pass = runtime
+        .block_on(episode_shipper::daemon::once(config))
+        .unwrap();
+    // For the parent's failure message.
+    println!("pass: {}", serde_json::to_string(&pass).unwrap());
+}
+
+/// An episode whose meta.json has no code_commit (the receiver answers 400).
+fn episode_without_commit(env: &Env, id: &str) {
+    let dir = env.data.join("episodes").join(id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("meta.json"), b"{}").unwrap();
+    std::fs::write(dir.join("events.jsonl"), vec![b'x'; 1000]).unwrap();
+    std::fs::write(dir.join("done.marker"), b"").unwrap();
+}
+
+#[test]
+fn the_shippers_own_text_and_json_log_lines_are_classified() {
+    let receiver = Receiver::start("");
+    let env = Env::new(&receiver.url);
+    // A real 400 from a real receiver, logged by the shipper as text.
+    episode_without_commit(&env, "01NOCOMMIT");
+    let mut text = shipper_log(&env.config, "text");
+    // A client certificate that is not there yet: the transport's "mTLS material
+    // missing", whose error the text format writes unquoted.
+    env.episode("01WAITING", true);
+    let missing = env.path("client.pem");
+    env.write_config(
+        &receiver.url,
+        &format!(
+            "client_cert = {missing:?}\nclient_key = {:?}",
+            env.path("client.key")
+        ),
+    );
+    text.extend(shipper_log(&env.config, "text"));
+    let journal = env.journal_file("shipper.log", &text);
+    let run = env.doctor_json(&["--journal-file", journal.to_str().unwrap()]);
+    assert_eq!(run.level("journal"), "red", "{}\n{text:#?}", run.show());
+    let finding = run.finding("journal");
+    assert!(
+        finding.starts_with("1 ship(s) rejected as bad request (400 missing-code-commit ×1)"),
+        "{finding}\n{text:#?}"
+    );
+    let want = format!(
+        "1 transient failure(s) (connection ×1); last: mTLS material missing: receiver.client_cert {} does not exist (yet)",
+        missing.display()
+    );
+    assert!(finding.contains(&want), "{finding}\n{text:#?}");
+    assert!(
+        !finding.contains("undated"),
+        "the fmt stamp is read: {finding}"
+    );
+    let fix = run.fix("journal");
+    assert!(fix.contains("code_commit into meta.json"), "{fix}");
+    assert!(
+        fix.contains("the shipper cannot load its TLS material"),
+        "{fix}"
+    );
+
+    // `--log-format json` under systemd: each JSON line is a journal MESSAGE. A
+    // fresh host (the first one now backs off before its next attempt).
+    let env = Env::new(&receiver.url);
+    env.episode("01WAITING", true);
+    let missing = env.path("client.pem");
+    env.write_config(
+        &receiver.url,
+        &format!(
+            "client_cert = {missing:?}\nclient_key = {:?}",
+            env.path("client.key")
+        ),
+    );
+    let want = format!(
+        "1 transient failure(s) (connection ×1); last: mTLS material missing: receiver.client_cert {} does not exist (yet)",
+        missing.display()
+    );
+    let json = shipper_log(&env.config, "json");
+    let entries: Vec<String> = json
+        .iter()
+        .map(|line| {
+            serde_json::json!({
+                "__REALTIME_TIMESTAMP": micros_ago(Duration::ZERO),
+                "_SYSTEMD_UNIT": "episode-shipper.service",
+                "MESSAGE": line,
+            })
+            .to_string()
+        })
+        .collect();
+    let journal = env.journal_file("shipper-json.jsonl", &entries);
+    let run = env.doctor_json(&["--journal-file", journal.to_str().unwrap()]);
+    assert_eq!(run.level("journal"), "yellow", "{}\n{json:#?}", run.show());
+    assert_eq!(run.finding("journal"), want, "{json:#?}");
+}
+
+// ---------------------------------------------------------------- reading the journal
+
+#[test]
+fn journalctl_showing_only_the_users_own_journal_is_yellow() {
+    let env = Env::new(DEAD_URL);
+    // Not root, not in systemd-journal: journalctl exits 0 with a hint.
+    env.fake(
+        "journalctl",
+        "echo 'Hint: You are currently not seeing messages from other users and the system.' >&2\necho '      Users in groups '\"'\"'adm'\"'\"', '\"'\"'systemd-journal'\"'\"' can see all messages.' >&2\nexit 0",
+    );
+    let run = env.doctor(&["--config", env.config.to_str().unwrap(), "--json"]);
+    assert_eq!(run.level("journal"), "yellow", "{}", run.show());
+    assert!(
+        run.finding("journal").starts_with(
+            "journal not read: permission denied (Hint: You are currently not seeing messages from other users"
+        ),
+        "{}",
+        run.show()
+    );
+    assert!(
+        run.fix("journal")
+            .contains("`sudo usermod -aG systemd-journal $USER`")
+    );
+}
+
+#[test]
+fn journalctl_with_nothing_to_say_is_green() {
+    let env = Env::new(DEAD_URL);
+    // journalctl -o json prints nothing at all when no entry matches.
+    env.fake("journalctl", "exit 0");
+    let run = env.doctor(&["--config", env.config.to_str().unwrap(), "--json"]);
+    assert_eq!(run.level("journal"), "green", "{}", run.show());
+    assert_eq!(
+        run.finding("journal"),
+        "no ship attempts in the last 10m (unit episode-shipper)"
+    );
+}
+
+#[test]
+fn an_unreadable_journal_file_is_a_yellow_row_naming_it() {
+    let env = Env::new(DEAD_URL);
+    let missing = env.path("no-such.jsonl");
+    let dir = env.path("a-directory");
+    std::fs::create_dir(&dir).unwrap();
+    for (path, why) in [
+        (&missing, "No such file or directory"),
+        (&dir, "Is a directory"),
+    ] {
+        let run = env.doctor_json(&["--journal-file", path.to_str().unwrap()]);
+        assert_eq!(
+            run.code,
+            1,
+            "red only because the receiver is dead: {}",
+            run.show()
+        );
+        assert!(run.stderr.is_empty(), "{}", run.show());
+        assert_eq!(run.level("journal"), "yellow", "{}", run.show());
+        let finding = run.finding("journal");
+        assert!(
+            finding.starts_with(&format!(
+                "journal not read: cannot read {}: {why}",
+                path.display()
+            )),
+            "{finding}"
+        );
+        assert!(run.fix("journal").contains("--journal-file"));
+    }
+}
+
+// ---------------------------------------------------------------- more certificates
+
+#[test]
+fn an_expired_intermediate_is_red_naming_it() {
+    let env = Env::new(DEAD_URL);
+    let root = Ca::new("root");
+    let days = time::Duration::days;
+    let issuing = root.intermediate("issuing 2026", -days(400), -days(3));
+    let leaf = issuing.client("lab1", -days(30), days(300));
+    let ca_path = write(&env.path("ca.pem"), &root.pem);
+    let cert = write(
+        &env.path("client.pem"),
+        &format!("{}{}", leaf.cert, issuing.pem),
+    );
+    let key = write(&env.path("client.key"), &leaf.key);
+    env.write_config(
+        DEAD_URL,
+        &format!("ca_bundle = {ca_path:?}\nclient_cert = {cert:?}\nclient_key = {key:?}"),
+    );
+    let run = env.doctor_json(&[]);
+    assert_eq!(run.level("certificates"), "red", "{}", run.show());
+    let finding = run.finding("certificates");
+    assert!(
+        finding.starts_with(&format!(
+            "intermediate certificate \"issuing 2026\" in {} expired 3 day(s) ago",
+            cert.display()
+        )),
+        "{finding}"
+    );
+    // The leaf itself is fine, and the chain is sound apart from the date.
+    assert!(
+        finding.contains("client certificate [\"lab1\"] valid"),
+        "{finding}"
+    );
+    assert!(
+        finding.contains("chains to receiver.ca_bundle"),
+        "{finding}"
+    );
+    assert!(run.fix("certificates").contains("current intermediate"));
+}
+
+#[test]
+fn over_http_an_expired_certificate_is_only_yellow() {
+    let receiver = Receiver::start("");
+    let env = Env::new(&receiver.url);
+    env.fake_systemctl_running();
+    let ca = Ca::new("test");
+    let leaf = ca.client("lab1", -time::Duration::days(30), -time::Duration::days(3));
+    let ca_path = write(&env.path("ca.pem"), &ca.pem);
+    let cert = write(&env.path("client.pem"), &leaf.cert);
+    let key = write(&env.path("client.key"), &leaf.key);
+    env.write_config(
+        &receiver.url,
+        &format!("ca_bundle = {ca_path:?}\nclient_cert = {cert:?}\nclient_key = {key:?}"),
+    );
+    let run = env.doctor_json(&[]);
+    assert_eq!(run.level("certificates"), "yellow", "{}", run.show());
+    assert_eq!(run.code, 0, "nothing red over http://: {}", run.show());
+    let finding = run.finding("certificates");
+    assert!(
+        finding.contains("expired 3 day(s) ago")
+            && finding.contains("(not used while receiver.url is http://)"),
+        "{finding}"
+    );
+    // The transport still loads them: gone is red, http:// or not.
+    std::fs::remove_file(&key).unwrap();
+    let run = env.doctor_json(&[]);
+    assert_eq!(run.level("certificates"), "red", "{}", run.show());
+    assert_eq!(run.level("receiver"), "red", "{}", run.show());
+    assert!(run.finding("receiver").contains("mTLS material missing"));
+}
+
+// ---------------------------------------------------------------- colour
+
+#[test]
+fn the_table_is_coloured_on_a_terminal_unless_no_color() {
+    let Some(pty) = Pty::find() else {
+        eprintln!("skipped: neither `script` (util-linux) nor python3 is on this machine");
+        return;
+    };
+    let env = Env::new(DEAD_URL);
+    let exe = env!("CARGO_BIN_EXE_episode-doctor");
+    let config = env.config.to_str().unwrap();
+    let journal = env.empty_journal.to_str().unwrap();
+    let argv = [exe, "--config", config, "--journal-file", journal];
+    let run = |vars: &[(&str, &str)]| {
+        let mut cmd = pty.command(&argv);
+        cmd.env_clear().env("PATH", &env.bin).env("TERM", "xterm");
+        for (k, v) in vars {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run under a pty");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let show = format!(
+            "{cmd:?} exited {:?}\nstdout:\n{stdout:?}\nstderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The dead receiver is red: exit 1 through the pty too.
+        assert_eq!(out.status.code(), Some(1), "{show}");
+        assert!(stdout.contains("receiver"), "{show}");
+        (stdout, show)
+    };
+    let (coloured, show) = run(&[]);
+    for want in ["\x1b[1;31mFAIL", "\x1b[32mok", "\x1b[36mfix", "\x1b[0m"] {
+        assert!(coloured.contains(want), "{want:?} missing: {show}");
+    }
+    let (plain, show) = run(&[("NO_COLOR", "1")]);
+    assert!(!plain.contains('\x1b'), "{show}");
+    assert!(plain.contains("receiver      FAIL  unreachable"), "{show}");
 }

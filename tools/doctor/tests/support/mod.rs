@@ -1,6 +1,8 @@
 //! Test support: a unique temp tree per test with a shipper config, a data root,
-//! a PATH directory for fake `journalctl`/`systemctl` scripts, an rcgen PKI, an
-//! in-process receiver on 127.0.0.1:0, and running the real `episode-doctor`.
+//! a PATH directory for fake `journalctl`/`systemctl` scripts, an rcgen PKI (with
+//! intermediates), an in-process receiver on 127.0.0.1:0, running the real
+//! `episode-doctor` (also under a pseudo-terminal), and running one real shipper
+//! pass in a child process to capture the shipper's own log lines.
 
 #![allow(dead_code)]
 
@@ -188,6 +190,18 @@ impl Env {
         self.doctor(&args)
     }
 
+    /// `doctor_json` with extra environment variables.
+    pub fn doctor_json_env(&self, extra: &[&str], vars: &[(&str, &str)]) -> Run {
+        let config = self.config.to_str().unwrap().to_owned();
+        let mut args = vec!["--config", &config, "--json"];
+        let journal = self.empty_journal.to_str().unwrap().to_owned();
+        if !extra.contains(&"--journal-file") {
+            args.extend(["--journal-file", &journal]);
+        }
+        args.extend_from_slice(extra);
+        self.doctor_env(&args, vars)
+    }
+
     /// A finished episode directory `episodes/<id>/` with a file and done.marker.
     pub fn episode(&self, id: &str, done: bool) {
         let dir = self.data.join("episodes").join(id);
@@ -289,6 +303,27 @@ impl Ca {
         params.not_after = now + time::Duration::days(3650);
         let cert = params.self_signed(&key).unwrap();
         Self {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// An intermediate CA named `name`, issued by this one, valid `from`..`until`.
+    pub fn intermediate(&self, name: &str, from: time::Duration, until: time::Duration) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let now = OffsetDateTime::now_utc();
+        params.not_before = now + from;
+        params.not_after = now + until;
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Ca {
             pem: cert.pem(),
             issuer: Issuer::new(params, key),
         }
@@ -410,4 +445,90 @@ impl Drop for Receiver {
             let _ = thread.join();
         }
     }
+}
+
+/// How to run a command under a pseudo-terminal.
+pub enum Pty {
+    /// util-linux `script -qfec "<cmd>" /dev/null`.
+    Script(PathBuf),
+    /// python3's pty module.
+    Python(PathBuf),
+}
+
+impl Pty {
+    /// `script` if it is on this machine, else python3; `None` when neither is.
+    pub fn find() -> Option<Pty> {
+        let find = |name: &str| {
+            std::env::var_os("PATH")
+                .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+                .unwrap_or_default()
+                .into_iter()
+                .chain([PathBuf::from("/usr/bin"), PathBuf::from("/bin")])
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        };
+        find("script")
+            .map(Pty::Script)
+            .or_else(|| find("python3").map(Pty::Python))
+    }
+
+    /// The command that runs `argv` with a pseudo-terminal as its stdout.
+    pub fn command(&self, argv: &[&str]) -> Command {
+        match self {
+            Pty::Script(script) => {
+                let line = argv
+                    .iter()
+                    .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                let mut cmd = Command::new(script);
+                cmd.args(["-qfec", &line, "/dev/null"]);
+                cmd
+            }
+            Pty::Python(python) => {
+                let mut cmd = Command::new(python);
+                cmd.args([
+                    "-c",
+                    "import os, pty, sys; sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))",
+                ]);
+                cmd.args(argv);
+                cmd
+            }
+        }
+    }
+}
+
+/// The environment variables that tell `shipper_pass_child` what to do.
+pub const CHILD_CONFIG: &str = "DOCTOR_TEST_SHIPPER_CONFIG";
+pub const CHILD_LOG_FORMAT: &str = "DOCTOR_TEST_SHIPPER_LOG_FORMAT";
+
+/// Runs one real shipper pass (`episode-shipper --log-format <format> once`) with
+/// `config` in a child process (this test binary, running the ignored test
+/// `shipper_pass_child`) and returns its `ship_result` log lines, as the
+/// shipper's logging setup writes them to stderr.
+pub fn shipper_log(config: &Path, format: &str) -> Vec<String> {
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = Command::new(&exe)
+        .args(["--exact", "shipper_pass_child", "--ignored", "--nocapture"])
+        .env_clear()
+        .env(CHILD_CONFIG, config)
+        .env(CHILD_LOG_FORMAT, format)
+        .output()
+        .expect("run the shipper child");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "shipper child failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    let lines: Vec<String> = stderr
+        .lines()
+        .filter(|l| l.contains("ship_result"))
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        !lines.is_empty(),
+        "no ship_result from the shipper\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    lines
 }
