@@ -1,8 +1,9 @@
 //! Durable filesystem steps shared by the shipper and the receiver.
 //!
 //! Owns the moves every durable publish is made of: fsync a directory, rename
-//! without ever replacing the target, write a small file atomically, a `syncfs`
-//! barrier on a long-lived handle, and read free space; plus hashing a whole file
+//! without ever replacing the target, an unnamed file named later without
+//! replacing, write a small file atomically, a `syncfs` barrier on a long-lived
+//! handle, and read free space; plus hashing a whole file
 //! and stamping one to notice it changed. Synchronous on purpose: callers run them
 //! off the async workers. Acts only on the paths it is given.
 
@@ -48,6 +49,45 @@ pub fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
             std::fs::remove_file(from)
         }
         _ => Err(err),
+    }
+}
+
+/// Creates an unnamed regular file in `dir` (`O_TMPFILE`): it has no name until
+/// `link_noreplace` gives it one, and it vanishes with its last descriptor, also
+/// in a crash, so there is nothing to clean up. Fails (EOPNOTSUPP, EISDIR on old
+/// kernels) where the filesystem cannot do it.
+pub fn create_unnamed(dir: &Path, mode: u32) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_TMPFILE)
+        .mode(mode)
+        .open(dir)
+}
+
+/// Gives an unnamed file (`create_unnamed`) the name `to` on the same filesystem,
+/// never replacing an existing file: `ErrorKind::AlreadyExists` then, and the file
+/// stays unnamed. Goes through `/proc/self/fd` (`linkat(AT_SYMLINK_FOLLOW)`), which
+/// needs no capability, unlike `AT_EMPTY_PATH`.
+pub fn link_noreplace(file: &File, to: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd as _;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| io::Error::other("fd path"))?;
+    let c_to = cstr(to)?;
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them as given.
+    let rc = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            c_to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -214,6 +254,22 @@ mod tests {
         rename_noreplace(&b, &c).unwrap();
         assert!(!b.exists());
         assert_eq!(std::fs::read_to_string(&c).unwrap(), "second");
+    }
+
+    #[test]
+    fn an_unnamed_file_is_linked_once_and_never_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+        std::fs::write(&first, "kept").unwrap();
+        let mut file = create_unnamed(dir.path(), 0o644).unwrap();
+        file.write_all(b"body").unwrap();
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no name yet");
+        let err = link_noreplace(&file, &first).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&first).unwrap(), "kept");
+        link_noreplace(&file, &second).unwrap();
+        drop(file);
+        assert_eq!(std::fs::read_to_string(&second).unwrap(), "body");
     }
 
     #[test]

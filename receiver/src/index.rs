@@ -6,12 +6,13 @@
 //! index rows. Serializing publishes through one thread is what makes two racing
 //! PUTs of one key safe: the second sees the first in the map (or, within one
 //! batch, in the batch, and is answered only once the batch is durable). Each batch
-//! is one group commit: a `syncfs` barrier for unsynced data, renames without
-//! replace, then one barrier for the names and all rows (a `syncfs` through a handle
-//! opened once, or an fsync per touched directory and the index), then the map is
-//! updated and everyone answered. An archive found without a row gets its row
-//! rebuilt by the caller on a blocking thread and adopted by a later batch. Also
-//! owns the single-instance lock (an `flock` on the index file).
+//! is one group commit: a `syncfs` barrier for the data of small bodies (written
+//! unsynced into unnamed spools), then links (or renames) into place without
+//! replacing, then one barrier for the names and all rows (a `syncfs` through a
+//! handle opened once, or an fsync per touched directory beside the index's), then
+//! the map is updated and everyone answered. An archive found without a row gets
+//! its row rebuilt by the caller on a blocking thread and adopted by a later batch.
+//! Also owns the single-instance lock (an `flock` on the index file).
 //!
 //! Invariant: a key is in the map, and any 2xx is sent for it, only after its
 //! archive is in place and its directory entry and row are durable.
@@ -26,6 +27,8 @@ use std::sync::{Arc, Mutex, RwLock, mpsc};
 use episode_common::fsx;
 use episode_common::wire::{IndexRow, format_rfc3339};
 use episode_common::{EpisodeId, HostId, Sha256};
+
+use crate::upload::Spool;
 use serde::Deserialize;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -657,12 +660,34 @@ pub fn lock(index_path: &Path) -> io::Result<File> {
     Ok(file)
 }
 
-/// An upload, verified in `incoming_root`, asking to be published.
+/// The bytes of an upload, verified, as handed to the committer.
+pub enum Upload {
+    /// Streamed into a spool and fdatasynced there by its writer.
+    Spooled(Spool),
+    /// A small body verified in memory. The committer writes it into a spool in
+    /// `dir` (unnamed when `name` is `None`) itself, unsynced: no thread hop per
+    /// upload, and the batch's first barrier makes all of them durable at once.
+    Small {
+        data: bytes::Bytes,
+        dir: PathBuf,
+        name: Option<PathBuf>,
+    },
+    /// A small body the committer spooled, not durable before the first barrier.
+    Unsynced(Spool),
+}
+
+impl Upload {
+    fn spool(&mut self) -> Option<&mut Spool> {
+        match self {
+            Upload::Spooled(spool) | Upload::Unsynced(spool) => Some(spool),
+            Upload::Small { .. } => None,
+        }
+    }
+}
+
+/// An upload asking to be published.
 struct Publish {
-    /// The upload.
-    temp: PathBuf,
-    /// Whether `temp` was fsynced already; if not, the batch's first barrier does it.
-    synced: bool,
+    upload: Upload,
     row: IndexRow,
     reply: oneshot::Sender<io::Result<Reply>>,
 }
@@ -691,10 +716,7 @@ impl Request {
     /// Drops the upload (if any) and hands back where the answer goes.
     fn discard(self) -> oneshot::Sender<io::Result<Reply>> {
         match self {
-            Request::Publish(p) => {
-                let _ = std::fs::remove_file(&p.temp);
-                p.reply
-            }
+            Request::Publish(p) => p.reply, // the spool goes with it
             Request::Adopt(a) => a.reply,
         }
     }
@@ -753,22 +775,10 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Publishes `temp`, which holds the upload (`synced`: already fsynced).
-    pub async fn publish(
-        &self,
-        temp: PathBuf,
-        synced: bool,
-        row: IndexRow,
-    ) -> io::Result<Published> {
+    /// Publishes `upload` under the key of `row`.
+    pub async fn publish(&self, upload: Upload, row: IndexRow) -> io::Result<Published> {
         let (host_id, episode_id) = (row.host_id.clone(), row.episode_id.clone());
-        let request = |reply| {
-            Request::Publish(Publish {
-                temp,
-                synced,
-                row,
-                reply,
-            })
-        };
+        let request = |reply| Request::Publish(Publish { upload, row, reply });
         let archive = match self.call(request).await? {
             Reply::Done(published) => return Ok(published),
             Reply::Orphan(archive) => archive,
@@ -882,6 +892,9 @@ struct CommitLoop {
     syncfs: Option<fsx::SyncFs>,
     /// The index file itself is on the store's filesystem: one `syncfs` covers both.
     index_with_store: bool,
+    /// Host directories known to exist with a durable name (stat'ed or created
+    /// once, not per publish).
+    host_dirs: HashSet<HostId>,
 }
 
 /// A row this batch appends, and whom to tell once it is durable.
@@ -915,6 +928,7 @@ impl CommitLoop {
             file,
             syncfs,
             index_with_store,
+            host_dirs: HashSet::new(),
         })
     }
 
@@ -932,9 +946,10 @@ impl CommitLoop {
     }
 
     /// Barrier 1: the data of every upload its writer did not fsync (small bodies)
-    /// becomes durable, with one syncfs, before anything is renamed into the store.
+    /// becomes durable, with one syncfs, before anything is named in the store.
     fn sync_data(&self, batch: Vec<Request>) -> Vec<Request> {
-        let unsynced = |r: &Request| matches!(r, Request::Publish(p) if !p.synced);
+        let unsynced =
+            |r: &Request| matches!(r, Request::Publish(p) if matches!(p.upload, Upload::Unsynced(_)));
         if !batch.iter().any(unsynced) {
             return batch;
         }
@@ -942,8 +957,8 @@ impl CommitLoop {
             return batch
                 .into_iter()
                 .filter_map(|r| match r {
-                    Request::Publish(p) if !p.synced => {
-                        match File::open(&p.temp).and_then(|f| f.sync_data()) {
+                    Request::Publish(mut p) if matches!(p.upload, Upload::Unsynced(_)) => {
+                        match p.upload.spool().expect("spooled").sync_data() {
                             Ok(()) => Some(Request::Publish(p)),
                             Err(e) => {
                                 tracing::error!(error = %e, "fsync of an upload failed; it is not acknowledged");
@@ -969,8 +984,30 @@ impl CommitLoop {
         }
     }
 
+    /// Writes the batch's small bodies into their spools (unsynced).
+    fn spool_small(batch: Vec<Request>) -> Vec<Request> {
+        batch
+            .into_iter()
+            .filter_map(|request| match request {
+                Request::Publish(mut p) => {
+                    if let Upload::Small { data, dir, name } = &p.upload {
+                        match crate::upload::spool_small(dir, name.clone(), data) {
+                            Ok(spool) => p.upload = Upload::Unsynced(spool),
+                            Err(e) => {
+                                Request::Publish(p).answer(Err(e));
+                                return None;
+                            }
+                        }
+                    }
+                    Some(Request::Publish(p))
+                }
+                adopt => Some(adopt),
+            })
+            .collect()
+    }
+
     fn commit(&mut self, batch: Vec<Request>) {
-        let batch = self.sync_data(batch);
+        let batch = self.sync_data(Self::spool_small(batch));
         let mut staged: Vec<Staged> = Vec::with_capacity(batch.len());
         let mut staged_keys: HashMap<(HostId, EpisodeId), usize, Hasher> = HashMap::default();
         // Later requests for a key this batch stages: answered from its entry only
@@ -989,7 +1026,7 @@ impl CommitLoop {
                 continue;
             }
             let (row, reply, created) = match request {
-                Request::Publish(publish) => match self.place(&publish) {
+                Request::Publish(mut publish) => match self.place(&mut publish) {
                     Ok(Placed::Moved) => (publish.row, publish.reply, true),
                     Ok(Placed::Orphan(archive)) => {
                         Request::Publish(publish).answer(Ok(Reply::Orphan(archive)));
@@ -1025,9 +1062,7 @@ impl CommitLoop {
         if staged.is_empty() {
             return;
         }
-        // Barrier 2: the renames (and adopted archives' names) and the index rows,
-        // with one syncfs when the index shares the store's filesystem, else an
-        // fsync per directory, then the index.
+        // Barrier 2: the new names (and adopted archives' names) and the rows.
         match self.append_durably(&staged, &dirs) {
             Ok(()) => {
                 for s in &staged {
@@ -1068,6 +1103,9 @@ impl CommitLoop {
         }
     }
 
+    /// Barrier 2: the new names and the rows. One `syncfs` when the index shares the
+    /// store's filesystem; else every touched directory is fsynced while the rows
+    /// are appended and the index fdatasynced, side by side.
     fn append_durably(&mut self, staged: &[Staged], dirs: &[PathBuf]) -> io::Result<()> {
         let lines = encode_rows(staged.iter().map(|s| &s.row))?;
         match &self.syncfs {
@@ -1075,17 +1113,25 @@ impl CommitLoop {
                 self.file.append_then(&lines, |_| syncfs.sync())
             }
             _ => {
-                dirs.iter().try_for_each(|dir| fsx::fsync_dir(dir))?;
-                self.file.append(&lines)
+                let file = &mut self.file;
+                std::thread::scope(|scope| {
+                    let names =
+                        scope.spawn(|| dirs.iter().try_for_each(|dir| fsx::fsync_dir(dir)));
+                    let rows = file.append(&lines);
+                    let names = names
+                        .join()
+                        .unwrap_or_else(|_| Err(io::Error::other("directory fsync panicked")));
+                    rows.and(names)
+                })
             }
         }
     }
 
-    fn place(&self, publish: &Publish) -> io::Result<Placed> {
+    fn place(&mut self, publish: &mut Publish) -> io::Result<Placed> {
         let (host_id, episode_id) = (&publish.row.host_id, &publish.row.episode_id);
         let dest = archive_path(&self.store_root, host_id, episode_id);
-        let host_dir = self.store_root.join(host_id);
-        if !host_dir.exists() {
+        if !self.host_dirs.contains(host_id) {
+            let host_dir = self.store_root.join(host_id);
             match std::fs::create_dir(&host_dir) {
                 Ok(()) => {
                     if let Err(e) = fsx::fsync_dir(&self.store_root) {
@@ -1097,10 +1143,16 @@ impl CommitLoop {
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(e),
             }
+            self.host_dirs.insert(host_id.clone());
         }
-        match fsx::rename_noreplace(&publish.temp, &dest) {
+        let spool = publish.upload.spool().expect("spooled before placing");
+        match spool.publish(&dest) {
             Ok(()) => Ok(Placed::Moved),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(Placed::Orphan(dest)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && self.host_dirs.remove(host_id) => {
+                // The host directory went away under us (removed by hand): make it again.
+                self.place(publish)
+            }
             Err(e) => Err(e),
         }
     }
@@ -1241,8 +1293,7 @@ mod tests {
     fn request(temp: PathBuf, row: IndexRow) -> (Request, oneshot::Receiver<io::Result<Reply>>) {
         let (reply, rx) = oneshot::channel();
         let publish = Publish {
-            temp,
-            synced: true,
+            upload: Upload::Spooled(Spool::from_file(temp).unwrap()),
             row,
             reply,
         };
@@ -1376,7 +1427,8 @@ mod tests {
             std::fs::write(&temp, body).unwrap();
             let c = committer.clone();
             tasks.push(tokio::spawn(async move {
-                c.publish(temp, true, row("lab1", "E1", body))
+                let upload = Upload::Spooled(Spool::from_file(temp).unwrap());
+                c.publish(upload, row("lab1", "E1", body))
                     .await
                     .unwrap()
             }));
@@ -1409,14 +1461,22 @@ mod tests {
         let committer = Committer::spawn(index.clone(), store.clone(), &index_path).unwrap();
         let mut tasks = Vec::new();
         for i in 0..8 {
-            let temp = incoming.join(format!("t{i}"));
-            std::fs::write(&temp, b"same").unwrap();
+            // Half in named spools (synced, renamed into place), half small bodies
+            // the committer spools unnamed and unsynced (linked after its barrier).
+            let upload = if i % 2 == 0 {
+                let temp = incoming.join(format!("t{i}"));
+                std::fs::write(&temp, b"same").unwrap();
+                Upload::Spooled(Spool::from_file(temp).unwrap())
+            } else {
+                Upload::Small {
+                    data: bytes::Bytes::from_static(b"same"),
+                    dir: incoming.clone(),
+                    name: None,
+                }
+            };
             let c = committer.clone();
             tasks.push(tokio::spawn(async move {
-                // Half as a streamed upload (fsynced), half as a small one (not yet).
-                c.publish(temp, i % 2 == 0, row("lab1", "E1", b"same"))
-                    .await
-                    .unwrap()
+                c.publish(upload, row("lab1", "E1", b"same")).await.unwrap()
             }));
         }
         let mut created = 0;

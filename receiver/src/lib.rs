@@ -48,6 +48,8 @@ pub struct AppState {
     pub slots: Arc<Slots>,
     pub metrics: Metrics,
     pub limits: Limits,
+    /// Where uploads are spooled, and whether unnamed (`O_TMPFILE`) spools work there.
+    pub spool: upload::SpoolDir,
     draining: AtomicBool,
     temp_seq: AtomicU64,
     /// Free bytes on the store's filesystem, as last read, and when (ms since `epoch`).
@@ -208,8 +210,17 @@ pub fn open(
         free_space_reserve: config.free_space_reserve,
         window: config.window.map(|w| (w.max_age, w.max_future)),
     };
+    let unnamed = upload::probe_unnamed(&config.incoming_root, &config.store_root);
+    if !unnamed {
+        tracing::info!(incoming_root = %config.incoming_root.display(), "uploads are spooled as named temp files (no O_TMPFILE here)");
+    }
+    let spool = upload::SpoolDir {
+        dir: config.incoming_root.clone(),
+        unnamed,
+    };
     let state = AppState {
         slots: Slots::new(config.max_concurrent_uploads, config.max_uploads_per_host),
+        spool,
         config,
         index,
         committer,

@@ -23,10 +23,10 @@ use http_body_util::BodyExt as _;
 use time::OffsetDateTime;
 
 use crate::admission::{self, Dedupe, PeerIdentity, PutHeaders};
-use crate::index::{Entry, Published};
+use crate::index::{Entry, Published, Upload};
 use crate::metrics::Gauges;
 use crate::slots::Slot;
-use crate::upload::{self, ReceiveError, TempFile};
+use crate::upload::{self, ReceiveError};
 use crate::{AppState, VERSION};
 
 /// The most body an early answer reads and discards to keep the connection.
@@ -414,8 +414,11 @@ async fn put_episode(State(state): State<Arc<AppState>>, req: Request) -> Respon
             )
         }
         Ok(Decision::Upload(plan)) => {
-            let response = receive_and_publish(&state, plan, body).await;
-            log_answer(&parts, response.status().as_u16(), None, started);
+            let response = receive_and_publish(&state, plan, body, started).await;
+            // A 201 was logged once, as `stored`; every other answer here.
+            if response.status() != StatusCode::CREATED {
+                log_answer(&parts, response.status().as_u16(), None, started);
+            }
             response
         }
     };
@@ -539,7 +542,12 @@ fn receive_failed(error: ReceiveError, host_id: &HostId, episode_id: &EpisodeId)
     }
 }
 
-async fn receive_and_publish(state: &AppState, plan: Plan, body: Body) -> Response {
+async fn receive_and_publish(
+    state: &AppState,
+    plan: Plan,
+    body: Body,
+    started: Instant,
+) -> Response {
     let Plan {
         host_id,
         episode_id,
@@ -547,7 +555,13 @@ async fn receive_and_publish(state: &AppState, plan: Plan, body: Body) -> Respon
         client,
         _slot,
     } = plan;
-    let temp_path = state.temp_path(&host_id, &episode_id);
+    // Small bodies go to unnamed spools (no name to create and remove: cheaper, and
+    // their writers never contend on `incoming_root`'s directory lock); a streamed
+    // upload gets a named temp file, visible in `incoming_root` while it arrives.
+    let small = put.content_length <= upload::SMALL_BODY;
+    let spool_dir = state.spool.dir.clone();
+    let spool_name =
+        (!(small && state.spool.unnamed)).then(|| state.temp_path(&host_id, &episode_id));
     let idle = state.config.body_idle_timeout.get();
     let metrics = &state.metrics;
     let count = |n: u64| {
@@ -555,17 +569,24 @@ async fn receive_and_publish(state: &AppState, plan: Plan, body: Body) -> Respon
             .upload_bytes
             .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     };
-    // Small bodies are kept in memory and written by the committer; large ones
-    // stream to a temp file (removed by its guard unless published).
-    let temp = TempFile::new(temp_path);
-    let (received, small) = if put.content_length <= upload::SMALL_BODY {
+    // Small bodies are read into memory and spooled only once they are known to be
+    // whole and right; large ones stream into the spool as they arrive.
+    let (received, spooled) = if small {
         match upload::receive_small(body, put.content_length, idle, count).await {
-            Ok((received, data)) => (received, Some(data)),
+            Ok((received, data)) => (received, Err(data)),
             Err(e) => return receive_failed(e, &host_id, &episode_id),
         }
     } else {
-        match upload::receive(body, &temp, put.content_length, idle, count).await {
-            Ok(received) => (received, None),
+        let receiving = upload::receive(
+            body,
+            spool_dir.clone(),
+            spool_name.clone(),
+            put.content_length,
+            idle,
+            count,
+        );
+        match receiving.await {
+            Ok((received, spool)) => (received, Ok(spool)),
             Err(e) => return receive_failed(e, &host_id, &episode_id),
         }
     };
@@ -601,21 +622,22 @@ async fn receive_and_publish(state: &AppState, plan: Plan, body: Body) -> Respon
         received_at: wire::format_rfc3339(OffsetDateTime::now_utc()),
         client,
     };
-    // A small body is written only now that it is known to be whole and right;
-    // the committer's first barrier makes it durable.
-    let synced = small.is_none();
-    if let Some(data) = small
-        && let Err(e) = upload::write_small(&temp, data).await
-    {
-        return problem_response(io_problem("writing an upload", &e));
-    }
-    match state.committer.publish(temp.keep(), synced, row).await {
+    let upload = match spooled {
+        Ok(spool) => Upload::Spooled(spool),
+        Err(data) => Upload::Small {
+            data,
+            dir: spool_dir,
+            name: spool_name,
+        },
+    };
+    match state.committer.publish(upload, row).await {
         Ok(Published::Created(entry)) => {
             state
                 .metrics
                 .stored
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::info!(host_id = %host_id, episode_id = %episode_id, bytes = entry.bytes, sha256 = %entry.sha256, "stored");
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(host_id = %host_id, episode_id = %episode_id, bytes = entry.bytes, sha256 = %entry.sha256, duration_ms = ms, "stored");
             stored_response(StatusCode::CREATED, &host_id, &episode_id, &entry)
         }
         Ok(Published::Existing(entry)) => {
