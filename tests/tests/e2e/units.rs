@@ -72,26 +72,9 @@ fn the_units_say_what_the_specs_promise() {
             "episode-shipper.service lacks {line}"
         );
     }
-    // `check` runs before the start, but its failure must not fail the start:
-    // RestartPreventExitStatus= never applies to ExecStartPre (systemd #11868), so a
-    // failing check would restart the unit forever; `run` exits 78 itself.
-    let pre: Vec<&str> = shipper
-        .lines()
-        .filter(|l| l.starts_with("ExecStartPre="))
-        .collect();
-    assert!(
-        pre.iter().any(|l| l.trim_end().ends_with(" check")),
-        "episode-shipper.service runs no check before the start"
-    );
-    assert!(
-        pre.iter().all(|l| {
-            // The prefixes before the path (`-`, `@`, `+`, …), in any order.
-            let prefixes = l["ExecStartPre=".len()..].split('/').next().unwrap_or("");
-            prefixes.contains('-')
-        }),
-        "an ExecStartPre whose failure fails the start restarts a bad config forever: {pre:?}"
-    );
+    assert_check_never_fails_the_start("episode-shipper.service", &shipper);
     let receiver = unit("episode-receiver.service");
+    assert_check_never_fails_the_start("episode-receiver.service", &receiver);
     for line in [
         "Type=notify",
         "RestartPreventExitStatus=78",
@@ -106,4 +89,26 @@ fn the_units_say_what_the_specs_promise() {
             "episode-receiver.service lacks {line}"
         );
     }
+}
+
+/// `check` runs before the start, but its failure must not fail the start:
+/// RestartPreventExitStatus= never applies to ExecStartPre (systemd #11868), so a
+/// failing check would restart the unit forever; `run` exits 78 itself.
+fn assert_check_never_fails_the_start(name: &str, text: &str) {
+    let pre: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ExecStartPre="))
+        .collect();
+    assert!(
+        pre.iter().any(|l| l.trim_end().ends_with(" check")),
+        "{name} runs no check before the start"
+    );
+    assert!(
+        pre.iter().all(|l| {
+            // The prefixes before the path (`-`, `@`, `+`, …), in any order.
+            let prefixes = l["ExecStartPre=".len()..].split('/').next().unwrap_or("");
+            prefixes.contains('-')
+        }),
+        "{name}: an ExecStartPre whose failure fails the start restarts a bad config forever: {pre:?}"
+    );
 }
