@@ -1468,10 +1468,12 @@ mod tests {
                 std::fs::write(&temp, b"same").unwrap();
                 Upload::Spooled(Spool::from_file(temp).unwrap())
             } else {
+                // Unnamed, or named where a filesystem has no O_TMPFILE.
+                let name = (i % 4 == 1).then(|| incoming.join(format!("small{i}")));
                 Upload::Small {
                     data: bytes::Bytes::from_static(b"same"),
                     dir: incoming.clone(),
-                    name: None,
+                    name,
                 }
             };
             let c = committer.clone();
