@@ -159,15 +159,32 @@ if [ ! -f "$PKI/lab1.pem" ]; then
   rm -rf "$W/pki-seed"
 fi
 
-# Runs are written to fresh directories and deleted only between phases, and every
-# timed run starts after `sync` and a pause: ext4 without a journal skips inodes
-# freed in the last 5 s (300 s while their inode table block is dirty) when it
-# creates files, so a run right after deletions (the previous run's outbox, say)
-# measured 1.5 s slower on SMALL here. Dirty page writeback is flushed the same way.
+# Nothing is deleted while anything is measured. ext4 without a journal (this
+# machine's root filesystem) skips, when it allocates an inode, every free inode of
+# the group that was freed less than 60 s ago (360 s while its inode-table block is
+# dirty), scanning them one by one for each new file: right after a phase deleted
+# its 40,000 files, a run that creates files pays that scan on every create (ours
+# measured 0.35-0.44x nginx's PUT rate right after 150,000 deletions, 0.75-0.82x a
+# minute later). So finished runs are only *moved* into $TRASH (a rename frees no
+# inode) and the trash is deleted at the very end; a trash left by an earlier
+# invocation is deleted first, followed by a 65 s pause. Every timed run also
+# starts after `sync` and a short pause, so dirty page writeback is flushed too.
 settle() { sync; sleep "${1:-6}"; }
 RUNDIR=$W/runs
-rm -rf "$RUNDIR"
-settle 2
+TRASH=$W/trash
+discard() { # PATH... : out of the way now, deleted at the end
+  mkdir -p "$TRASH"
+  local p
+  for p in "$@"; do
+    [ -e "$p" ] && mv "$p" "$TRASH/$(date +%s%N)-$(basename "$p")"
+  done
+  return 0
+}
+if [ -e "$TRASH" ] || [ -e "$RUNDIR" ]; then
+  log "deleting what an earlier invocation left, then 65 s for ext4 to forget the freed inodes"
+  rm -rf "$TRASH" "$RUNDIR"
+  settle 65
+fi
 mkdir -p "$RUNDIR"
 
 # ---- helpers: our receiver, nginx ------------------------------------------------
@@ -295,8 +312,10 @@ if want floor || want peer || want ours; then
   for i in $(seq 1 "$RUNS"); do
     f="" p="" o=""
     if want floor; then floor_once; f=$T; floor+=("$f"); fi
+    # Peer and ours swap places every round, so neither always goes first.
+    if [ $((i % 2)) = 0 ] && [ "$ours_ok" = 1 ]; then ours_once big "$BIG" 4 "$i"; o=$T; ours+=("$o"); fi
     if want peer; then peer_once big "$BIG" 4 "$i"; p=$T; peer+=("$p"); fi
-    if [ "$ours_ok" = 1 ]; then ours_once big "$BIG" 4 "$i"; o=$T; ours+=("$o"); fi
+    if [ $((i % 2)) = 1 ] && [ "$ours_ok" = 1 ]; then ours_once big "$BIG" 4 "$i"; o=$T; ours+=("$o"); fi
     if [ -n "$o" ] && [ -n "$p" ]; then r_peer+=("$(ratio "$p" "$o")"); fi
     if [ -n "$o" ] && [ -n "$f" ]; then r_floor+=("$(ratio "$f" "$o")"); fi
     log "round $i: floor ${f:-n/a} s, peer ${p:-n/a} s, ours ${o:-n/a} s"
@@ -312,8 +331,9 @@ if want floor || want peer || want ours; then
     peer=() ours=() r_peer=()
     for i in $(seq 1 "$PEER_SMALL_RUNS"); do
       p="" o=""
+      if [ $((i % 2)) = 0 ] && [ "$ours_ok" = 1 ]; then ours_once small "$SMALL" 2000 "$i"; o=$T; ours+=("$o"); fi
       if want peer; then peer_once small "$SMALL" 2000 "$i"; p=$T; peer+=("$p"); fi
-      if [ "$ours_ok" = 1 ]; then ours_once small "$SMALL" 2000 "$i"; o=$T; ours+=("$o"); fi
+      if [ $((i % 2)) = 1 ] && [ "$ours_ok" = 1 ]; then ours_once small "$SMALL" 2000 "$i"; o=$T; ours+=("$o"); fi
       if [ -n "$o" ] && [ -n "$p" ]; then r_peer+=("$(ratio "$p" "$o")"); fi
       log "round $i: peer ${p:-n/a} s, ours ${o:-n/a} s"
     done
@@ -325,7 +345,7 @@ if want floor || want peer || want ours; then
     [ ${#ours[@]} -gt 0 ] && { record ours_small_s "$(median "${ours[@]}")"; record ours_small_runs "$(IFS=,; echo "${ours[*]}")"; }
     [ ${#r_peer[@]} -gt 0 ] && { record ratio_small_peer "$(median "${r_peer[@]}")"; record ratio_small_peer_runs "$(IFS=,; echo "${r_peer[*]}")"; }
   fi
-  rm -rf "$RUNDIR"/peer-* "$RUNDIR"/ours-*
+  discard "$RUNDIR"/peer-* "$RUNDIR"/ours-*
   settle
 fi
 
@@ -351,7 +371,7 @@ if want put; then
 
   log "(iv) small PUTs (4 KiB), 64 clients, ${PUT_SECONDS}s, $PUT_RUNS runs each, alternating"
   ours=() theirs=() ours_p99=() theirs_p99=() ours_cpu=() theirs_cpu=() r_put=()
-  for i in $(seq 1 "$PUT_RUNS"); do
+  put_ours() {
     dir=$RUNDIR/put-ours-$i
     settle
     receiver_config "$dir"
@@ -362,7 +382,8 @@ if want put; then
     ours_p99+=("$(json_field latency.p99_ms <"$dir/put.json")")
     ours_cpu+=("$(json_field loadgen_cpu_us_per_request <"$dir/put.json")")
     [ "$(json_field transport_errors <"$dir/put.json")" = 0 ] || log "ours run $i had transport errors: $dir/put.json"
-
+  }
+  put_nginx() {
     dir=$RUNDIR/put-nginx-$i
     settle
     start_nginx "$dir"
@@ -371,6 +392,11 @@ if want put; then
     theirs+=("$(json_field ok_per_s <"$dir/put.json")")
     theirs_p99+=("$(json_field latency.p99_ms <"$dir/put.json")")
     theirs_cpu+=("$(json_field loadgen_cpu_us_per_request <"$dir/put.json")")
+  }
+  for i in $(seq 1 "$PUT_RUNS"); do
+    # The two swap places every round, so neither always goes first.
+    if [ $((i % 2)) = 1 ]; then put_ours; put_nginx; else put_nginx; put_ours; fi
+    log "round $i: ours ${ours[-1]} req/s, nginx ${theirs[-1]} req/s"
     r_put+=("$(ratio "${ours[-1]}" "${theirs[-1]}")")
   done
   record ratio_put "$(median "${r_put[@]}")"
@@ -383,7 +409,7 @@ if want put; then
   record nginx_put_runs "$(IFS=,; echo "${theirs[*]}")"
   record nginx_put_p99_ms "$(median "${theirs_p99[@]}")"
   record nginx_put_loadgen_cpu_us "$(median "${theirs_cpu[@]}")"
-  rm -rf "$RUNDIR"/put-* "$RUNDIR"/sink
+  discard "$RUNDIR"/put-* "$RUNDIR"/sink
   settle
 fi
 
@@ -399,7 +425,7 @@ if want rss; then
   record rss_peak_mib "$(awk -v k="$hwm_kb" 'BEGIN { printf "%.1f", k / 1024 }')"
   record rss_upload_mb_per_s "$(json_field mb_per_s <"$dir/put.json")"
   record rss_ok "$(json_field ok <"$dir/put.json")"
-  rm -rf "$dir"
+  discard "$dir"
   settle
 fi
 
@@ -419,7 +445,7 @@ if want index; then
   fi
   # Undo what earlier PUT runs added: rows past the original size, lab1's archives.
   truncate -s "$(cat "$IDX/.size")" "$IDX/index.jsonl"
-  rm -rf "$IDX/store/lab1" "$IDX/incoming"
+  discard "$IDX/store/lab1" "$IDX/incoming"
   settle
   INDEX_PATH=$IDX/index.jsonl receiver_config "$IDX"
   log "(vi) start-up with $ROWS rows, $RUNS runs"
@@ -459,7 +485,7 @@ if want index; then
   record empty_put_p99_runs "$(IFS=,; echo "${empty_p99[*]}")"
   record index_rss_mib "$(median "${big_rss[@]}")"
   truncate -s "$(cat "$IDX/.size")" "$IDX/index.jsonl"
-  rm -rf "$IDX/store/lab1" "$IDX/incoming" "$RUNDIR"/empty-*
+  discard "$IDX/store/lab1" "$IDX/incoming" "$RUNDIR"/empty-*
   settle
 fi
 
@@ -497,4 +523,4 @@ fi
 record loadavg_end "$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' ,)"
 python3 "$REPO/bench/table.py" "$RESULTS" | tee "$W/table.md"
 log "table saved to $W/table.md; removing the run directories"
-rm -rf "$RUNDIR"
+rm -rf "$RUNDIR" "$TRASH"
