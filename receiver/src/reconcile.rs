@@ -60,6 +60,9 @@ impl HostNames {
     }
 }
 
+/// Threads that list host directories at once (see `list_store`).
+const LISTERS: usize = 16;
+
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get().min(8))
 }
@@ -80,7 +83,10 @@ pub fn list_store(store_root: &Path) -> io::Result<StoreListing> {
             _ => listing.strays.push(host_entry.path()),
         }
     }
-    let chunk = hosts.len().div_ceil(threads()).max(1);
+    // Reading directories is waiting for the disk when they are not cached (after a
+    // reboot: one synchronous block read after another in each directory), so
+    // many listers keep many reads in flight, whatever the number of cores.
+    let chunk = hosts.len().div_ceil(LISTERS).max(1);
     let parts: Vec<io::Result<(Vec<HostNames>, Vec<PathBuf>)>> = std::thread::scope(|scope| {
         let handles: Vec<_> = hosts
             .chunks(chunk)
