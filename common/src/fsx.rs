@@ -263,7 +263,11 @@ mod tests {
         std::fs::write(&first, "kept").unwrap();
         let mut file = create_unnamed(dir.path(), 0o644).unwrap();
         file.write_all(b"body").unwrap();
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no name yet");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no name yet"
+        );
         let err = link_noreplace(&file, &first).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(std::fs::read_to_string(&first).unwrap(), "kept");

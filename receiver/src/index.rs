@@ -331,9 +331,9 @@ struct Piece {
 /// Which shard (loader thread, map) a host belongs to. Any stable function works:
 /// all rows of a host go to one shard, so "the last row wins" keeps its meaning.
 fn shard_of(host: &str, shards: usize) -> usize {
-    host.bytes()
-        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(usize::from(b)))
-        % shards
+    host.bytes().fold(0usize, |h, b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    }) % shards
 }
 
 fn parse_piece(text: &[u8], shards: usize) -> Piece {
@@ -948,8 +948,7 @@ impl CommitLoop {
     /// Barrier 1: the data of every upload its writer did not fsync (small bodies)
     /// becomes durable, with one syncfs, before anything is named in the store.
     fn sync_data(&self, batch: Vec<Request>) -> Vec<Request> {
-        let unsynced =
-            |r: &Request| matches!(r, Request::Publish(p) if matches!(p.upload, Upload::Unsynced(_)));
+        let unsynced = |r: &Request| matches!(r, Request::Publish(p) if matches!(p.upload, Upload::Unsynced(_)));
         if !batch.iter().any(unsynced) {
             return batch;
         }
@@ -1115,8 +1114,7 @@ impl CommitLoop {
             _ => {
                 let file = &mut self.file;
                 std::thread::scope(|scope| {
-                    let names =
-                        scope.spawn(|| dirs.iter().try_for_each(|dir| fsx::fsync_dir(dir)));
+                    let names = scope.spawn(|| dirs.iter().try_for_each(|dir| fsx::fsync_dir(dir)));
                     let rows = file.append(&lines);
                     let names = names
                         .join()
@@ -1428,9 +1426,7 @@ mod tests {
             let c = committer.clone();
             tasks.push(tokio::spawn(async move {
                 let upload = Upload::Spooled(Spool::from_file(temp).unwrap());
-                c.publish(upload, row("lab1", "E1", body))
-                    .await
-                    .unwrap()
+                c.publish(upload, row("lab1", "E1", body)).await.unwrap()
             }));
         }
         for t in tasks {

@@ -571,22 +571,23 @@ async fn receive_and_publish(
     };
     // Small bodies are read into memory and spooled only once they are known to be
     // whole and right; large ones stream into the spool as they arrive.
-    let (received, spooled) = if small {
+    let (received, upload) = if small {
         match upload::receive_small(body, put.content_length, idle, count).await {
-            Ok((received, data)) => (received, Err(data)),
+            Ok((received, data)) => (
+                received,
+                Upload::Small {
+                    data,
+                    dir: spool_dir,
+                    name: spool_name,
+                },
+            ),
             Err(e) => return receive_failed(e, &host_id, &episode_id),
         }
     } else {
-        let receiving = upload::receive(
-            body,
-            spool_dir.clone(),
-            spool_name.clone(),
-            put.content_length,
-            idle,
-            count,
-        );
+        let receiving =
+            upload::receive(body, spool_dir, spool_name, put.content_length, idle, count);
         match receiving.await {
-            Ok((received, spool)) => (received, Ok(spool)),
+            Ok((received, spool)) => (received, Upload::Spooled(spool)),
             Err(e) => return receive_failed(e, &host_id, &episode_id),
         }
     };
@@ -621,14 +622,6 @@ async fn receive_and_publish(
         started_at: put.started_at.map(wire::format_rfc3339),
         received_at: wire::format_rfc3339(OffsetDateTime::now_utc()),
         client,
-    };
-    let upload = match spooled {
-        Ok(spool) => Upload::Spooled(spool),
-        Err(data) => Upload::Small {
-            data,
-            dir: spool_dir,
-            name: spool_name,
-        },
     };
     match state.committer.publish(upload, row).await {
         Ok(Published::Created(entry)) => {

@@ -31,7 +31,7 @@ pub const SMALL_BODY: u64 = 64 << 10;
 /// Frames buffered between the network and the writer thread.
 const CHANNEL_FRAMES: usize = 4;
 
-/// A temp file that is removed on drop unless `keep` was called.
+/// A named temp file, removed on drop unless it was published.
 #[derive(Debug)]
 pub struct TempFile {
     path: PathBuf,
@@ -45,12 +45,6 @@ impl TempFile {
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Hands the file over (to the committer, which removes or publishes it).
-    pub fn keep(mut self) -> PathBuf {
-        self.armed = false;
-        std::mem::take(&mut self.path)
     }
 }
 
@@ -333,11 +327,24 @@ mod tests {
     async fn an_unnamed_spool_has_no_name_until_published_and_never_replaces() {
         let dir = tempfile::tempdir().unwrap();
         let (body, all) = streamed();
-        let (got, mut spool) = receive(body, dir.path().into(), None, u64::MAX, Duration::from_secs(5), |_| {})
-            .await
-            .unwrap();
-        assert_eq!((got.sha256, got.bytes), (Sha256::of(&all), all.len() as u64));
-        assert!(names(dir.path()).is_empty(), "nothing named before publishing");
+        let (got, mut spool) = receive(
+            body,
+            dir.path().into(),
+            None,
+            u64::MAX,
+            Duration::from_secs(5),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            (got.sha256, got.bytes),
+            (Sha256::of(&all), all.len() as u64)
+        );
+        assert!(
+            names(dir.path()).is_empty(),
+            "nothing named before publishing"
+        );
         std::fs::write(dir.path().join("taken"), "first").unwrap();
         let err = spool.publish(&dir.path().join("taken")).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
@@ -352,9 +359,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (body, all) = streamed();
         let name = dir.path().join("u.part");
-        let (_, mut spool) = receive(body, dir.path().into(), Some(name.clone()), u64::MAX, Duration::from_secs(5), |_| {})
-            .await
-            .unwrap();
+        let (_, mut spool) = receive(
+            body,
+            dir.path().into(),
+            Some(name.clone()),
+            u64::MAX,
+            Duration::from_secs(5),
+            |_| {},
+        )
+        .await
+        .unwrap();
         spool.publish(&dir.path().join("archive")).unwrap();
         drop(spool);
         assert_eq!(names(dir.path()), ["archive"]);
@@ -362,7 +376,11 @@ mod tests {
         let small = spool_small(dir.path(), Some(name), b"abc").unwrap();
         assert_eq!(names(dir.path()), ["archive", "u.part"]);
         drop(small);
-        assert_eq!(names(dir.path()), ["archive"], "the guard removes an unpublished spool");
+        assert_eq!(
+            names(dir.path()),
+            ["archive"],
+            "the guard removes an unpublished spool"
+        );
     }
 
     #[tokio::test]
@@ -373,9 +391,16 @@ mod tests {
                 .chain(futures_util::stream::pending());
         let body = Body::from_stream(stalled);
         let name = Some(dir.path().join("u.part"));
-        let err = receive(body, dir.path().into(), name, u64::MAX, Duration::from_millis(100), |_| {})
-            .await
-            .unwrap_err();
+        let err = receive(
+            body,
+            dir.path().into(),
+            name,
+            u64::MAX,
+            Duration::from_millis(100),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ReceiveError::Idle(_)), "{err}");
         assert!(names(dir.path()).is_empty());
     }
@@ -384,9 +409,16 @@ mod tests {
     async fn a_body_over_the_limit_stops_early() {
         let dir = tempfile::tempdir().unwrap();
         let body = Body::from(vec![0u8; 1000]);
-        let err = receive(body, dir.path().into(), None, 999, Duration::from_secs(5), |_| {})
-            .await
-            .unwrap_err();
+        let err = receive(
+            body,
+            dir.path().into(),
+            None,
+            999,
+            Duration::from_secs(5),
+            |_| {},
+        )
+        .await
+        .unwrap_err();
         assert!(matches!(err, ReceiveError::TooLong(999)), "{err}");
     }
 
@@ -396,7 +428,10 @@ mod tests {
         let (incoming, store) = (dir.path().join("incoming"), dir.path().join("store"));
         std::fs::create_dir(&incoming).unwrap();
         std::fs::create_dir(&store).unwrap();
-        assert!(probe_unnamed(&incoming, &store), "ext4/tmpfs here support O_TMPFILE");
+        assert!(
+            probe_unnamed(&incoming, &store),
+            "ext4/tmpfs here support O_TMPFILE"
+        );
         assert!(names(&store).is_empty() && names(&incoming).is_empty());
         assert!(!probe_unnamed(&dir.path().join("missing"), &store));
     }
