@@ -31,6 +31,10 @@ pub struct Status {
     pub quarantine: QuarantineSummary,
     pub hold: Option<HoldSummary>,
     pub backoff: Option<BackoffSummary>,
+    /// A pass that started uploading and has not ended: one under way now, or,
+    /// when no shipper runs or `unfinished_passes` is 2 or more, passes that died
+    /// (the crash-loop guard then holds uploads back until `uploads_resume_at`).
+    pub pass_under_way: Option<PassSummary>,
     pub last_success: Option<String>,
     pub last_success_age_secs: Option<u64>,
     pub shipped: usize,
@@ -102,6 +106,16 @@ pub struct HoldSummary {
     pub problem_type: Option<String>,
     pub error: String,
     pub next_check: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PassSummary {
+    pub started: String,
+    /// Passes in a row that started uploading and did not end, this one included.
+    pub unfinished_passes: u32,
+    /// If this pass never ends, no upload starts before this time; `None` once it
+    /// has passed.
+    pub uploads_resume_at: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -219,6 +233,11 @@ pub fn collect(config: &Config) -> Status {
             last_status: b.last_status,
             last_error: b.last_error.clone(),
         });
+    let pass_under_way = state.pass_under_way.as_ref().map(|p| PassSummary {
+        started: wall_s(p.started_ms / 1000),
+        unfinished_passes: p.unfinished,
+        uploads_resume_at: (p.resume_ms / 1000 >= now_unix).then(|| wall_s(p.resume_ms / 1000)),
+    });
     let shipped = layout::entries(&root.shipped)
         .map_or(0, |e| e.iter().filter(|(n, _)| !n.starts_with('.')).count());
     Status {
@@ -232,6 +251,7 @@ pub fn collect(config: &Config) -> Status {
         quarantine: q,
         hold,
         backoff,
+        pass_under_way,
         last_success: state.last_success_unix.map(wall_s),
         last_success_age_secs: state
             .last_success_unix
@@ -313,6 +333,23 @@ pub fn render(s: &Status) -> String {
             "backoff     until {} after {} failure(s): {}",
             b.until, b.failures, b.last_error
         );
+    }
+    if let Some(p) = &s.pass_under_way {
+        let resume = match &p.uploads_resume_at {
+            Some(t) => format!("uploads resume at {t}"),
+            None => "its wait is over, uploads resume at the next start".to_owned(),
+        };
+        let _ = match p.unfinished_passes {
+            0 | 1 => writeln!(
+                out,
+                "pass        under way since {} (if no shipper runs, it died mid-pass: {resume})",
+                p.started
+            ),
+            n => writeln!(
+                out,
+                "CRASH LOOP  {n} passes in a row did not finish (crash, OOM, SIGKILL or watchdog); {resume}; why: journalctl -u episode-shipper"
+            ),
+        };
     }
     let _ = writeln!(out, "conflicts   {}", s.conflicts.len());
     for c in &s.conflicts {

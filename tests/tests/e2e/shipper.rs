@@ -920,6 +920,28 @@ fn check_validates_read_only_and_status_reports_everything() {
             && human.stdout.contains("412 out-of-window"),
         "{human}"
     );
+    // Passes that died mid-pass (the crash-loop guard) are shown with when uploads resume.
+    std::fs::create_dir_all(host.state()).unwrap();
+    let resume_ms = now_ms() + 600_000;
+    let marker = json!({"pass_under_way": {"started_ms": now_ms() - 5_000, "unfinished": 3, "resume_ms": resume_ms}});
+    std::fs::write(host.state().join("retry.json"), marker.to_string()).unwrap();
+    let status = env.shipper(&host, &["status", "--json"]).json();
+    assert_eq!(status["pass_under_way"]["unfinished_passes"], 3, "{status}");
+    let resume = status["pass_under_way"]["uploads_resume_at"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(resume.ends_with('Z'), "{status}");
+    let human = env.shipper(&host, &["status"]);
+    assert!(
+        human
+            .stdout
+            .contains("CRASH LOOP  3 passes in a row did not finish")
+            && human
+                .stdout
+                .contains(&format!("uploads resume at {resume}")),
+        "{human}"
+    );
     // A corrupt state file is a note, not a failure, and is set aside at the next start.
     std::fs::create_dir_all(host.state()).unwrap();
     std::fs::write(host.state().join("retry.json"), b"{ torn").unwrap();

@@ -320,8 +320,30 @@ pub fn hold_row(s: &Status, now_unix: i64, ctx: &Context) -> Row {
             ),
         );
         row.fix(Level::Yellow, fixes::transient(ctx));
-    } else {
-        row.note(Level::Green, "shipping is not paused");
+    }
+    match s
+        .pass_under_way
+        .as_ref()
+        .filter(|p| p.unfinished_passes >= 2)
+    {
+        Some(p) => {
+            let resume = match &p.uploads_resume_at {
+                Some(t) => format!("uploads resume at {t}"),
+                None => "uploads resume at its next start".to_owned(),
+            };
+            row.note(
+                Level::Red,
+                format!(
+                    "crash loop: {} passes in a row died mid-pass (crash, OOM, SIGKILL or watchdog); {resume}",
+                    p.unfinished_passes
+                ),
+            );
+            row.fix(Level::Red, fixes::crash_loop(ctx));
+        }
+        None if s.hold.is_none() && s.backoff.is_none() => {
+            row.note(Level::Green, "shipping is not paused");
+        }
+        None => {}
     }
     if let Some(e) = &s.state_error {
         row.note(
@@ -347,7 +369,7 @@ pub fn hold_row(s: &Status, now_unix: i64, ctx: &Context) -> Row {
 mod tests {
     use super::*;
     use episode_shipper::status::{
-        Backlog, BackoffSummary, ConflictEntry, HoldSummary, Outbox, QuarantineSummary,
+        Backlog, BackoffSummary, ConflictEntry, HoldSummary, Outbox, PassSummary, QuarantineSummary,
     };
 
     fn status() -> Status {
@@ -362,6 +384,7 @@ mod tests {
             quarantine: QuarantineSummary::default(),
             hold: None,
             backoff: None,
+            pass_under_way: None,
             last_success: None,
             last_success_age_secs: Some(3),
             shipped: 0,
@@ -498,7 +521,45 @@ mod tests {
                 .contains("since 2026-11-22T10:00:00Z (2h ago) by 401")
         );
         assert!(row.fix_line().unwrap().contains("/etc/t"));
-        s.hold.as_mut().unwrap().status_code = 404;
+        s.hold = None;
+        s.backoff = None;
+        s.pass_under_way = Some(PassSummary {
+            started: "2026-11-22T10:00:00Z".into(),
+            unfinished_passes: 1,
+            uploads_resume_at: None,
+        });
+        assert_eq!(
+            hold_row(&s, 0, &ctx()).level(),
+            Level::Green,
+            "one pass under way is a pass at work"
+        );
+        s.pass_under_way.as_mut().unwrap().unfinished_passes = 4;
+        s.pass_under_way.as_mut().unwrap().uploads_resume_at = Some("2026-11-22T10:08:00Z".into());
+        let row = hold_row(&s, 0, &ctx());
+        assert_eq!(row.level(), Level::Red);
+        assert!(
+            row.finding_line()
+                .contains("4 passes in a row died mid-pass")
+                && row
+                    .finding_line()
+                    .contains("uploads resume at 2026-11-22T10:08:00Z"),
+            "{}",
+            row.finding_line()
+        );
+        assert!(
+            row.fix_line()
+                .unwrap()
+                .contains("journalctl -u episode-shipper")
+        );
+        s.pass_under_way = None;
+        s.hold = Some(HoldSummary {
+            since: "2026-11-22T10:00:00Z".into(),
+            since_unix: 1000,
+            status_code: 404,
+            problem_type: None,
+            error: "404".into(),
+            next_check: "2026-11-22T10:10:00Z".into(),
+        });
         assert!(
             hold_row(&s, 0, &ctx())
                 .fix_line()

@@ -205,6 +205,14 @@ pub fn transient(ctx: &Context) -> String {
     )
 }
 
+/// The shipper keeps dying in the middle of passes.
+pub fn crash_loop(ctx: &Context) -> String {
+    format!(
+        "find why it dies: `journalctl -u {} -b` (panic, watchdog) and `dmesg | grep -i oom` (killed for memory: lower `memory_budget`); uploads resume by themselves after the logged time",
+        ctx.unit
+    )
+}
+
 /// Running as a user who cannot read something the shipper can.
 pub fn permission() -> String {
     "run the doctor as root or as the shipper's user: `sudo episode-doctor` (or `sudo -u episode-shipper episode-doctor`)".into()
