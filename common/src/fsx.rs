@@ -3,7 +3,7 @@
 //! Owns the moves every durable publish is made of: fsync a directory, rename
 //! without ever replacing the target, an unnamed file named later without
 //! replacing, write a small file atomically, a `syncfs` barrier on a long-lived
-//! handle, set a file's mtime to now, and read free space; plus hashing a whole file
+//! handle, and read free space; plus hashing a whole file
 //! and stamping one to notice it changed. Synchronous on purpose: callers run them
 //! off the async workers. Acts only on the paths it is given.
 
@@ -16,17 +16,6 @@ use std::path::Path;
 /// Makes the directory entries of `dir` durable (after a create, rename or unlink in it).
 pub fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
-}
-
-/// Sets the modification time of `path` to now (write permission is enough, as
-/// for `touch`; an explicit time would need ownership).
-pub fn touch_now(path: &Path) -> io::Result<()> {
-    let c = cstr(path)?;
-    // SAFETY: a NUL-terminated path; a null `times` means "now" for both times.
-    if unsafe { libc::utimensat(libc::AT_FDCWD, c.as_ptr(), std::ptr::null(), 0) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 fn cstr(path: &Path) -> io::Result<CString> {

@@ -1090,23 +1090,16 @@ fn record(episode: &mut crate::state::EpisodeState, j: &Judgement, attempt: u32,
 }
 
 /// Moves a shipped episode to `shipped/` and drops its outbox files. Blocking.
-/// The directories are fsynced once per pass (`Shipper::sync_retired`). The
-/// directory's mtime is set to now, as quarantining does by writing its reason:
-/// `shipped.keep_days` counts from the shipping, not from the recording (an
-/// episode stuck for ten days is not deleted the moment it ships).
+/// The directories are fsynced once per pass (`Shipper::sync_retired`).
 fn retire(root: &DataRoot, id: &EpisodeId) -> std::io::Result<()> {
-    let name = match root.rename_episode(id, Place::Episodes, Place::Shipped, id.as_str()) {
-        Ok(()) => id.to_string(),
+    match root.rename_episode(id, Place::Episodes, Place::Shipped, id.as_str()) {
+        Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let name = format!("{id}.{}", now_ms() / 1000);
             tracing::warn!(episode_id = %id, kept_as = %name, "shipped/{id} already exists; keeping both");
             root.rename_episode(id, Place::Episodes, Place::Shipped, &name)?;
-            name
         }
         Err(e) => return Err(e),
-    };
-    if let Err(e) = episode_common::fsx::touch_now(&root.shipped.join(&name)) {
-        tracing::warn!(episode_id = %id, error = %e, "could not set the shipped directory's mtime; shipped.keep_days counts from its last change");
     }
     root.remove_outbox(id)
 }

@@ -1219,37 +1219,6 @@ fn shipped_keep_days_removes_old_shipped_entries_only() {
 }
 
 #[test]
-fn shipped_keep_days_counts_from_the_shipping_not_the_recording() {
-    let env = TestEnv::new("shipped-age");
-    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
-    let host = env.shipper_host(
-        "lab1",
-        "lab1",
-        &receiver.url,
-        "[shipped]\nkeep_days = 7\n[quarantine]\ncleanup_interval = \"0s\"\n",
-    );
-    // Recorded ten days ago and stuck since (a receiver down, a hold): shipped now.
-    episode(&host, "01STUCK");
-    let dir = host.episodes().join("01STUCK");
-    std::fs::File::open(&dir)
-        .unwrap()
-        .set_modified(SystemTime::now() - Duration::from_secs(10 * 86_400))
-        .unwrap();
-    assert_eq!(once(&env, &host)["shipped"], 1);
-    let run = env.shipper(&host, &["once"]);
-    assert_eq!(run.code(), Some(0), "{run}");
-    assert_eq!(host.list(&host.shipped()), ["01STUCK"], "{run}");
-    let age = std::fs::metadata(host.shipped().join("01STUCK"))
-        .unwrap()
-        .modified()
-        .unwrap()
-        .elapsed()
-        .unwrap_or_default();
-    assert!(age < Duration::from_secs(60), "shipped dir is {age:?} old");
-    assert_eq!(receiver.index_rows().len(), 1);
-}
-
-#[test]
 fn requeue_by_id_and_all_moves_episodes_back_with_fresh_retry_state() {
     let env = TestEnv::new("requeue");
     let stub = StubServer::new(Reply::problem(400, "missing-code-commit"));
