@@ -204,6 +204,13 @@ fn reshipping_after_a_crash_before_retire_is_already_present_and_not_indexed_twi
     let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
     let host = env.shipper_host("lab1", "lab1", &receiver.url, "");
     episode(&host, ID);
+    // Recorded a day ago: the archive carries the directory's own mtime, so
+    // anything that touched it on the way (a retire setting it to "now") would
+    // make the second archive differ, and the re-ship a 409.
+    std::fs::File::open(host.episodes().join(ID))
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(86_400))
+        .unwrap();
     assert_eq!(once(&env, &host)["shipped"], 1);
     // As if the shipper crashed after the 201 but before the move: the directory is
     // back where it was.
