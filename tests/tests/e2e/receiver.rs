@@ -514,19 +514,35 @@ fn an_oversize_upload_is_refused_before_any_body_byte() {
 // 11
 #[test]
 fn a_person_with_curl_can_upload() {
-    if std::process::Command::new("curl")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        eprintln!("SKIPPED: curl is not on PATH");
-        return;
+    // .ci/run installs curl and openssl; a machine without them skips, loudly.
+    for (tool, version) in [("curl", "--version"), ("openssl", "version")] {
+        if std::process::Command::new(tool)
+            .arg(version)
+            .output()
+            .is_err()
+        {
+            eprintln!("SKIPPED: {tool} is not on PATH");
+            return;
+        }
     }
     let env = TestEnv::new("curl");
     let rcv = env.spawn_receiver(&env.receiver_config("r", true, ""));
     let dir = env.dir("curl");
     let curl = |file: &std::path::Path, out: &str| -> (u16, String, Value) {
-        let bytes = std::fs::read(file).unwrap();
+        // The digest as docs/operations.md tells a person to make it, with openssl.
+        let digest = std::process::Command::new("sh")
+            .arg("-c")
+            .arg("openssl dgst -sha256 -binary \"$1\" | openssl base64 -A")
+            .arg("sh")
+            .arg(file)
+            .output()
+            .unwrap();
+        assert!(digest.status.success(), "openssl: {digest:?}");
+        let digest = String::from_utf8(digest.stdout).unwrap();
+        assert_eq!(
+            format!("sha-256=:{}:", digest.trim()),
+            Sha256::of(&std::fs::read(file).unwrap()).to_field()
+        );
         let out_path = dir.join(out);
         let output = std::process::Command::new("curl")
             .args(["-sS", "--max-time", "10", "--cacert"])
@@ -538,7 +554,7 @@ fn a_person_with_curl_can_upload() {
             .arg("-T")
             .arg(file)
             .arg("-H")
-            .arg(format!("Repr-Digest: {}", Sha256::of(&bytes).to_field()))
+            .arg(format!("Repr-Digest: sha-256=:{}:", digest.trim()))
             .args(["-H", "X-Code-Commit: abc", "-o"])
             .arg(&out_path)
             .args(["-w", "%{http_code} %{content_type}"])
