@@ -181,7 +181,11 @@ impl std::fmt::Display for Kills {
 
 /// Starts the daemon and SIGKILLs it at an instant chosen by `rng`: when the sign
 /// of a random phase shows (then after a few random milliseconds more), or after a
-/// random 20–300 ms when it does not show by then. Records where it landed.
+/// random 300–1500 ms when it does not show by then; a kill aimed "anywhere" after
+/// a random 20–300 ms. Counted from READY: start-up alone takes longer than that in
+/// a debug build, and counted from the spawn most kills landed before the first
+/// pass. Half the kills aimed "anywhere" land during start-up and recovery instead.
+/// Records where it landed.
 fn spawn_and_kill(
     env: &TestEnv,
     host: &Host,
@@ -190,12 +194,28 @@ fn spawn_and_kill(
     kills: &mut Kills,
 ) {
     let aim = Aim::pick(rng);
-    let deadline = Instant::now() + Duration::from_millis(rng.random_range(20..=300));
+    let during_start_up = aim == Aim::Anywhere && rng.random_bool(0.5);
+    // A phase's sign may take a while to show (the crash-loop guard's wait, the
+    // small episodes before a large one): an aimed kill waits longer for it.
+    let window = Duration::from_millis(match aim {
+        Aim::Anywhere => rng.random_range(20..=300),
+        _ => rng.random_range(300..=1500),
+    });
     let extra = Duration::from_millis(match aim {
         Aim::Retire => rng.random_range(0..=2),
         _ => rng.random_range(0..=20),
     });
-    let shipper = env.spawn_shipper(host, |_| {});
+    let notify = env.notify_socket();
+    let shipper = env.spawn_shipper(host, |cmd| {
+        cmd.env("NOTIFY_SOCKET", notify.path());
+    });
+    if !during_start_up {
+        let ready_by = Instant::now() + Duration::from_secs(10);
+        while notify.first("READY=1").is_none() && Instant::now() < ready_by {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let deadline = Instant::now() + window;
     let mut seen = false;
     while Instant::now() < deadline {
         if aim.seen(host, receiver, &shipper) {
