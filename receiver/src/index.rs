@@ -467,10 +467,15 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
     let mut shards: Vec<(Map, Vec<(HostId, EpisodeId)>)> =
         (0..threads).map(|_| Default::default()).collect();
     let (mut offset, mut line_no, mut rows) = (0u64, 0u64, 0u64);
-    let mut carry: Vec<u8> = Vec::with_capacity(LOAD_BLOCK + 4096);
+    // A block no larger than what is left to read: a small index costs no 32 MiB
+    // (the file may still grow while `check` reads it: reading goes on to EOF).
+    let block_for =
+        |read: u64| LOAD_BLOCK.min(file_len.saturating_sub(read).max(64 << 10) as usize);
+    let mut carry: Vec<u8> = Vec::with_capacity(block_for(0) + 4096);
+    let mut read_total = 0u64;
     loop {
         let start = carry.len();
-        carry.resize(start + LOAD_BLOCK, 0);
+        carry.resize(start + block_for(read_total), 0);
         let mut filled = start;
         while filled < carry.len() {
             match file.read(&mut carry[filled..]) {
@@ -480,6 +485,7 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
                 Err(e) => return Err(e),
             }
         }
+        read_total += (filled - start) as u64;
         let eof = filled < carry.len();
         carry.truncate(filled);
         let end = if eof {

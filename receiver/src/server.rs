@@ -143,7 +143,7 @@ impl Listener {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(config.header_read_timeout.get())
-            .max_buf_size(256 << 10)
+            .max_buf_size(crate::upload::MAX_FRAME)
             .keep_alive(true);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(connection).await {
