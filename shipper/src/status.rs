@@ -1,7 +1,8 @@
 //! `episode-shipper status`: what is waiting, stuck or paused, read-only.
 //!
 //! Owns collecting the backlog (count, bytes, oldest), outbox contents, conflicts,
-//! quarantine by reason, hold and backoff, and the last success from the data root
+//! quarantine by reason, hold and backoff, a pass that never ended (the crash-loop
+//! guard), and the last success from the data root
 //! and the state file, without taking the lock or writing anything, so it works
 //! while the daemon runs. The doctor reads the same `Status`.
 
