@@ -2,9 +2,9 @@
 //!
 //! Owns collecting the backlog (count, bytes, oldest), outbox contents, conflicts,
 //! quarantine by reason, hold and backoff, a pass that never ended (the crash-loop
-//! guard), and the last success from the data root
-//! and the state file, without taking the lock or writing anything, so it works
-//! while the daemon runs. The doctor reads the same `Status`.
+//! guard), and the last success from the data root and the state file, without
+//! taking the lock or writing anything, so it works while the daemon runs. The
+//! doctor reads the same `Status`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
