@@ -472,10 +472,10 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
     let block_for =
         |read: u64| LOAD_BLOCK.min(file_len.saturating_sub(read).max(64 << 10) as usize);
     let mut carry: Vec<u8> = Vec::with_capacity(block_for(0) + 4096);
-    let mut read_total = 0u64;
     loop {
+        // Read so far: the rows parsed (`offset`) and the partial line carried over.
         let start = carry.len();
-        carry.resize(start + block_for(read_total), 0);
+        carry.resize(start + block_for(offset + start as u64), 0);
         let mut filled = start;
         while filled < carry.len() {
             match file.read(&mut carry[filled..]) {
@@ -485,7 +485,6 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
                 Err(e) => return Err(e),
             }
         }
-        read_total += (filled - start) as u64;
         let eof = filled < carry.len();
         carry.truncate(filled);
         let end = if eof {

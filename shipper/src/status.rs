@@ -119,6 +119,22 @@ pub struct PassSummary {
     pub uploads_resume_at: Option<String>,
 }
 
+impl PassSummary {
+    /// Two or more passes in a row died: a crash loop, not a pass at work (one
+    /// marker is also what a running pass leaves).
+    pub fn is_crash_loop(&self) -> bool {
+        self.unfinished_passes >= 2
+    }
+
+    /// When uploads resume, as a phrase for the status table and the doctor.
+    pub fn resume(&self) -> String {
+        match &self.uploads_resume_at {
+            Some(t) => format!("uploads resume at {t}"),
+            None => "its wait is over, uploads resume at the next start".to_owned(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BackoffSummary {
     pub failures: u32,
@@ -336,19 +352,18 @@ pub fn render(s: &Status) -> String {
         );
     }
     if let Some(p) = &s.pass_under_way {
-        let resume = match &p.uploads_resume_at {
-            Some(t) => format!("uploads resume at {t}"),
-            None => "its wait is over, uploads resume at the next start".to_owned(),
-        };
-        let _ = match p.unfinished_passes {
-            0 | 1 => writeln!(
+        let _ = match p.is_crash_loop() {
+            false => writeln!(
                 out,
-                "pass        under way since {} (if no shipper runs, it died mid-pass: {resume})",
-                p.started
+                "pass        under way since {} (if no shipper runs, it died mid-pass: {})",
+                p.started,
+                p.resume()
             ),
-            n => writeln!(
+            true => writeln!(
                 out,
-                "CRASH LOOP  {n} passes in a row did not finish (crash, OOM, SIGKILL or watchdog); {resume}; why: journalctl -u episode-shipper"
+                "CRASH LOOP  {} passes in a row did not finish (crash, OOM, SIGKILL or watchdog); {}; why: journalctl -u episode-shipper",
+                p.unfinished_passes,
+                p.resume()
             ),
         };
     }

@@ -321,21 +321,14 @@ pub fn hold_row(s: &Status, now_unix: i64, ctx: &Context) -> Row {
         );
         row.fix(Level::Yellow, fixes::transient(ctx));
     }
-    match s
-        .pass_under_way
-        .as_ref()
-        .filter(|p| p.unfinished_passes >= 2)
-    {
+    match s.pass_under_way.as_ref().filter(|p| p.is_crash_loop()) {
         Some(p) => {
-            let resume = match &p.uploads_resume_at {
-                Some(t) => format!("uploads resume at {t}"),
-                None => "uploads resume at its next start".to_owned(),
-            };
             row.note(
                 Level::Red,
                 format!(
-                    "crash loop: {} passes in a row died mid-pass (crash, OOM, SIGKILL or watchdog); {resume}",
-                    p.unfinished_passes
+                    "crash loop: {} passes in a row died mid-pass (crash, OOM, SIGKILL or watchdog); {}",
+                    p.unfinished_passes,
+                    p.resume()
                 ),
             );
             row.fix(Level::Red, fixes::crash_loop(ctx));
