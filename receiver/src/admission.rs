@@ -64,8 +64,9 @@ pub fn bind_identity(
     let named = path_host.into_iter().chain(x_host_id);
     if let Some(peer) = peer {
         for host in named {
-            // DNS names are case-insensitive (RFC 4343): `LAB1` in a certificate is lab1.
-            if !peer.names.iter().any(|n| n.eq_ignore_ascii_case(host)) {
+            // Exact: the store is case-sensitive, so `LAB1` is another host than
+            // `lab1` (its own directory, its own upload slots), whatever DNS says.
+            if !peer.names.iter().any(|n| n == host) {
                 return Err(Problem::new(
                     Slug::ForbiddenIdentity,
                     format!("client certificate identities {:?} do not include host {host:?}", peer.names),
@@ -495,17 +496,25 @@ mod tests {
     }
 
     #[test]
-    fn certificate_names_match_hosts_ignoring_ascii_case() {
+    fn certificate_names_match_hosts_exactly_not_ignoring_case() {
         let peer = PeerIdentity {
             names: vec!["LAB1.Example.ORG".into(), "Lab2".into()],
             primary: Some("Lab2".into()),
         };
-        assert!(bind_identity(Some(&peer), Some("lab1.example.org"), None).is_ok());
-        assert!(bind_identity(Some(&peer), Some("lab2"), Some("LAB2")).is_ok());
-        assert_eq!(
-            slug_of(bind_identity(Some(&peer), Some("lab1"), None)),
-            "forbidden-identity"
-        );
+        assert!(bind_identity(Some(&peer), Some("LAB1.Example.ORG"), None).is_ok());
+        assert!(bind_identity(Some(&peer), Some("Lab2"), Some("Lab2")).is_ok());
+        for (path, header) in [
+            (Some("lab1.example.org"), None),
+            (Some("lab2"), None),
+            (Some("Lab2"), Some("LAB2")),
+            (None, Some("lab2")),
+        ] {
+            assert_eq!(
+                slug_of(bind_identity(Some(&peer), path, header)),
+                "forbidden-identity",
+                "{path:?} {header:?}"
+            );
+        }
     }
 
     #[test]
