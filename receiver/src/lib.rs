@@ -171,9 +171,15 @@ pub fn open(
     let load_ms = started.elapsed().as_millis() as u64;
     let (listing, list_took) = listing;
     let listing = listing.map_err(|e| runtime("scanning", &config.store_root, e))?;
-    if load.torn_tail.is_some() {
+    if let Some((offset, bytes, parses)) = load.torn_tail {
         index::repair_tail(&config.index_path, &load)
             .map_err(|e| runtime("repairing", &config.index_path, e))?;
+        let path = config.index_path.display();
+        if parses {
+            tracing::info!(event = "index_tail_completed", path = %path, offset, bytes, "the last index line lacked its newline; completed");
+        } else {
+            tracing::warn!(event = "index_tail_cut", path = %path, offset, bytes, "the last index line was torn; cut off (its archive, if any, is reconciled)");
+        }
         report.torn_tail_repaired = true;
     }
     for (line, error) in &load.bad_lines {

@@ -64,3 +64,39 @@ fn host_ids_are_bound_to_certificates_exactly_not_ignoring_case() {
     assert_eq!(own.status, 201, "{own:#?}");
     assert_eq!(own.body["sha256"], Sha256::of(&body).to_hex());
 }
+
+#[test]
+fn a_torn_index_line_that_is_cut_is_logged_at_warn_with_path_offset_and_length() {
+    let env = TestEnv::new("torn-log");
+    let cfg = env.receiver_config("r", true, "");
+    let mut rcv = env.spawn_receiver(&cfg);
+    let put = rcv.put(&rcv.client("lab1"), "lab1", "01FIRST", b"first archive");
+    assert_eq!(put.status, 201, "{put:#?}");
+    rcv.process.kill();
+    let offset = std::fs::metadata(&rcv.index_path).unwrap().len();
+    let torn = br#"{"host_id":"lab1","episode_id":"01TORN","sha256":"ab"#;
+    let mut index = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&rcv.index_path)
+        .unwrap();
+    std::io::Write::write_all(&mut index, torn).unwrap();
+    drop(index);
+
+    // Started at the default level (no RUST_LOG): the cut must still be visible.
+    let rcv = env.spawn_receiver_with(&cfg, |cmd| {
+        cmd.env_remove("RUST_LOG");
+    });
+    assert_eq!(std::fs::metadata(&rcv.index_path).unwrap().len(), offset);
+    let log = rcv.process.stderr() + &rcv.process.stdout();
+    let line = log
+        .lines()
+        .find(|l| l.contains("index_tail_cut"))
+        .unwrap_or_else(|| panic!("no index_tail_cut line\n{}", rcv.process.report()));
+    assert!(line.contains("WARN"), "{line}");
+    assert!(
+        line.contains(&rcv.index_path.display().to_string()),
+        "{line}"
+    );
+    assert!(line.contains(&format!("offset={offset}")), "{line}");
+    assert!(line.contains(&format!("bytes={}", torn.len())), "{line}");
+}
