@@ -3,9 +3,11 @@
 //! Owns the report: what start-up would repair by itself (archives without a row, a
 //! torn last index line, leftover temp files), what is only information (a later
 //! row for a key restored after a lost archive: the last row is used) and what
-//! needs a person (rows whose archive is gone, unreadable index lines). Applies the
-//! same config rules as `run` (exit 78), incoming_root and store_root on one
-//! filesystem included, with stat only. Writes nothing anywhere and takes no lock.
+//! needs a person (rows whose archive is gone, unreadable index lines, rows of one
+//! key that disagree, anything in the store that is not a regular file, an archive
+//! whose size — or with `--all` sha256 — differs from its row). Applies the same
+//! config rules as `run` (exit 78), the same-filesystem and writability checks
+//! included, with stat only. Writes nothing anywhere and takes no lock.
 
 use std::io::Write;
 
@@ -23,9 +25,11 @@ pub enum Verdict {
 }
 
 /// Prints the report to `out`. `Err` is a config error (exit 78), with the key named.
+/// With `digests`, every archive is read and its sha256 compared with its row's.
 pub fn run(
     config: &Config,
     config_path: &std::path::Path,
+    digests: bool,
     out: &mut impl Write,
 ) -> Result<Verdict, String> {
     let w = |out: &mut dyn Write, line: String| {
@@ -34,6 +38,7 @@ pub fn run(
     Credentials::load(config).map_err(|e| format!("config {}: {e}", config_path.display()))?;
     config
         .check_same_filesystem(config_path)
+        .and_then(|()| config.check_writable(config_path))
         .map_err(|e| e.to_string())?;
     w(out, format!("config {}: ok", config_path.display()));
     let scheme = match &config.tls {
@@ -72,7 +77,20 @@ pub fn run(
             format!("  PROBLEM line {line} is not a valid row: {error}"),
         );
     }
-    for (host_id, episode_id) in &load.duplicates {
+    for (host_id, episode_id) in &load.conflicts {
+        problems += 1;
+        w(
+            out,
+            format!(
+                "  PROBLEM {host_id}/{episode_id} has rows with different sha256: start-up keeps the one the archive matches"
+            ),
+        );
+    }
+    for (host_id, episode_id) in load
+        .duplicates
+        .iter()
+        .filter(|k| load.conflicts.binary_search(k).is_err())
+    {
         w(
             out,
             format!(
@@ -104,6 +122,38 @@ pub fn run(
                 w(
                     out,
                     format!("  PROBLEM row {host_id}/{episode_id} has no archive in the store"),
+                );
+            }
+            for path in &scan.not_regular {
+                problems += 1;
+                w(
+                    out,
+                    format!(
+                        "  PROBLEM {} is not a regular file: never opened nor served; remove it",
+                        path.display()
+                    ),
+                );
+            }
+            for (host_id, episode_id, mismatch) in
+                reconcile::audit(&idx, &config.store_root, digests)
+            {
+                problems += 1;
+                let what = match mismatch {
+                    reconcile::Mismatch::Size { row, archive } => {
+                        format!("the row says {row} bytes, the archive has {archive}")
+                    }
+                    reconcile::Mismatch::Digest { row, archive } => {
+                        format!("the row says sha256 {row}, the archive's is {archive}")
+                    }
+                    reconcile::Mismatch::Unreadable(e) => format!("cannot read the archive: {e}"),
+                };
+                w(out, format!("  PROBLEM {host_id}/{episode_id}: {what}"));
+            }
+            if !digests {
+                w(
+                    out,
+                    "  sizes compared; `check --all` also compares every archive's sha256"
+                        .to_owned(),
                 );
             }
             for path in &scan.strays {

@@ -264,6 +264,41 @@ impl Config {
         }
     }
 
+    /// Read-only, shared by `check` and `run`: `store_root`, `incoming_root` and the
+    /// directory of `index_path` (or, not created yet, their nearest existing
+    /// ancestor) can be written, so a read-only filesystem fails both the same way.
+    pub fn check_writable(&self, path: &Path) -> Result<(), ConfigError> {
+        let index_dir = self
+            .index_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        for (key, dir) in [
+            ("store_root", self.store_root.as_path()),
+            ("incoming_root", self.incoming_root.as_path()),
+            ("index_path", index_dir),
+        ] {
+            let existing = nearest_existing(dir);
+            let c_path = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+                existing.as_os_str(),
+            ))
+            .map_err(|e| ConfigError::new(path, format!("{key}: {e}")))?;
+            // SAFETY: a valid NUL-terminated path; access only reads it.
+            if unsafe { libc::access(c_path.as_ptr(), libc::W_OK) } != 0 {
+                let e = std::io::Error::last_os_error();
+                let why = match e.raw_os_error() {
+                    Some(libc::EROFS) => "is on a read-only filesystem".to_owned(),
+                    _ => format!("is not writable: {e}"),
+                };
+                return Err(ConfigError::new(
+                    path,
+                    format!("{key}: {} {why}", existing.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Read-only: `incoming_root` and `store_root` are on one filesystem (for a
     /// directory not created yet, the nearest existing ancestor stands in).
     pub fn check_same_filesystem(&self, path: &Path) -> Result<(), ConfigError> {

@@ -91,6 +91,19 @@ impl Index {
         self.len() == 0
     }
 
+    /// Forgets a key whose row the store contradicts, so the archive is treated as
+    /// one without a row (its row is rebuilt from it). True if the key was there.
+    pub fn remove(&self, host_id: &HostId, episode_id: &EpisodeId) -> bool {
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        let removed = map
+            .get_mut(host_id)
+            .is_some_and(|m| m.remove(episode_id).is_some());
+        if removed {
+            self.rows.fetch_sub(1, Ordering::Relaxed);
+        }
+        removed
+    }
+
     /// Every key, for reconciliation against the store.
     pub fn keys(&self) -> Vec<(HostId, EpisodeId)> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());
@@ -170,6 +183,9 @@ pub struct LoadReport {
     /// Keys that appear more than once (the last row wins: a later row is written
     /// only when an archive was lost and uploaded again).
     pub duplicates: Vec<(HostId, EpisodeId)>,
+    /// The keys among `duplicates` whose rows disagree on the sha256 (not a plain
+    /// restore of the same bytes): which row tells the truth is for the archive to say.
+    pub conflicts: Vec<(HostId, EpisodeId)>,
 }
 
 /// A row parsed without allocating its strings.
@@ -387,13 +403,16 @@ fn parse_piece(text: &[u8], shards: usize) -> Piece {
     piece
 }
 
+/// Keys, for the load report.
+type Keys = Vec<(HostId, EpisodeId)>;
+
 /// Inserts one shard's groups, piece by piece in file order. Returns the number of
 /// new keys and pushes the keys that a later row replaced onto `duplicates`.
 fn insert_groups(
     map: &mut Map,
     groups: Vec<Vec<Group>>,
     expected: &HashMap<HostId, usize, Hasher>,
-    duplicates: &mut Vec<(HostId, EpisodeId)>,
+    (duplicates, conflicts): &mut (Keys, Keys),
 ) -> u64 {
     use std::collections::hash_map::Entry as Slot;
     let mut fresh = 0;
@@ -409,7 +428,10 @@ fn insert_groups(
         for (episode_id, entry) in rows {
             match episodes.entry(episode_id) {
                 Slot::Occupied(mut slot) => {
-                    slot.insert(entry);
+                    let earlier = slot.insert(entry);
+                    if earlier.sha256 != slot.get().sha256 {
+                        conflicts.push((host_id.clone(), slot.key().clone()));
+                    }
                     duplicates.push((host_id.clone(), slot.key().clone()));
                 }
                 Slot::Vacant(slot) => {
@@ -464,8 +486,7 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
     };
     let file_len = file.metadata()?.len();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let mut shards: Vec<(Map, Vec<(HostId, EpisodeId)>)> =
-        (0..threads).map(|_| Default::default()).collect();
+    let mut shards: Vec<(Map, (Keys, Keys))> = (0..threads).map(|_| Default::default()).collect();
     let (mut offset, mut line_no, mut rows) = (0u64, 0u64, 0u64);
     // A block no larger than what is left to read: a small index costs no 32 MiB
     // (the file may still grow while `check` reads it: reading goes on to EOF).
@@ -554,12 +575,15 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
         }
     }
     let mut map = index.map.write().unwrap_or_else(|e| e.into_inner());
-    for (shard, duplicates) in shards {
+    for (shard, (duplicates, conflicts)) in shards {
         map.extend(shard);
         report.duplicates.extend(duplicates);
+        report.conflicts.extend(conflicts);
     }
     drop(map);
     report.duplicates.sort();
+    report.conflicts.sort();
+    report.conflicts.dedup();
     index.rows.store(rows, Ordering::Relaxed);
     report.rows = rows;
     Ok((index, report))
@@ -641,14 +665,31 @@ pub fn stored_entry(
     episode_id: &EpisodeId,
 ) -> Option<Entry> {
     let entry = index.get(host_id, episode_id)?;
-    if archive_path(store_root, host_id, episode_id).exists() {
-        return Some(entry);
+    let path = archive_path(store_root, host_id, episode_id);
+    match std::fs::symlink_metadata(&path) {
+        Ok(m) if m.is_file() && m.len() == entry.bytes => return Some(entry),
+        Ok(m) if m.is_file() => tracing::error!(
+            event = "archive_size_mismatch",
+            host_id = %host_id,
+            episode_id = %episode_id,
+            path = %path.display(),
+            row_bytes = entry.bytes,
+            archive_bytes = m.len(),
+            "the archive's size differs from its index row; the row is not trusted (a PUT rebuilds it from the archive)"
+        ),
+        Ok(_) => tracing::error!(
+            event = "store_entry_not_regular",
+            host_id = %host_id,
+            episode_id = %episode_id,
+            path = %path.display(),
+            "the store holds something other than a regular file under this key; treating it as not stored"
+        ),
+        Err(_) => tracing::error!(
+            host_id = %host_id,
+            episode_id = %episode_id,
+            "archive_missing: the index has a row but the store has no archive; treating it as not stored"
+        ),
     }
-    tracing::error!(
-        host_id = %host_id,
-        episode_id = %episode_id,
-        "archive_missing: the index has a row but the store has no archive; treating it as not stored"
-    );
     None
 }
 
@@ -791,7 +832,7 @@ impl Committer {
         let row = tokio::task::spawn_blocking(move || {
             let row = crate::reconcile::row_for_archive(&host_id, &episode_id, &archive)?;
             // Its data is made durable here; its directory entry by the batch.
-            File::open(&archive)?.sync_all()?;
+            crate::reconcile::open_archive(&archive)?.sync_all()?;
             Ok::<_, io::Error>(row)
         })
         .await
@@ -1043,7 +1084,7 @@ impl CommitLoop {
                 },
                 Request::Adopt(adopt) => {
                     let archive = archive_path(&self.store_root, &key.0, &key.1);
-                    if let Err(e) = std::fs::symlink_metadata(&archive) {
+                    if let Err(e) = crate::reconcile::open_archive(&archive) {
                         let _ = adopt.reply.send(Err(e));
                         continue;
                     }

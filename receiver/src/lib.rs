@@ -123,6 +123,10 @@ pub struct StartReport {
     /// Rows replaced by a later row of the same key (an archive lost and uploaded
     /// again): kept in the file, the last row is used.
     pub superseded: usize,
+    /// Keys whose last row the archive contradicted: the row was rebuilt.
+    pub untrusted: Vec<(HostId, EpisodeId)>,
+    /// Entries under archive names that are not regular files.
+    pub not_regular: Vec<PathBuf>,
 }
 
 /// Prepares the store and index and starts the index writer. Blocking; call it
@@ -144,7 +148,8 @@ pub fn open(
         _ => StartError::Runtime(format!("opening {}: {e}", config.index_path.display())),
     })?;
     config
-        .prepare_dirs(config_path)
+        .check_writable(config_path)
+        .and_then(|()| config.prepare_dirs(config_path))
         .map_err(|e| StartError::Config(e.to_string()))?;
     let credentials = Credentials::load(&config)
         .map_err(|e| StartError::Config(format!("config {}: {e}", config_path.display())))?;
@@ -187,6 +192,38 @@ pub fn open(
     }
     report.bad_lines = load.bad_lines.len();
     report.superseded = load.duplicates.len();
+    // Rows of one key that disagree: the archive decides. A last row that does not
+    // match it is dropped from the map, so the archive is treated as one without a
+    // row below (its row rebuilt from it and appended).
+    for (host_id, episode_id) in &load.conflicts {
+        let path = index::archive_path(&config.store_root, host_id, episode_id);
+        let Some(entry) = index.get(host_id, episode_id) else {
+            continue;
+        };
+        match reconcile::hash_archive(&path) {
+            Ok((sha256, _)) if sha256 == entry.sha256 => {}
+            Ok((sha256, bytes)) => {
+                tracing::error!(
+                    event = "index_row_untrusted",
+                    host_id = %host_id,
+                    episode_id = %episode_id,
+                    row_sha256 = %entry.sha256,
+                    archive_sha256 = %sha256,
+                    archive_bytes = bytes,
+                    "rows of this key disagree and the last one does not match the archive; its row is rebuilt from the archive"
+                );
+                index.remove(host_id, episode_id);
+                report.untrusted.push((host_id.clone(), episode_id.clone()));
+            }
+            Err(e) => tracing::error!(
+                event = "index_row_unverifiable",
+                host_id = %host_id,
+                episode_id = %episode_id,
+                error = %e,
+                "rows of this key disagree and the archive cannot be read to decide"
+            ),
+        }
+    }
     let started = std::time::Instant::now();
     let scan = reconcile::compare(listing, &index, &config.store_root);
     tracing::info!(
@@ -197,6 +234,14 @@ pub fn open(
         compare_ms = started.elapsed().as_millis() as u64,
         "index_loaded: the index is in memory and checked against the store"
     );
+    for path in &scan.not_regular {
+        tracing::error!(
+            event = "store_entry_not_regular",
+            path = %path.display(),
+            "the store holds something other than a regular file under an archive name; never opened, never served: remove it"
+        );
+    }
+    report.not_regular = scan.not_regular;
     let mut rows = Vec::with_capacity(scan.orphans.len());
     for (host_id, episode_id, path) in &scan.orphans {
         let row = reconcile::row_for_archive(host_id, episode_id, path)

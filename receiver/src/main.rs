@@ -41,7 +41,11 @@ enum Command {
     /// Serve (the default).
     Run,
     /// Validate the config and report store/index consistency, read-only.
-    Check,
+    Check {
+        /// Also read every archive and compare its sha256 with its row.
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 fn exit(code: i32) -> ExitCode {
@@ -62,9 +66,9 @@ fn main() -> ExitCode {
         config.listen = listen;
     }
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check => {
+        Command::Check { all } => {
             let mut stdout = std::io::stdout().lock();
-            match check::run(&config, &cli.config, &mut stdout) {
+            match check::run(&config, &cli.config, all, &mut stdout) {
                 Ok(check::Verdict::Ok) => ExitCode::SUCCESS,
                 Ok(check::Verdict::Problems) => exit(EXIT_FAILURE),
                 Err(e) => {

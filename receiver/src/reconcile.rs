@@ -3,9 +3,11 @@
 //! Owns: finding archives without an index row (a crash between the rename and the
 //! index append) and rebuilding their row from the archive itself (sha256, tar
 //! digest, and `code_commit`/`started_at` from the `meta.json` inside), finding rows
-//! without an archive (reported loudly, never "fixed" by deleting the row), and
-//! emptying `incoming_root`. Blocking; runs before the receiver serves. `check`
-//! calls the same scan read-only.
+//! without an archive (reported loudly, never "fixed" by deleting the row), anything
+//! in the store that is not a regular file (reported, never opened: archives are
+//! opened with `O_NOFOLLOW | O_NONBLOCK` and checked with `fstat`), and emptying
+//! `incoming_root`. Blocking; runs before the receiver serves. `check` calls the
+//! same scan read-only, and `audit` for sizes and digests.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -14,8 +16,6 @@ use episode_common::wire::{ARCHIVE_SUFFIX, IndexRow, format_rfc3339, parse_start
 use episode_common::{EpisodeId, HostId, Sha256};
 use sha2::Digest as _;
 use time::OffsetDateTime;
-
-use episode_common::fsx::hash_file;
 
 use crate::index::Index;
 
@@ -29,6 +29,9 @@ pub struct StoreScan {
     pub missing: Vec<(HostId, EpisodeId)>,
     /// Files in the store that are not `<host>/<episode>.tar.zst`.
     pub strays: Vec<PathBuf>,
+    /// Entries named like archives that are not regular files (a symlink, FIFO,
+    /// directory, socket or device): never opened, never indexed.
+    pub not_regular: Vec<PathBuf>,
 }
 
 /// The names in the store, read without the index so that listing can run while
@@ -38,6 +41,7 @@ pub struct StoreScan {
 pub struct StoreListing {
     hosts: Vec<HostNames>,
     strays: Vec<PathBuf>,
+    not_regular: Vec<PathBuf>,
 }
 
 #[derive(Debug)]
@@ -87,7 +91,7 @@ pub fn list_store(store_root: &Path) -> io::Result<StoreListing> {
     // reboot: one synchronous block read after another in each directory), so
     // many listers keep many reads in flight, whatever the number of cores.
     let chunk = hosts.len().div_ceil(LISTERS).max(1);
-    let parts: Vec<io::Result<(Vec<HostNames>, Vec<PathBuf>)>> = std::thread::scope(|scope| {
+    let parts: Vec<io::Result<Listed>> = std::thread::scope(|scope| {
         let handles: Vec<_> = hosts
             .chunks(chunk)
             .map(|part| scope.spawn(move || list_hosts(part)))
@@ -98,16 +102,21 @@ pub fn list_store(store_root: &Path) -> io::Result<StoreListing> {
             .collect()
     });
     for part in parts {
-        let (hosts, strays) = part?;
+        let (hosts, strays, not_regular) = part?;
         listing.hosts.extend(hosts);
         listing.strays.extend(strays);
+        listing.not_regular.extend(not_regular);
     }
     Ok(listing)
 }
 
-fn list_hosts(hosts: &[(HostId, PathBuf)]) -> io::Result<(Vec<HostNames>, Vec<PathBuf>)> {
+/// Hosts' names, strays, and archive names that are not regular files.
+type Listed = (Vec<HostNames>, Vec<PathBuf>, Vec<PathBuf>);
+
+fn list_hosts(hosts: &[(HostId, PathBuf)]) -> io::Result<Listed> {
     let mut listed = Vec::with_capacity(hosts.len());
     let mut strays = Vec::new();
+    let mut not_regular = Vec::new();
     for (host_id, host_path) in hosts {
         let mut names = HostNames {
             host_id: host_id.clone(),
@@ -119,6 +128,9 @@ fn list_hosts(hosts: &[(HostId, PathBuf)]) -> io::Result<(Vec<HostNames>, Vec<Pa
             let entry = entry?;
             let name = entry.file_name();
             match name.to_str().and_then(|n| n.strip_suffix(ARCHIVE_SUFFIX)) {
+                // The type from the directory entry (no stat where the filesystem
+                // reports it), never following a symlink.
+                Some(_) if !entry.file_type()?.is_file() => not_regular.push(entry.path()),
                 Some(stem) if u32::try_from(names.names.len() + stem.len()).is_ok() => {
                     names.names.push_str(stem);
                     names.ends.push(names.names.len() as u32);
@@ -128,7 +140,7 @@ fn list_hosts(hosts: &[(HostId, PathBuf)]) -> io::Result<(Vec<HostNames>, Vec<Pa
         }
         listed.push(names);
     }
-    Ok((listed, strays))
+    Ok((listed, strays, not_regular))
 }
 
 /// Compares a listing of the store with the index: archives without a row
@@ -138,6 +150,7 @@ fn list_hosts(hosts: &[(HostId, PathBuf)]) -> io::Result<(Vec<HostNames>, Vec<Pa
 pub fn compare(listing: StoreListing, index: &Index, store_root: &Path) -> StoreScan {
     let mut scan = StoreScan {
         strays: listing.strays,
+        not_regular: listing.not_regular,
         ..StoreScan::default()
     };
     let chunk = listing.hosts.len().div_ceil(threads()).max(1);
@@ -164,7 +177,7 @@ pub fn compare(listing: StoreListing, index: &Index, store_root: &Path) -> Store
         scan.missing = index
             .keys()
             .into_iter()
-            .filter(|(h, e)| !crate::index::archive_path(store_root, h, e).exists())
+            .filter(|(h, e)| !is_regular(&crate::index::archive_path(store_root, h, e)))
             .collect();
         scan.missing.sort();
     }
@@ -199,6 +212,115 @@ fn compare_hosts(hosts: &[HostNames], index: &Index) -> (StoreScan, u64) {
     (scan, in_index)
 }
 
+/// True if `path` is a regular file (not following a symlink).
+pub fn is_regular(path: &Path) -> bool {
+    std::fs::symlink_metadata(path).is_ok_and(|m| m.is_file())
+}
+
+/// Opens an archive for reading without following a symlink or blocking on a FIFO,
+/// and refuses anything that is not a regular file (the error names the path).
+pub fn open_archive(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => not_regular(path, "a symlink"),
+            _ => io::Error::new(e.kind(), format!("{}: {e}", path.display())),
+        })?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(not_regular(
+            path,
+            if kind.is_dir() {
+                "a directory"
+            } else {
+                "a FIFO, socket or device"
+            },
+        ));
+    }
+    Ok(file)
+}
+
+fn not_regular(path: &Path, what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{} is {what}, not a regular file", path.display()),
+    )
+}
+
+/// The sha256 and size of an archive, read through `open_archive`.
+pub fn hash_archive(path: &Path) -> io::Result<(Sha256, u64)> {
+    let mut file = open_archive(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 256 << 10];
+    let mut len = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((Sha256(hasher.finalize().into()), len))
+}
+
+/// One way a row and its archive disagree (`check`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mismatch {
+    /// The archive's size is not the row's `bytes`.
+    Size { row: u64, archive: u64 },
+    /// The archive's sha256 is not the row's (only looked at with digests).
+    Digest { row: Sha256, archive: Sha256 },
+    /// The archive could not be read.
+    Unreadable(String),
+}
+
+/// Compares every indexed archive that is in the store with its row: sizes always
+/// (a stat each), sha256 too with `digests` (reads every byte). Sorted by key.
+pub fn audit(
+    index: &Index,
+    store_root: &Path,
+    digests: bool,
+) -> Vec<(HostId, EpisodeId, Mismatch)> {
+    let mut found = Vec::new();
+    let mut keys = index.keys();
+    keys.sort();
+    for (host_id, episode_id) in keys {
+        let Some(entry) = index.get(&host_id, &episode_id) else {
+            continue;
+        };
+        let path = crate::index::archive_path(store_root, &host_id, &episode_id);
+        let size = match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() => m.len(),
+            _ => continue, // missing or not regular: reported by the scan
+        };
+        let mismatch = if size != entry.bytes {
+            Some(Mismatch::Size {
+                row: entry.bytes,
+                archive: size,
+            })
+        } else if digests {
+            match hash_archive(&path) {
+                Ok((sha256, _)) if sha256 != entry.sha256 => Some(Mismatch::Digest {
+                    row: entry.sha256,
+                    archive: sha256,
+                }),
+                Ok(_) => None,
+                Err(e) => Some(Mismatch::Unreadable(e.to_string())),
+            }
+        } else {
+            None
+        };
+        if let Some(m) = mismatch {
+            found.push((host_id, episode_id, m));
+        }
+    }
+    found
+}
+
 /// Rebuilds the index row of an archive from the archive: its sha256 and size, the
 /// sha256 of its tar stream, and `code_commit`/`started_at` from `<episode>/meta.json`
 /// inside it when present. `received_at` is the file's mtime; `client` is unknown.
@@ -207,8 +329,8 @@ pub fn row_for_archive(
     episode_id: &EpisodeId,
     path: &Path,
 ) -> io::Result<IndexRow> {
-    let (sha256, bytes) = hash_file(path)?;
-    let mtime = std::fs::metadata(path)?.modified()?;
+    let (sha256, bytes) = hash_archive(path)?;
+    let mtime = std::fs::symlink_metadata(path)?.modified()?;
     let received_at = format_rfc3339(OffsetDateTime::from(mtime));
     let inside = read_inside(episode_id, path).unwrap_or_default();
     Ok(IndexRow {
@@ -247,7 +369,7 @@ impl<R: Read> Read for HashingReader<R> {
 const META_LIMIT: u64 = 1 << 20;
 
 fn read_inside(episode_id: &EpisodeId, path: &Path) -> io::Result<Inside> {
-    let decoder = zstd::Decoder::new(std::fs::File::open(path)?)?;
+    let decoder = zstd::Decoder::new(open_archive(path)?)?;
     let mut archive = tar::Archive::new(HashingReader {
         inner: decoder,
         hasher: sha2::Sha256::new(),

@@ -100,3 +100,245 @@ fn a_torn_index_line_that_is_cut_is_logged_at_warn_with_path_offset_and_length()
     assert!(line.contains(&format!("offset={offset}")), "{line}");
     assert!(line.contains(&format!("bytes={}", torn.len())), "{line}");
 }
+
+fn mkfifo(path: &std::path::Path) {
+    let c = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo");
+}
+
+/// Stores `lab1/01KEPT` through a receiver and stops it; returns the config path.
+fn store_one(env: &TestEnv) -> (std::path::PathBuf, episode_e2e::ReceiverPaths, Vec<u8>) {
+    let cfg = env.receiver_config("r", true, "");
+    let mut rcv = env.spawn_receiver(&cfg);
+    let body = b"the kept archive".to_vec();
+    let put = rcv.put(&rcv.client("lab1"), "lab1", "01KEPT", &body);
+    assert_eq!(put.status, 201, "{put:#?}");
+    rcv.process.kill();
+    (cfg, rcv.paths(), body)
+}
+
+#[test]
+fn a_fifo_or_symlink_in_the_store_is_reported_never_opened_nor_served() {
+    let env = TestEnv::new("store-non-regular");
+    let (cfg, paths, _) = store_one(&env);
+    let outside = env.root().join("outside.bin");
+    std::fs::write(&outside, b"bytes that were never uploaded").unwrap();
+    // A FIFO without a row (start-up used to block opening it), a symlink without a
+    // row (used to be adopted), and a symlink where an indexed archive was.
+    mkfifo(&paths.archive("lab1", "01FIFO"));
+    std::os::unix::fs::symlink(&outside, paths.archive("lab1", "01LINK")).unwrap();
+    let kept = paths.archive("lab1", "01KEPT");
+    std::fs::rename(&kept, env.root().join("kept.bin")).unwrap();
+    std::os::unix::fs::symlink(env.root().join("kept.bin"), &kept).unwrap();
+
+    let (code, stdout, stderr) = check(&env, &cfg, false);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    for name in ["01FIFO", "01LINK", "01KEPT"] {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.contains("PROBLEM") && l.contains(name)),
+            "{name}:\n{stdout}"
+        );
+    }
+
+    let rcv = env.spawn_receiver(&cfg); // panics if start-up hangs on the FIFO
+    let lab1 = rcv.client("lab1");
+    for name in ["01FIFO", "01LINK", "01KEPT"] {
+        assert_eq!(rcv.head(&lab1, "lab1", name).status, 404, "{name}");
+    }
+    let rows = rcv.index_rows();
+    assert_eq!(rows.len(), 1, "nothing adopted: {rows:?}");
+    let log = rcv.process.stderr();
+    for name in ["01FIFO.tar.zst", "01LINK.tar.zst"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("store_entry_not_regular") && l.contains(name)),
+            "{name}:\n{}",
+            rcv.process.report()
+        );
+    }
+    // A PUT over a symlink never writes through it.
+    let put = rcv.put(&lab1, "lab1", "01LINK", b"a real upload");
+    assert_ne!(put.status / 100, 2, "{put:#?}");
+    assert_eq!(
+        std::fs::read(&outside).unwrap(),
+        b"bytes that were never uploaded"
+    );
+    assert_eq!(rcv.index_rows().len(), 1);
+}
+
+#[test]
+fn check_and_run_agree_on_a_directory_named_like_an_archive() {
+    let env = TestEnv::new("store-dir");
+    let (cfg, paths, _) = store_one(&env);
+    std::fs::create_dir(paths.archive("lab1", "01DIR")).unwrap();
+    let (code, stdout, stderr) = check(&env, &cfg, false);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("PROBLEM") && l.contains("01DIR.tar.zst")),
+        "{stdout}"
+    );
+    // run reports the same entry and serves (it used to exit 1 trying to read it).
+    let rcv = env.spawn_receiver(&cfg);
+    assert!(
+        rcv.process
+            .stderr()
+            .lines()
+            .any(|l| l.contains("store_entry_not_regular") && l.contains("01DIR.tar.zst")),
+        "{}",
+        rcv.process.report()
+    );
+    let lab1 = rcv.client("lab1");
+    assert_eq!(rcv.head(&lab1, "lab1", "01DIR").status, 404);
+    assert_eq!(rcv.head(&lab1, "lab1", "01KEPT").status, 200);
+}
+
+/// Mounts a read-only tmpfs on `dir`; unmounted (lazily) on drop.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: &std::path::Path, options: &str) -> Self {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+            .arg(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("mount (apt-get install mount; run as root): {e}"));
+        assert!(
+            out.status.success(),
+            "mount -t tmpfs -o {options} on {} failed (needs root: run the tests as root): {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn check_and_run_agree_on_a_store_on_a_read_only_filesystem() {
+    let env = TestEnv::new("store-ro");
+    let data = env.dir("ro");
+    let _mount = Mount::tmpfs(&data, "ro,size=1m");
+    let cfg = env.receiver_config(
+        "r",
+        true,
+        &format!(
+            "store_root = {}\nincoming_root = {}\n",
+            episode_e2e::env::toml_str(&data.join("store")),
+            episode_e2e::env::toml_str(&data.join("incoming")),
+        ),
+    );
+    let (check_code, stdout, check_err) = check(&env, &cfg, false);
+    let (run_code, _, run_err) = run_receiver(
+        &env,
+        &[
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "--listen".as_ref(),
+            "127.0.0.1:0".as_ref(),
+            "run".as_ref(),
+        ],
+    );
+    assert_eq!(
+        (check_code, run_code),
+        (78, 78),
+        "check:\n{stdout}\n{check_err}\nrun:\n{run_err}"
+    );
+    for stderr in [&check_err, &run_err] {
+        assert!(
+            stderr.contains("store_root") && stderr.contains("read-only"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_compares_sizes_always_digests_with_all_and_names_conflicting_rows() {
+    let env = TestEnv::new("check-bytes");
+    let cfg = env.receiver_config("r", true, "");
+    let mut rcv = env.spawn_receiver(&cfg);
+    let lab1 = rcv.client("lab1");
+    for (episode, body) in [
+        ("01SAME", b"same size, other bytes".as_slice()),
+        ("01SHORT", b"an archive cut short later"),
+        ("01DUP", b"the real owner's bytes"),
+        ("01FINE", b"untouched"),
+    ] {
+        assert_eq!(rcv.put(&lab1, "lab1", episode, body).status, 201);
+    }
+    rcv.process.kill();
+    let paths = rcv.paths();
+    let (code, stdout, stderr) = check(&env, &cfg, true);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+
+    std::fs::write(paths.archive("lab1", "01SAME"), b"SAME SIZE, OTHER BYTES").unwrap();
+    std::fs::write(paths.archive("lab1", "01SHORT"), b"an archive").unwrap();
+    // A row for 01DUP with other content appended after the real one.
+    let rows = paths.index_rows();
+    let mut forged = rows
+        .iter()
+        .find(|r| r["episode_id"] == "01DUP")
+        .unwrap()
+        .clone();
+    forged["sha256"] = Sha256::of(b"someone else's bytes!!").to_hex().into();
+    let mut text = std::fs::read_to_string(&paths.index_path).unwrap();
+    text.push_str(&format!("{forged}\n"));
+    std::fs::write(&paths.index_path, text).unwrap();
+
+    let (code, stdout, stderr) = check(&env, &cfg, false);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    let problem = |out: &str, name: &str| {
+        out.lines()
+            .any(|l| l.contains("PROBLEM") && l.contains(&format!("lab1/{name}")))
+    };
+    assert!(problem(&stdout, "01SHORT"), "{stdout}");
+    assert!(problem(&stdout, "01DUP"), "{stdout}");
+    assert!(
+        !problem(&stdout, "01SAME"),
+        "sizes only without --all: {stdout}"
+    );
+    let (code, stdout, stderr) = check(&env, &cfg, true);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    for name in ["01SAME", "01SHORT", "01DUP"] {
+        assert!(problem(&stdout, name), "{name}: {stdout}");
+    }
+    assert!(!problem(&stdout, "01FINE"), "{stdout}");
+
+    // run trusts the archive over a forged last row and over a row of another size.
+    let rcv = env.spawn_receiver(&cfg);
+    let lab1 = rcv.client("lab1");
+    let head = rcv.head(&lab1, "lab1", "01DUP");
+    assert_eq!(head.status, 200, "{head:#?}");
+    assert_eq!(
+        head.header("repr-digest"),
+        Some(Sha256::of(b"the real owner's bytes").to_field().as_str())
+    );
+    let again = rcv.put(&lab1, "lab1", "01DUP", b"the real owner's bytes");
+    assert_eq!(
+        (again.status, &again.body["stored"]),
+        (200, &serde_json::json!("already_present")),
+        "{again:#?}"
+    );
+    assert_eq!(rcv.head(&lab1, "lab1", "01SHORT").status, 404);
+    assert!(
+        rcv.process
+            .stderr()
+            .lines()
+            .any(|l| l.contains("archive_size_mismatch") && l.contains("01SHORT")),
+        "{}",
+        rcv.process.report()
+    );
+}
