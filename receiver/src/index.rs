@@ -813,11 +813,51 @@ impl Drop for AliveFlag {
     }
 }
 
+/// What the committer thread reports about itself, for health and the watchdog.
+struct Status {
+    epoch: std::time::Instant,
+    /// When the batch in progress began (ms since `epoch`, plus one); 0 when idle.
+    busy_since_ms: AtomicU64,
+    /// The last failed write, until a later batch succeeds.
+    failure: Mutex<Option<(crate::health::Part, String, std::time::Instant)>>,
+}
+
+impl Status {
+    fn new() -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            busy_since_ms: AtomicU64::new(0),
+            failure: Mutex::new(None),
+        }
+    }
+
+    fn busy(&self, busy: bool) {
+        let ms = match busy {
+            true => self.epoch.elapsed().as_millis() as u64 + 1,
+            false => 0,
+        };
+        self.busy_since_ms.store(ms, Ordering::SeqCst);
+    }
+
+    fn failed(&self, part: crate::health::Part, error: &io::Error) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((part, error.to_string(), std::time::Instant::now()));
+    }
+
+    fn succeeded(&self) {
+        let mut failure = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if failure.is_some() {
+            *failure = None;
+        }
+    }
+}
+
 /// The handle request handlers publish through.
 #[derive(Clone)]
 pub struct Committer {
     tx: mpsc::Sender<Request>,
     alive: Arc<AtomicBool>,
+    status: Arc<Status>,
 }
 
 impl Committer {
@@ -861,9 +901,39 @@ impl Committer {
         self.alive.load(Ordering::SeqCst)
     }
 
+    /// How long the committer has been on its current batch; `None` when idle.
+    pub fn busy_for(&self) -> Option<std::time::Duration> {
+        match self.status.busy_since_ms.load(Ordering::SeqCst) {
+            0 => None,
+            since => Some(
+                self.status
+                    .epoch
+                    .elapsed()
+                    .saturating_sub(std::time::Duration::from_millis(since - 1)),
+            ),
+        }
+    }
+
+    /// The last write that failed, unless a batch succeeded since.
+    pub fn last_failure(&self) -> Option<crate::health::WriteFailure> {
+        let failure = self
+            .status
+            .failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        failure
+            .as_ref()
+            .map(|(part, error, at)| crate::health::WriteFailure {
+                part: *part,
+                error: error.clone(),
+                age: at.elapsed(),
+            })
+    }
+
     /// Starts the index-writer thread, appending to `index_path`.
     pub fn spawn(index: Arc<Index>, store_root: PathBuf, index_path: &Path) -> io::Result<Self> {
-        let commit_loop = CommitLoop::open(index, store_root, index_path)?;
+        let status = Arc::new(Status::new());
+        let commit_loop = CommitLoop::open(index, store_root, index_path, status.clone())?;
         let (tx, rx) = mpsc::channel::<Request>();
         let alive = Arc::new(AtomicBool::new(true));
         let flag = AliveFlag(alive.clone());
@@ -873,7 +943,7 @@ impl Committer {
                 let _flag = flag;
                 commit_loop.run(rx)
             })?;
-        Ok(Self { tx, alive })
+        Ok(Self { tx, alive, status })
     }
 }
 
@@ -941,6 +1011,7 @@ struct CommitLoop {
     /// Host directories known to exist with a durable name (stat'ed or created
     /// once, not per publish).
     host_dirs: HashSet<HostId>,
+    status: Arc<Status>,
 }
 
 /// A row this batch appends, and whom to tell once it is durable.
@@ -955,7 +1026,12 @@ struct Staged {
 const MAX_BATCH: usize = 256;
 
 impl CommitLoop {
-    fn open(index: Arc<Index>, store_root: PathBuf, index_path: &Path) -> io::Result<Self> {
+    fn open(
+        index: Arc<Index>,
+        store_root: PathBuf,
+        index_path: &Path,
+        status: Arc<Status>,
+    ) -> io::Result<Self> {
         use std::os::unix::fs::MetadataExt as _;
         let file = IndexFile::open(index_path)?;
         let syncfs = fsx::SyncFs::open(&store_root)?;
@@ -975,6 +1051,7 @@ impl CommitLoop {
             syncfs,
             index_with_store,
             host_dirs: HashSet::new(),
+            status,
         })
     }
 
@@ -987,7 +1064,9 @@ impl CommitLoop {
                     Err(_) => break,
                 }
             }
+            self.status.busy(true);
             self.commit(batch);
+            self.status.busy(false);
         }
     }
 
@@ -1019,6 +1098,7 @@ impl CommitLoop {
         match syncfs.sync() {
             Ok(()) => batch,
             Err(e) => {
+                self.status.failed(crate::health::Part::Store, &e);
                 tracing::error!(error = %e, "syncfs of the store failed; those uploads are not acknowledged");
                 let (failed, kept): (Vec<_>, Vec<_>) = batch.into_iter().partition(unsynced);
                 for request in failed {
@@ -1110,6 +1190,7 @@ impl CommitLoop {
         // Barrier 2: the new names (and adopted archives' names) and the rows.
         match self.append_durably(&staged, &dirs) {
             Ok(()) => {
+                self.status.succeeded();
                 for s in &staged {
                     self.index.insert(
                         s.row.host_id.clone(),
@@ -1134,6 +1215,7 @@ impl CommitLoop {
                 }
             }
             Err(e) => {
+                self.status.failed(crate::health::Part::Index, &e);
                 // The archives are in place but not indexed: a retry finds the
                 // orphan and adopts it. Nothing was acknowledged.
                 tracing::error!(error = %e, n_uploads = staged.len() + waiting.len(), "index append failed; uploads not acknowledged");
@@ -1359,7 +1441,13 @@ mod tests {
         let index_path = dir.path().join("index.jsonl");
         std::os::unix::fs::symlink("/dev/full", &index_path).unwrap();
         let index = Arc::new(Index::default());
-        let mut commit_loop = CommitLoop::open(index.clone(), store.clone(), &index_path).unwrap();
+        let mut commit_loop = CommitLoop::open(
+            index.clone(),
+            store.clone(),
+            &index_path,
+            Arc::new(Status::new()),
+        )
+        .unwrap();
         let mut batch = Vec::new();
         let mut answers = Vec::new();
         for i in 0..2 {
@@ -1389,7 +1477,8 @@ mod tests {
         let (store, incoming) = store_and_incoming(dir.path());
         let index_path = dir.path().join("index.jsonl");
         let index = Arc::new(Index::default());
-        let mut commit_loop = CommitLoop::open(index.clone(), store, &index_path).unwrap();
+        let mut commit_loop =
+            CommitLoop::open(index.clone(), store, &index_path, Arc::new(Status::new())).unwrap();
         let (mut batch, mut answers) = (Vec::new(), Vec::new());
         for (i, body) in [b"same", b"same", b"othr"].iter().enumerate() {
             let temp = incoming.join(format!("t{i}"));
@@ -1436,12 +1525,19 @@ mod tests {
         let (store, _) = store_and_incoming(dir.path());
         let index = Arc::new(Index::default());
         let plain = dir.path().join("index.jsonl");
-        let commit_loop = CommitLoop::open(index.clone(), store.clone(), &plain).unwrap();
+        let commit_loop = CommitLoop::open(
+            index.clone(),
+            store.clone(),
+            &plain,
+            Arc::new(Status::new()),
+        )
+        .unwrap();
         assert!(commit_loop.index_with_store);
         // Its directory is on the store's filesystem, the file itself is not.
         let elsewhere = dir.path().join("linked.jsonl");
         std::os::unix::fs::symlink("/dev/full", &elsewhere).unwrap();
-        let commit_loop = CommitLoop::open(index, store, &elsewhere).unwrap();
+        let commit_loop =
+            CommitLoop::open(index, store, &elsewhere, Arc::new(Status::new())).unwrap();
         assert!(!commit_loop.index_with_store);
     }
 

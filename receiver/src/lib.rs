@@ -14,6 +14,7 @@ pub mod admission;
 pub mod check;
 pub mod config;
 pub mod credentials;
+pub mod health;
 pub mod index;
 pub mod metrics;
 pub mod reconcile;
@@ -87,6 +88,37 @@ impl AppState {
         Ok(free)
     }
 
+    /// The readiness verdict (`health::verdict`) over fresh readings: `Err(reason)`
+    /// while an upload could not be stored, the reason naming `index` or `store`.
+    /// `/v1/health` answers from it, and so does `/readyz`.
+    pub async fn readiness(self: &Arc<Self>) -> Result<(), String> {
+        let store_free = self.free_bytes().await.map_err(|e| e.to_string());
+        let (index_path, dirs) = (
+            self.config.index_path.clone(),
+            [
+                self.config.store_root.clone(),
+                self.config.incoming_root.clone(),
+            ],
+        );
+        let (index_free, store_unwritable) = tokio::task::spawn_blocking(move || {
+            let index_free =
+                episode_common::fsx::free_space(&index_path).map_err(|e| e.to_string());
+            (index_free, dirs.iter().find_map(|dir| unwritable(dir)))
+        })
+        .await
+        .unwrap_or_else(|e| (Err(e.to_string()), None));
+        health::verdict(&health::Readings {
+            draining: self.is_draining(),
+            committer_alive: self.committer.is_alive(),
+            committer_busy_for: self.committer.busy_for(),
+            last_failure: self.committer.last_failure(),
+            store_free,
+            free_space_reserve: self.limits.free_space_reserve.get(),
+            index_free,
+            store_unwritable,
+        })
+    }
+
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
     }
@@ -99,6 +131,20 @@ impl AppState {
             std::process::id()
         ))
     }
+}
+
+/// Why `dir` cannot be written, if it cannot (`access(W_OK)`: a read-only mount too).
+fn unwritable(dir: &std::path::Path) -> Option<String> {
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str())).ok()?;
+    // SAFETY: a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Some(format!(
+            "{} is not writable: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    None
 }
 
 /// Why the receiver cannot start.

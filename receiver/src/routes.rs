@@ -188,19 +188,7 @@ async fn health_inner(
     {
         return problem_response(p);
     }
-    let reason = if state.is_draining() {
-        Some("draining: shutting down".to_owned())
-    } else if !state.committer.is_alive() {
-        Some(
-            "the index writer has stopped: uploads cannot be stored; restart the receiver"
-                .to_owned(),
-        )
-    } else {
-        match low_space(state).await {
-            Some(reason) => Some(reason),
-            None => store_unwritable(state).await,
-        }
-    };
+    let reason = state.readiness().await.err();
     let body = HealthBody {
         ok: reason.is_none(),
         schema_version: wire::SCHEMA_VERSION,
@@ -217,45 +205,6 @@ async fn health_inner(
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, axum::Json(body)).into_response()
-}
-
-/// Why uploads would be refused for space (507), if they would: the free space on
-/// the store (as last read, at most 250 ms old) is below `free_space_reserve`.
-async fn low_space(state: &Arc<AppState>) -> Option<String> {
-    let reserve = state.limits.free_space_reserve;
-    match state.free_bytes().await {
-        Ok(free) if free < reserve.get() => Some(format!(
-            "{} free on the store, below free_space_reserve {reserve}: uploads get 507",
-            episode_common::ByteSize(free)
-        )),
-        Ok(_) => None,
-        Err(e) => Some(format!("cannot read the store's free space: {e}")),
-    }
-}
-
-/// Why the store cannot take writes, if it cannot.
-async fn store_unwritable(state: &AppState) -> Option<String> {
-    let dirs = [
-        state.config.store_root.clone(),
-        state.config.incoming_root.clone(),
-    ];
-    tokio::task::spawn_blocking(move || {
-        for dir in dirs {
-            let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str()))
-                .ok()?;
-            // SAFETY: a valid NUL-terminated path.
-            if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
-                return Some(format!(
-                    "{} is not writable: {}",
-                    dir.display(),
-                    std::io::Error::last_os_error()
-                ));
-            }
-        }
-        None
-    })
-    .await
-    .unwrap_or_else(|e| Some(e.to_string()))
 }
 
 async fn metrics_authenticated(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {

@@ -205,7 +205,11 @@ pub async fn run(
     )));
     tasks.push(tokio::spawn(sweep_loop(state.clone(), stop.clone())));
     if let Some(period) = sd_notify::watchdog_enabled() {
-        tasks.push(tokio::spawn(watchdog_loop(period, stop.clone())));
+        tasks.push(tokio::spawn(watchdog_loop(
+            state.committer.clone(),
+            period,
+            stop.clone(),
+        )));
     }
 
     shutdown.await;
@@ -273,12 +277,28 @@ async fn sweep_loop(state: Arc<AppState>, stop: CancellationToken) {
     }
 }
 
-async fn watchdog_loop(period: Duration, stop: CancellationToken) {
+/// WATCHDOG=1 every half period, only while the committer lives and is not stuck
+/// (`health::should_ping`): a receiver that can no longer store gets restarted.
+async fn watchdog_loop(
+    committer: crate::index::Committer,
+    period: Duration,
+    stop: CancellationToken,
+) {
+    let mut warned = false;
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(period / 2) => {}
         }
-        let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+        if crate::health::should_ping(committer.is_alive(), committer.busy_for()) {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            warned = false;
+        } else if !warned {
+            tracing::error!(
+                event = "watchdog_withheld",
+                "the index writer is stopped or stuck: no watchdog ping, systemd restarts the receiver"
+            );
+            warned = true;
+        }
     }
 }

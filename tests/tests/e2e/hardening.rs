@@ -342,3 +342,44 @@ fn check_compares_sizes_always_digests_with_all_and_names_conflicting_rows() {
         rcv.process.report()
     );
 }
+
+#[test]
+fn health_is_503_naming_the_index_while_its_filesystem_is_full() {
+    let env = TestEnv::new("index-full");
+    let idx = env.dir("idx");
+    let _mount = Mount::tmpfs(&idx, "size=256k");
+    let cfg = env.receiver_config(
+        "r",
+        true,
+        &format!(
+            "index_path = {}\n",
+            episode_e2e::env::toml_str(&idx.join("index.jsonl"))
+        ),
+    );
+    let rcv = env.spawn_receiver(&cfg);
+    let lab1 = rcv.client("lab1");
+    let health = |rcv: &episode_e2e::Receiver| rcv.get(&lab1, "/v1/health").unwrap();
+    assert_eq!(health(&rcv).status, 200);
+    assert_eq!(rcv.put(&lab1, "lab1", "01BEFORE", b"before").status, 201);
+
+    // Fill the index's filesystem.
+    let filler = idx.join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut file, &block).is_ok() {}
+    drop(file);
+
+    let full = health(&rcv);
+    assert_eq!(full.status, 503, "{full:#?}");
+    assert_eq!(full.body["ok"], false);
+    let reason = full.body["reason"].as_str().unwrap_or_default();
+    assert!(reason.starts_with("index:"), "{full:#?}");
+    // (A PUT now may still fit in the index's last page, or get 507.)
+
+    // Space again: the next upload is stored and health recovers with it.
+    std::fs::remove_file(&filler).unwrap();
+    let put = rcv.put(&lab1, "lab1", "01AFTER", b"after");
+    assert_eq!(put.status, 201, "{put:#?}");
+    let after = health(&rcv);
+    assert_eq!(after.status, 200, "{after:#?}");
+}
