@@ -59,6 +59,9 @@ slugs! {
     NotFound = ("not-found", 404, "Not found"),
     MethodNotAllowed = ("method-not-allowed", 405, "Method not allowed"),
     Unavailable = ("unavailable", 503, "Receiver unavailable"),
+    BadRequest = ("bad-request", 400, "Malformed HTTP request"),
+    UriTooLong = ("uri-too-long", 414, "Request target too long"),
+    HeadersTooLarge = ("headers-too-large", 431, "Request header fields too large"),
     Internal = ("internal", 500, "Internal error"),
 }
 
@@ -167,7 +170,8 @@ mod tests {
 
     #[test]
     fn the_slugs_are_protocol_mds_closed_list() {
-        // protocol.md "Errors", plus the three it names no slug for (404, 405, 503).
+        // protocol.md "Errors", plus the ones it names no slug for (404, 405, 503,
+        // and the receiver's answers to requests HTTP/1.1 cannot parse).
         let spec = [
             "unauthorized",
             "forbidden-identity",
@@ -192,6 +196,9 @@ mod tests {
             ("not-found", 404),
             ("method-not-allowed", 405),
             ("unavailable", 503),
+            ("bad-request", 400),
+            ("uri-too-long", 414),
+            ("headers-too-large", 431),
         ];
         let mut ours: Vec<&str> = Slug::ALL.iter().map(|s| s.as_str()).collect();
         let mut want: Vec<&str> = spec

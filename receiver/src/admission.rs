@@ -87,6 +87,18 @@ pub fn bind_identity(
     Ok(())
 }
 
+/// Step 1b, first: a request names its host in `X-Host-Id` at most once; with two
+/// fields, which one speaks for the caller would be a guess (400 `invalid-id`).
+pub fn one_host_id_header(n_fields: usize) -> Result<(), Problem> {
+    match n_fields {
+        0 | 1 => Ok(()),
+        n => Err(Problem::new(
+            Slug::InvalidId,
+            format!("X-Host-Id appears {n} times; send it once"),
+        )),
+    }
+}
+
 /// Step 1c: ids, before any filesystem call.
 pub fn parse_ids(host_id: &str, episode_id: &str) -> Result<(HostId, EpisodeId), Problem> {
     let host = HostId::new(host_id).map_err(|e| Problem::new(Slug::InvalidId, e.to_string()))?;
@@ -493,6 +505,13 @@ mod tests {
             slug_of(bind_identity(None, Some("lab1"), Some("lab2"))),
             "forbidden-identity"
         );
+    }
+
+    #[test]
+    fn a_second_x_host_id_is_refused_not_ignored() {
+        assert!(one_host_id_header(0).is_ok());
+        assert!(one_host_id_header(1).is_ok());
+        assert_eq!(slug_of(one_host_id_header(2)), "invalid-id");
     }
 
     #[test]

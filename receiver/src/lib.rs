@@ -18,6 +18,7 @@ pub mod health;
 pub mod index;
 pub mod metrics;
 pub mod reconcile;
+pub mod rejects;
 pub mod routes;
 pub mod server;
 pub mod slots;

@@ -130,6 +130,7 @@ async fn v1_unknown(State(state): State<Arc<AppState>>, req: Request) -> Respons
     let peer = parts.extensions.get::<PeerIdentity>();
     let x_host_id = header_str(&parts.headers, header::X_HOST_ID);
     let problem = match authenticate(&state, &parts.headers)
+        .and_then(|()| one_x_host_id(&parts.headers))
         .and_then(|()| admission::bind_identity(peer, None, x_host_id))
     {
         Err(p) => p,
@@ -158,6 +159,11 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|s| !s.is_empty())
 }
 
+/// `X-Host-Id` at most once (a second one is never silently ignored).
+fn one_x_host_id(headers: &HeaderMap) -> Result<(), Problem> {
+    admission::one_host_id_header(headers.get_all(header::X_HOST_ID).iter().count())
+}
+
 fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
     let token = state.credentials.token();
     admission::authenticate(
@@ -183,8 +189,9 @@ async fn health_inner(
     peer: Option<&PeerIdentity>,
 ) -> Response {
     let x_host_id = header_str(headers, header::X_HOST_ID);
-    if let Err(p) =
-        authenticate(state, headers).and_then(|()| admission::bind_identity(peer, None, x_host_id))
+    if let Err(p) = authenticate(state, headers)
+        .and_then(|()| one_x_host_id(headers))
+        .and_then(|()| admission::bind_identity(peer, None, x_host_id))
     {
         return problem_response(p);
     }
@@ -245,6 +252,7 @@ async fn episode_target(
         .ok();
     let peer = parts.extensions.get::<PeerIdentity>();
     let x_host_id = header_str(&parts.headers, header::X_HOST_ID);
+    one_x_host_id(&parts.headers)?;
     admission::bind_identity(peer, path.as_ref().map(|p| p.0.0.as_str()), x_host_id)?;
     match path {
         Some(Path((host_id, episode_id))) => admission::parse_ids(&host_id, &episode_id),

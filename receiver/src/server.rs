@@ -145,6 +145,7 @@ impl Listener {
             .header_read_timeout(config.header_read_timeout.get())
             .max_buf_size(crate::upload::MAX_FRAME)
             .keep_alive(true);
+        let io = crate::rejects::ProblemIo::new(io);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(connection).await {
             tracing::debug!(%remote, error = %e, "connection ended with an error");

@@ -383,3 +383,71 @@ fn health_is_503_naming_the_index_while_its_filesystem_is_full() {
     let after = health(&rcv);
     assert_eq!(after.status, 200, "{after:#?}");
 }
+
+#[test]
+fn requests_hyper_cannot_parse_get_problem_json_and_a_second_x_host_id_is_refused() {
+    let env = TestEnv::new("parser-rejects");
+    let rcv = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let digest = Sha256::of(b"body");
+    let base = || -> Vec<(String, String)> {
+        vec![
+            ("Repr-Digest".into(), digest.to_field()),
+            ("X-Code-Commit".into(), "3f2c1e9a".into()),
+            ("Content-Type".into(), "application/zstd".into()),
+        ]
+    };
+    let with = |extra: &[(&str, &str)]| {
+        let mut headers = base();
+        headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.to_string())));
+        headers
+    };
+    let many: Vec<(String, String)> = (0..120)
+        .map(|i| (format!("X-Filler-{i}"), "x".to_owned()))
+        .collect();
+    let cases: Vec<(&str, Vec<(String, String)>, u16, &str)> = vec![
+        (
+            "two Content-Lengths",
+            with(&[("Content-Length", "4"), ("Content-Length", "5")]),
+            400,
+            "bad-request",
+        ),
+        (
+            "a negative Content-Length",
+            with(&[("Content-Length", "-1")]),
+            400,
+            "bad-request",
+        ),
+        ("too many headers", many, 431, "headers-too-large"),
+        (
+            "two X-Host-Ids",
+            with(&[
+                ("Content-Length", "4"),
+                ("X-Host-Id", "lab1"),
+                ("X-Host-Id", "lab2"),
+            ]),
+            400,
+            "invalid-id",
+        ),
+    ];
+    for (what, headers, status, slug) in cases {
+        let mut conn = episode_e2e::tls_connect(&rcv, "lab1");
+        conn.send_head("PUT", "/v1/episodes/lab1/01EPISODE", &headers)
+            .unwrap();
+        let _ = conn.send(b"body");
+        let answer = conn
+            .read_response(Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{what}: {e}\n{}", rcv.process.report()));
+        assert_eq!(
+            (answer.status, answer.slug().as_deref()),
+            (status, Some(slug)),
+            "{what}: {answer:?}"
+        );
+        assert_eq!(
+            answer.header("content-type"),
+            Some("application/problem+json"),
+            "{what}"
+        );
+        assert_eq!(answer.json()["status"], status, "{what}");
+    }
+    assert!(rcv.index_rows().is_empty());
+}
