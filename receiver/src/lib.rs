@@ -13,6 +13,7 @@
 pub mod admission;
 pub mod check;
 pub mod config;
+pub mod connections;
 pub mod credentials;
 pub mod health;
 pub mod index;

@@ -4,7 +4,8 @@
 //! each TLS handshake (bounded in time, its failure logged with the peer's address
 //! and the reason, which axum-server would drop), binding the verified client
 //! certificate's identity to every request on the connection, HTTP/1.1 with a
-//! header-read timeout, the credential reload loop, and the SIGTERM sequence:
+//! header-read timeout (each connection registered with `connections`, which may
+//! close it while idle under pressure), the credential reload loop, and the SIGTERM sequence:
 //! STOPPING=1, new uploads get 503, in-flight uploads get `shutdown_grace`, then
 //! connections are closed. Decides nothing about requests.
 
@@ -20,14 +21,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use rustls::pki_types::CertificateDer;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
 use crate::AppState;
 use crate::admission::PeerIdentity;
+use crate::connections::{Connections, Registration};
 use crate::credentials::Credentials;
+
+/// The handshake timeout of a connection accepted under pressure.
+const PRESSURE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often certificate and token files are checked for changes.
 const RELOAD_EVERY: Duration = Duration::from_secs(2);
@@ -56,7 +60,7 @@ struct Listener {
     /// Present on the main listener when `[tls]` is configured.
     credentials: Option<Arc<Credentials>>,
     state: Arc<AppState>,
-    connections: Arc<Semaphore>,
+    connections: Arc<Connections>,
 }
 
 async fn accept_loop(
@@ -68,9 +72,9 @@ async fn accept_loop(
     loop {
         let permit = tokio::select! {
             () = stop.cancelled() => return,
-            permit = listener.connections.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
+            permit = listener.connections.acquire() => match permit {
+                Some(p) => p,
+                None => return,
             },
         };
         let (stream, remote) = tokio::select! {
@@ -85,26 +89,46 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(registration) = listener.connections.register(remote.ip(), permit) else {
+            tracing::debug!(%remote, "connection refused: this address holds its share of max_connections");
+            continue; // dropping the stream closes it
+        };
         let listener = listener.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let _permit = permit;
-            listener.serve_connection(stream, remote, watcher).await;
+            let conn = registration.conn.clone();
+            tokio::select! {
+                // Closed to make room while idle (see `connections`).
+                () = conn.closed() => tracing::debug!(%remote, "idle connection closed under pressure"),
+                () = listener.serve_connection(stream, remote, watcher, &registration) => {}
+            }
         });
     }
 }
 
 impl Listener {
-    async fn serve_connection(&self, stream: TcpStream, remote: SocketAddr, watcher: Watcher) {
+    async fn serve_connection(
+        &self,
+        stream: TcpStream,
+        remote: SocketAddr,
+        watcher: Watcher,
+        registration: &Registration,
+    ) {
         let _ = stream.set_nodelay(true);
         let config = &self.state.config;
+        // Under pressure a client gets a short leash for its handshake.
+        let handshake_timeout = match self.connections.under_pressure() {
+            true => config
+                .handshake_timeout
+                .get()
+                .min(PRESSURE_HANDSHAKE_TIMEOUT),
+            false => config.handshake_timeout.get(),
+        };
         let (io, peer) = match self.credentials.as_ref().and_then(|c| c.server_config()) {
             None => (Either::Right(stream), None),
             Some(tls_config) => {
                 let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
-                match tokio::time::timeout(config.handshake_timeout.get(), acceptor.accept(stream))
-                    .await
-                {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
                     Ok(Ok(tls)) => {
                         let peer = peer_identity(tls.get_ref().1.peer_certificates());
                         (Either::Left(tls), peer)
@@ -126,7 +150,7 @@ impl Listener {
                             .metrics
                             .handshake_failures
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%remote, timeout = %config.handshake_timeout, "tls_handshake_timed_out");
+                        tracing::warn!(%remote, timeout = %episode_common::Dur(handshake_timeout), "tls_handshake_timed_out");
                         return;
                     }
                 }
@@ -137,7 +161,14 @@ impl Listener {
             if let Some(peer) = &peer {
                 req.extensions_mut().insert(peer.clone());
             }
-            router.clone().oneshot(req.map(axum::body::Body::new))
+            // Busy (never closed to make room) until the answer is produced.
+            let busy = registration.busy();
+            let answer = router.clone().oneshot(req.map(axum::body::Body::new));
+            async move {
+                let answer = answer.await;
+                drop(busy);
+                answer
+            }
         });
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
@@ -169,7 +200,7 @@ pub async fn run(
 ) {
     let stop = CancellationToken::new();
     let graceful = Arc::new(GracefulShutdown::new());
-    let connections = Arc::new(Semaphore::new(state.config.max_connections));
+    let connections = Connections::new(state.config.max_connections);
     let credentials = state
         .credentials
         .is_tls()

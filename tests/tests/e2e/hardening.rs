@@ -404,7 +404,8 @@ fn requests_hyper_cannot_parse_get_problem_json_and_a_second_x_host_id_is_refuse
     let many: Vec<(String, String)> = (0..120)
         .map(|i| (format!("X-Filler-{i}"), "x".to_owned()))
         .collect();
-    let cases: Vec<(&str, Vec<(String, String)>, u16, &str)> = vec![
+    type Headers = Vec<(String, String)>;
+    let cases: Vec<(&str, Headers, u16, &str)> = vec![
         (
             "two Content-Lengths",
             with(&[("Content-Length", "4"), ("Content-Length", "5")]),
@@ -450,4 +451,165 @@ fn requests_hyper_cannot_parse_get_problem_json_and_a_second_x_host_id_is_refuse
         assert_eq!(answer.json()["status"], status, "{what}");
     }
     assert!(rcv.index_rows().is_empty());
+}
+
+/// A TCP connection to `to` from the loopback address `from` (127.0.0.0/8 is all
+/// loopback on Linux), so a test can play many client addresses.
+fn connect_from(from: std::net::Ipv4Addr, to: std::net::SocketAddr) -> std::net::TcpStream {
+    use std::os::fd::FromRawFd as _;
+    let std::net::SocketAddr::V4(to) = to else {
+        panic!("IPv4 only")
+    };
+    let sockaddr = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor this function owns; the sockaddrs
+    // outlive the calls.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let local = sockaddr(from, 0);
+        let rc = libc::bind(fd, (&raw const local).cast(), len);
+        assert_eq!(rc, 0, "bind {from}: {}", std::io::Error::last_os_error());
+        let remote = sockaddr(*to.ip(), to.port());
+        let rc = libc::connect(fd, (&raw const remote).cast(), len);
+        assert_eq!(
+            rc,
+            0,
+            "connect from {from}: {}",
+            std::io::Error::last_os_error()
+        );
+        std::net::TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// True if the server closed `stream` within `timeout` (EOF or reset on read).
+fn closed_within(mut stream: &std::net::TcpStream, timeout: Duration) -> bool {
+    stream.set_read_timeout(Some(timeout)).unwrap();
+    let mut byte = [0u8; 1];
+    match std::io::Read::read(&mut stream, &mut byte) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+#[test]
+fn idle_sockets_from_many_addresses_do_not_starve_a_real_client() {
+    let env = TestEnv::new("conn-pressure");
+    // 64 connections at most, 16 per address (max(16, 64/8)); the handshake
+    // timeout stays long, so only the pressure rule can make room.
+    let rcv = env.spawn_receiver(&env.receiver_config(
+        "r",
+        true,
+        "max_connections = 64\nhandshake_timeout = \"60s\"\nheader_read_timeout = \"60s\"\n",
+    ));
+    // 96 idle sockets that never send a TLS byte, from six addresses.
+    let mut idle = Vec::new();
+    for n in 0..96u8 {
+        let from = std::net::Ipv4Addr::new(127, 0, 1, 2 + n / 16);
+        idle.push(connect_from(from, rcv.addr));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let lab1 = rcv.client("lab1");
+    let started = std::time::Instant::now();
+    let health = rcv.get(&lab1, "/v1/health").unwrap();
+    assert_eq!(health.status, 200, "{health:#?}");
+    let put = rcv.put(&lab1, "lab1", "01PRESSURE", b"under pressure");
+    assert_eq!(put.status, 201, "{put:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the real client waited {:?}\n{}",
+        started.elapsed(),
+        rcv.process.report()
+    );
+    let n_closed = idle
+        .iter()
+        .filter(|s| closed_within(s, Duration::from_millis(20)))
+        .count();
+    assert!(n_closed >= 32, "only {n_closed} of 96 idle sockets closed");
+}
+
+#[test]
+fn one_address_holds_at_most_its_share_of_connections() {
+    let env = TestEnv::new("conn-per-addr");
+    let rcv = env.spawn_receiver(&env.receiver_config(
+        "r",
+        true,
+        "max_connections = 64\nhandshake_timeout = \"60s\"\n",
+    ));
+    let from = std::net::Ipv4Addr::new(127, 0, 2, 9);
+    let sockets: Vec<_> = (0..24).map(|_| connect_from(from, rcv.addr)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let n_closed = sockets
+        .iter()
+        .filter(|s| closed_within(s, Duration::from_millis(50)))
+        .count();
+    assert_eq!(n_closed, 24 - 16, "16 kept, the rest closed at accept");
+    // Others are unaffected.
+    let health = rcv.get(&rcv.client("lab1"), "/v1/health").unwrap();
+    assert_eq!(health.status, 200, "{health:#?}");
+}
+
+#[test]
+fn idle_authenticated_keep_alive_connections_do_not_starve_a_real_client() {
+    use std::io::{Read as _, Write as _};
+    let env = TestEnv::new("conn-keepalive");
+    let rcv = env.spawn_receiver(&env.receiver_config(
+        "r",
+        true,
+        "max_connections = 64\nheader_read_timeout = \"60s\"\n",
+    ));
+    let roots = episode_common::tls::load_certs(rcv.ca()).unwrap();
+    let (cert, key) = rcv.identity("lab2");
+    let identity = (
+        episode_common::tls::load_certs(cert).unwrap(),
+        episode_common::tls::load_key(key).unwrap(),
+    );
+    let config = std::sync::Arc::new(
+        episode_common::tls::client_config(Some(&roots), Some(identity)).unwrap(),
+    );
+    // 64 authenticated connections from four addresses, each answered once and
+    // then left open and silent (keep-alive).
+    let mut held = Vec::new();
+    for n in 0..64u8 {
+        let from = std::net::Ipv4Addr::new(127, 0, 3, 2 + n / 16);
+        let tcp = connect_from(from, rcv.addr);
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+        let tls = rustls::ClientConnection::new(config.clone(), name).unwrap();
+        let mut stream = rustls::StreamOwned::new(tls, tcp);
+        stream
+            .write_all(b"GET /livez HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 512];
+        while !got.ends_with(b"ok") {
+            let n = stream.read(&mut buf).expect("livez answer");
+            assert!(n > 0, "closed before answering");
+            got.extend_from_slice(&buf[..n]);
+        }
+        held.push(stream);
+    }
+    let lab1 = rcv.client("lab1");
+    let started = std::time::Instant::now();
+    let health = rcv.get(&lab1, "/v1/health").unwrap();
+    assert_eq!(health.status, 200, "{health:#?}");
+    let put = rcv.put(&lab1, "lab1", "01KEEPALIVE", b"kept alive");
+    assert_eq!(put.status, 201, "{put:#?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the real client waited {:?}\n{}",
+        started.elapsed(),
+        rcv.process.report()
+    );
 }
