@@ -1,6 +1,7 @@
 //! The systemd units as shipped: `systemd-analyze verify` must accept them, and they
 //! must say what the specs promise (Type=notify, the watchdog, exit 78 not
-//! restarted, hardening).
+//! restarted, hardening), and `systemd-analyze security` must rate each at an
+//! exposure of 1.5 or less.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -77,6 +78,8 @@ fn the_units_say_what_the_specs_promise() {
     assert_check_never_fails_the_start("episode-receiver.service", &receiver);
     for line in [
         "Type=notify",
+        "WatchdogSec=60",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "RestartPreventExitStatus=78",
         "StateDirectory=episode-receiver",
         "ProtectSystem=strict",
@@ -111,4 +114,34 @@ fn assert_check_never_fails_the_start(name: &str, text: &str) {
         }),
         "{name}: an ExecStartPre whose failure fails the start restarts a bad config forever: {pre:?}"
     );
+}
+
+#[test]
+fn both_units_have_an_exposure_of_at_most_1_5() {
+    let env = TestEnv::new("units-security");
+    let dir = env.dir("units");
+    for name in ["episode-shipper.service", "episode-receiver.service"] {
+        let path = dir.join(name);
+        std::fs::write(&path, unit(name)).unwrap();
+        let out = Command::new("systemd-analyze")
+            .args(["security", "--offline=true", "--no-pager"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("systemd-analyze: {e} (install it: apt-get install systemd)")
+            });
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let exposure: f64 = stdout
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|rest| rest.split(": ").nth(1))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure level for {name}:\n{stdout}\n{stderr}"));
+        assert!(
+            exposure <= 1.5,
+            "{name}: exposure {exposure} > 1.5\n{stdout}"
+        );
+    }
 }
