@@ -3,8 +3,9 @@
 //! Owns loading them from the files the config names and re-reading those files when
 //! they change on disk (size, mtime or inode), or on demand (SIGHUP). A new file that
 //! does not load keeps the last good credentials in place and says why in the log,
-//! so a half-written renewal never takes the receiver down. New connections and
-//! requests see the new credentials; established connections keep theirs.
+//! so a half-written renewal never takes the receiver down. A reloaded config may
+//! name other files (`adopt`). New connections and requests see the new
+//! credentials; established connections keep theirs.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -23,9 +24,14 @@ struct TlsFiles {
     client_ca: Option<PathBuf>,
 }
 
+#[derive(Debug, Clone)]
+struct Files {
+    tls: Option<TlsFiles>,
+    token: Option<PathBuf>,
+}
+
 pub struct Credentials {
-    tls_files: Option<TlsFiles>,
-    token_file: Option<PathBuf>,
+    files: RwLock<Files>,
     server_config: RwLock<Option<Arc<ServerConfig>>>,
     token: RwLock<Option<Arc<str>>>,
     stamps: Mutex<Vec<Option<FileStamp>>>,
@@ -51,8 +57,10 @@ impl Credentials {
             None => None,
         };
         let credentials = Self {
-            tls_files,
-            token_file,
+            files: RwLock::new(Files {
+                tls: tls_files,
+                token: token_file,
+            }),
             server_config: RwLock::new(server_config),
             token: RwLock::new(token),
             stamps: Mutex::new(Vec::new()),
@@ -74,25 +82,35 @@ impl Credentials {
     }
 
     pub fn is_tls(&self) -> bool {
-        self.tls_files.is_some()
+        self.files().tls.is_some()
     }
 
-    fn watched(&self) -> Vec<&PathBuf> {
-        let mut files = Vec::new();
-        if let Some(t) = &self.tls_files {
-            files.push(&t.cert);
-            files.push(&t.key);
-            files.extend(t.client_ca.as_ref());
-        }
-        files.extend(self.token_file.as_ref());
-        files
+    fn files(&self) -> Files {
+        self.files.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn current_stamps(&self) -> Vec<Option<FileStamp>> {
-        self.watched()
-            .into_iter()
-            .map(|p| FileStamp::of(p))
-            .collect()
+        let files = self.files();
+        let mut watched = Vec::new();
+        if let Some(t) = &files.tls {
+            watched.push(&t.cert);
+            watched.push(&t.key);
+            watched.extend(t.client_ca.as_ref());
+        }
+        watched.extend(files.token.as_ref());
+        watched.into_iter().map(|p| FileStamp::of(p)).collect()
+    }
+
+    /// Takes over `new` (loaded from a reloaded config, maybe naming other files):
+    /// its files are watched from now on and its certificates and token serve.
+    pub fn adopt(&self, new: Credentials) {
+        *self.files.write().unwrap_or_else(|e| e.into_inner()) = new.files();
+        *self
+            .server_config
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = new.server_config();
+        *self.token.write().unwrap_or_else(|e| e.into_inner()) = new.token();
+        *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = self.current_stamps();
     }
 
     /// Re-reads the files if any changed since the last look (or always, with
@@ -106,7 +124,8 @@ impl Credentials {
             }
             *stamps = now;
         }
-        if let Some(files) = &self.tls_files {
+        let files = self.files();
+        if let Some(files) = &files.tls {
             match build_server_config(files) {
                 Ok(cfg) => {
                     *self
@@ -120,7 +139,7 @@ impl Credentials {
                 }
             }
         }
-        if let Some(path) = &self.token_file {
+        if let Some(path) = &files.token {
             match read_token(path) {
                 Ok(token) => {
                     let mut current = self.token.write().unwrap_or_else(|e| e.into_inner());

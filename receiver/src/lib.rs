@@ -20,6 +20,7 @@ pub mod index;
 pub mod metrics;
 pub mod reconcile;
 pub mod rejects;
+pub mod reload;
 pub mod routes;
 pub mod server;
 pub mod slots;
@@ -50,7 +51,11 @@ pub struct AppState {
     pub credentials: Arc<Credentials>,
     pub slots: Arc<Slots>,
     pub metrics: Metrics,
-    pub limits: Limits,
+    /// The settings SIGHUP may change (`reload`); `config` keeps the start-up values
+    /// of the keys it may not (listen, paths, max_connections).
+    live: std::sync::RwLock<Arc<Live>>,
+    /// The config file, read again on SIGHUP.
+    pub config_path: PathBuf,
     /// Where uploads are spooled, and whether unnamed (`O_TMPFILE`) spools work there.
     pub spool: upload::SpoolDir,
     draining: AtomicBool,
@@ -63,10 +68,43 @@ pub struct AppState {
     _instance_lock: std::fs::File,
 }
 
+/// The reloadable settings in force: the last config SIGHUP accepted (or the
+/// start-up one) and the admission limits derived from it.
+pub struct Live {
+    pub config: Config,
+    pub limits: Limits,
+}
+
+impl Live {
+    pub fn new(config: Config) -> Self {
+        let limits = Limits {
+            max_episode_bytes: config.max_episode_bytes,
+            free_space_reserve: config.free_space_reserve,
+            window: config.window.map(|w| (w.max_age, w.max_future)),
+        };
+        Self { config, limits }
+    }
+}
+
 /// How long a reading of the store's free space is used before it is read again.
 const FREE_SPACE_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(250);
 
 impl AppState {
+    /// The reloadable settings in force now.
+    pub fn live(&self) -> Arc<Live> {
+        self.live.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Puts `live` in force (new requests and connections see it) and resizes the
+    /// upload slots.
+    pub fn set_live(&self, live: Live) {
+        self.slots.set_limits(
+            live.config.max_concurrent_uploads,
+            live.config.max_uploads_per_host,
+        );
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(live);
+    }
+
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
     }
@@ -115,7 +153,7 @@ impl AppState {
             committer_busy_for: self.committer.busy_for(),
             last_failure: self.committer.last_failure(),
             store_free,
-            free_space_reserve: self.limits.free_space_reserve.get(),
+            free_space_reserve: self.live().limits.free_space_reserve.get(),
             index_free,
             store_unwritable,
         })
@@ -304,11 +342,6 @@ pub fn open(
     let index = Arc::new(index);
     let committer = Committer::spawn(index.clone(), config.store_root.clone(), &config.index_path)
         .map_err(|e| runtime("opening", &config.index_path, e))?;
-    let limits = Limits {
-        max_episode_bytes: config.max_episode_bytes,
-        free_space_reserve: config.free_space_reserve,
-        window: config.window.map(|w| (w.max_age, w.max_future)),
-    };
     let unnamed = upload::probe_unnamed(&config.incoming_root, &config.store_root);
     if !unnamed {
         tracing::info!(incoming_root = %config.incoming_root.display(), "uploads are spooled as named temp files (no O_TMPFILE here)");
@@ -320,12 +353,13 @@ pub fn open(
     let state = AppState {
         slots: Slots::new(config.max_concurrent_uploads, config.max_uploads_per_host),
         spool,
+        live: std::sync::RwLock::new(Arc::new(Live::new(config.clone()))),
+        config_path: config_path.to_owned(),
         config,
         index,
         committer,
         credentials: Arc::new(credentials),
         metrics: Metrics::default(),
-        limits,
         draining: AtomicBool::new(false),
         temp_seq: AtomicU64::new(0),
         free: AtomicU64::new(0),

@@ -62,11 +62,11 @@ fn main() -> ExitCode {
             return exit(EXIT_CONFIG);
         }
     };
-    if let Some(listen) = cli.listen {
-        config.listen = listen;
-    }
     match cli.command.unwrap_or(Command::Run) {
         Command::Check { all } => {
+            if let Some(listen) = cli.listen {
+                config.listen = listen;
+            }
             let mut stdout = std::io::stdout().lock();
             match check::run(&config, &cli.config, all, &mut stdout) {
                 Ok(check::Verdict::Ok) => ExitCode::SUCCESS,
@@ -88,13 +88,16 @@ fn main() -> ExitCode {
                     return exit(EXIT_FAILURE);
                 }
             };
-            runtime.block_on(serve(config, cli.config))
+            // `--listen` is kept out of the config, so a SIGHUP that reads the
+            // file again does not see it as a change of `listen`.
+            let listen = cli.listen.unwrap_or(config.listen);
+            runtime.block_on(serve(config, cli.config, listen))
         }
     }
 }
 
-async fn serve(config: Config, config_path: PathBuf) -> ExitCode {
-    let (listen, metrics_listen) = (config.listen, config.metrics_listen);
+async fn serve(config: Config, config_path: PathBuf, listen: SocketAddr) -> ExitCode {
+    let metrics_listen = config.metrics_listen;
     let opened =
         tokio::task::spawn_blocking(move || episode_receiver::open(config, &config_path)).await;
     let (state, report) = match opened {

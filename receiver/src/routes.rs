@@ -400,11 +400,12 @@ async fn decide_put(state: &Arc<AppState>, parts: &mut Parts) -> Result<Decision
         ));
     }
     let (host_id, episode_id) = episode_target(state, parts).await?;
+    let live = state.live();
     let put = admission::parse_put_headers(
         &parts.headers,
         &episode_id,
-        state.config.require_code_commit,
-        state.limits.window.is_some(),
+        live.config.require_code_commit,
+        live.limits.window.is_some(),
     )?;
     let free = state
         .free_bytes()
@@ -413,7 +414,7 @@ async fn decide_put(state: &Arc<AppState>, parts: &mut Parts) -> Result<Decision
     let free_after_claims = free.saturating_sub(state.slots.claimed_bytes());
     admission::admit(
         &put,
-        &state.limits,
+        &live.limits,
         OffsetDateTime::now_utc(),
         free_after_claims,
     )?;
@@ -519,7 +520,7 @@ async fn receive_and_publish(
     let spool_dir = state.spool.dir.clone();
     let spool_name =
         (!(small && state.spool.unnamed)).then(|| state.temp_path(&host_id, &episode_id));
-    let idle = state.config.body_idle_timeout.get();
+    let idle = state.live().config.body_idle_timeout.get();
     let metrics = &state.metrics;
     let count = |n: u64| {
         metrics

@@ -115,7 +115,8 @@ impl Listener {
         registration: &Registration,
     ) {
         let _ = stream.set_nodelay(true);
-        let config = &self.state.config;
+        let live = self.state.live();
+        let config = &live.config;
         // Under pressure a client gets a short leash for its handshake.
         let handshake_timeout = match self.connections.under_pressure() {
             true => config
@@ -231,10 +232,7 @@ pub async fn run(
             graceful.clone(),
         )));
     }
-    tasks.push(tokio::spawn(reload_loop(
-        state.credentials.clone(),
-        stop.clone(),
-    )));
+    tasks.push(tokio::spawn(reload_loop(state.clone(), stop.clone())));
     tasks.push(tokio::spawn(sweep_loop(state.clone(), stop.clone())));
     if let Some(period) = sd_notify::watchdog_enabled() {
         tasks.push(tokio::spawn(watchdog_loop(
@@ -247,8 +245,9 @@ pub async fn run(
     shutdown.await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     state.start_draining();
-    let grace = state.config.shutdown_grace.get();
-    tracing::info!(uploads_in_flight = state.slots.in_flight(), grace = %state.config.shutdown_grace, "stopping: new uploads get 503");
+    let grace = state.live().config.shutdown_grace;
+    tracing::info!(uploads_in_flight = state.slots.in_flight(), grace = %grace, "stopping: new uploads get 503");
+    let grace = grace.get();
     let deadline = tokio::time::Instant::now() + grace;
     while state.slots.in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -265,28 +264,34 @@ pub async fn run(
     tracing::info!(abandoned, "stopped");
 }
 
-async fn reload_loop(credentials: Arc<Credentials>, stop: CancellationToken) {
+/// Credential files are re-read when they change (every 2 s); SIGHUP reads the
+/// config file again (`reload::on_hangup`) and the credential files with it.
+async fn reload_loop(state: Arc<AppState>, stop: CancellationToken) {
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
-        let force = tokio::select! {
+        let hung_up = tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(RELOAD_EVERY) => false,
             Some(()) = async { match hangup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => true,
         };
-        let credentials = credentials.clone();
-        let _ = tokio::task::spawn_blocking(move || credentials.reload(force)).await;
+        let state = state.clone();
+        let _ = tokio::task::spawn_blocking(move || match hung_up {
+            true => crate::reload::on_hangup(&state),
+            false => state.credentials.reload(false),
+        })
+        .await;
     }
 }
 
 /// Removes temp files no upload can still be writing (untouched for twice the idle
 /// timeout plus a minute): leftovers of a writer thread that outlived its request.
 async fn sweep_loop(state: Arc<AppState>, stop: CancellationToken) {
-    let stale_after = state.config.body_idle_timeout.get() * 2 + Duration::from_secs(60);
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(600)) => {}
         }
+        let stale_after = state.live().config.body_idle_timeout.get() * 2 + Duration::from_secs(60);
         let incoming = state.config.incoming_root.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let Ok(entries) = std::fs::read_dir(&incoming) else {

@@ -7,6 +7,7 @@
 //! already in flight.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use episode_common::HostId;
@@ -21,8 +22,9 @@ struct Counts {
 
 #[derive(Debug)]
 pub struct Slots {
-    max_total: usize,
-    max_per_host: usize,
+    /// Reloadable (SIGHUP): uploads in flight keep their slots when a limit drops.
+    max_total: AtomicUsize,
+    max_per_host: AtomicUsize,
     counts: Mutex<Counts>,
 }
 
@@ -37,8 +39,8 @@ pub struct Slot {
 impl Slots {
     pub fn new(max_total: usize, max_per_host: usize) -> Arc<Self> {
         Arc::new(Self {
-            max_total,
-            max_per_host,
+            max_total: AtomicUsize::new(max_total),
+            max_per_host: AtomicUsize::new(max_per_host),
             counts: Mutex::default(),
         })
     }
@@ -50,7 +52,7 @@ impl Slots {
     /// Takes a slot for `host_id` claiming `bytes`, or answers 429.
     pub fn try_acquire(self: &Arc<Self>, host_id: &HostId, bytes: u64) -> Result<Slot, Problem> {
         let mut counts = self.counts();
-        if counts.total >= self.max_total {
+        if counts.total >= self.max_total.load(Ordering::Relaxed) {
             return Err(Problem::new(
                 Slug::TooManyUploads,
                 format!(
@@ -79,7 +81,13 @@ impl Slots {
     }
 
     fn max_uploads_per_host(&self) -> usize {
-        self.max_per_host
+        self.max_per_host.load(Ordering::Relaxed)
+    }
+
+    /// New limits for uploads that start from now on.
+    pub fn set_limits(&self, max_total: usize, max_per_host: usize) {
+        self.max_total.store(max_total, Ordering::Relaxed);
+        self.max_per_host.store(max_per_host, Ordering::Relaxed);
     }
 
     pub fn in_flight(&self) -> usize {

@@ -613,3 +613,63 @@ fn idle_authenticated_keep_alive_connections_do_not_starve_a_real_client() {
         rcv.process.report()
     );
 }
+
+#[test]
+fn sighup_reloads_reloadable_keys_and_refuses_a_bad_config_naming_the_key() {
+    let env = TestEnv::new("sighup");
+    let write = |extra: &str| env.receiver_config("r", true, extra);
+    let cfg = write("max_episode_bytes = \"1MiB\"\n");
+    let rcv = env.spawn_receiver(&cfg);
+    let lab1 = rcv.client("lab1");
+    let body = vec![7u8; 2000];
+    assert_eq!(rcv.put(&lab1, "lab1", "01A", &body).status, 201);
+    let hangup_and_wait = |event: &str, n: usize| {
+        rcv.process.signal(libc::SIGHUP);
+        episode_e2e::wait_until(Duration::from_secs(5), event, || {
+            rcv.process.stderr().matches(event).count() >= n
+        });
+        assert!(!rcv.process.stderr().is_empty());
+    };
+    let refusal = |key: &str| {
+        let log = rcv.process.stderr();
+        log.lines()
+            .filter(|l| l.contains("config_reload_refused"))
+            .any(|l| l.contains(key))
+    };
+
+    // A reloadable key takes effect without a restart.
+    write("max_episode_bytes = \"1KiB\"\n");
+    hangup_and_wait("config_reloaded", 1);
+    assert_problem(&rcv.put(&lab1, "lab1", "01B", &body), 413, "too-large");
+
+    // A bad value is refused naming its key; the running limit stays.
+    write("max_episode_bytes = \"lots\"\n");
+    hangup_and_wait("config_reload_refused", 1);
+    assert!(refusal("max_episode_bytes"), "{}", rcv.process.report());
+    assert_problem(&rcv.put(&lab1, "lab1", "01B", &body), 413, "too-large");
+    assert_eq!(rcv.put(&lab1, "lab1", "01C", &body[..500]).status, 201);
+
+    // A key that cannot change while running is refused too.
+    write("max_episode_bytes = \"1MiB\"\nstore_root = \"/elsewhere\"\n");
+    hangup_and_wait("config_reload_refused", 2);
+    assert!(refusal("store_root"), "{}", rcv.process.report());
+    assert_problem(&rcv.put(&lab1, "lab1", "01B", &body), 413, "too-large");
+
+    // Credential files named by the new config are read: a token is now required.
+    let token = env.root().join("token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    write(&format!(
+        "[auth]\nbearer_token_file = {}\n",
+        episode_e2e::env::toml_str(&token)
+    ));
+    hangup_and_wait("config_reloaded", 2);
+    assert_problem(&rcv.get(&lab1, "/v1/health").unwrap(), 401, "unauthorized");
+    let with_token = lab1
+        .get(format!("{}/v1/health", rcv.url))
+        .header("authorization", "Bearer s3cret")
+        .send()
+        .unwrap();
+    assert_eq!(with_token.status().as_u16(), 200);
+    let mut rcv = rcv;
+    assert!(!rcv.process.has_exited(), "SIGHUP never stops the receiver");
+}
