@@ -104,6 +104,23 @@ impl Index {
         removed
     }
 
+    /// The hosts with rows.
+    pub fn hosts(&self) -> Vec<HostId> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.keys().cloned().collect()
+    }
+
+    /// One host's episodes and their rows' sizes (a copy: the lock is not held
+    /// while the caller looks at the store).
+    pub fn sizes_of(&self, host_id: &HostId) -> Vec<(EpisodeId, u64)> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(host_id).map_or_else(Vec::new, |eps| {
+            eps.iter()
+                .map(|(e, entry)| (e.clone(), entry.bytes))
+                .collect()
+        })
+    }
+
     /// Every key, for reconciliation against the store.
     pub fn keys(&self) -> Vec<(HostId, EpisodeId)> {
         let map = self.map.read().unwrap_or_else(|e| e.into_inner());

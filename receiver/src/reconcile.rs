@@ -321,6 +321,68 @@ pub fn audit(
     found
 }
 
+/// Mismatches logged one by one before only the count is.
+const AUDIT_LOG_LIMIT: u64 = 100;
+
+/// After start-up, on its own thread: compares every indexed archive's size with
+/// its row (a stat each, one host's keys copied at a time so publishes never wait)
+/// and reports each mismatch loudly. Such a row is never served anyway
+/// (`index::stored_entry` checks the size on every use); this tells the operator
+/// without waiting for a request.
+pub fn spawn_size_audit(index: std::sync::Arc<Index>, store_root: PathBuf) {
+    let audit = move || {
+        let started = std::time::Instant::now();
+        let (mut n_checked, mut n_mismatched) = (0u64, 0u64);
+        for host_id in index.hosts() {
+            for (episode_id, bytes) in index.sizes_of(&host_id) {
+                let path = crate::index::archive_path(&store_root, &host_id, &episode_id);
+                let Ok(meta) = std::fs::symlink_metadata(&path) else {
+                    continue; // missing: reported by the start-up scan
+                };
+                n_checked += 1;
+                if meta.is_file() && meta.len() != bytes {
+                    n_mismatched += 1;
+                    if n_mismatched <= AUDIT_LOG_LIMIT {
+                        tracing::error!(
+                            event = "archive_size_mismatch",
+                            host_id = %host_id,
+                            episode_id = %episode_id,
+                            path = %path.display(),
+                            row_bytes = bytes,
+                            archive_bytes = meta.len(),
+                            "the archive's size differs from its index row; the row is not trusted (HEAD says 404, a PUT rebuilds it from the archive)"
+                        );
+                    }
+                }
+            }
+        }
+        let ms = started.elapsed().as_millis() as u64;
+        if n_mismatched > 0 {
+            tracing::error!(
+                event = "store_audited",
+                n_checked,
+                n_mismatched,
+                duration_ms = ms,
+                "archives whose size differs from their index row: restore them from backup; `episode-receiver check --all` lists them"
+            );
+        } else {
+            tracing::info!(
+                event = "store_audited",
+                n_checked,
+                n_mismatched,
+                duration_ms = ms,
+                "every indexed archive has its row's size"
+            );
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("store-audit".into())
+        .spawn(audit)
+    {
+        tracing::warn!(error = %e, "cannot start the store size audit");
+    }
+}
+
 /// Rebuilds the index row of an archive from the archive: its sha256 and size, the
 /// sha256 of its tar stream, and `code_commit`/`started_at` from `<episode>/meta.json`
 /// inside it when present. `received_at` is the file's mtime; `client` is unknown.

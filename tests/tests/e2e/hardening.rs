@@ -317,8 +317,20 @@ fn check_compares_sizes_always_digests_with_all_and_names_conflicting_rows() {
     }
     assert!(!problem(&stdout, "01FINE"), "{stdout}");
 
-    // run trusts the archive over a forged last row and over a row of another size.
+    // run trusts the archive over a forged last row and over a row of another size,
+    // and reports the latter at start-up, before any request.
     let rcv = env.spawn_receiver(&cfg);
+    episode_e2e::wait_until(Duration::from_secs(5), "the start-up size audit", || {
+        rcv.process.stderr().contains("store_audited")
+    });
+    assert!(
+        rcv.process
+            .stderr()
+            .lines()
+            .any(|l| l.contains("archive_size_mismatch") && l.contains("01SHORT")),
+        "{}",
+        rcv.process.report()
+    );
     let lab1 = rcv.client("lab1");
     let head = rcv.head(&lab1, "lab1", "01DUP");
     assert_eq!(head.status, 200, "{head:#?}");
