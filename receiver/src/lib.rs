@@ -340,7 +340,6 @@ pub fn open(
     report.missing = scan.missing;
     report.rows = index.len();
     let index = Arc::new(index);
-    reconcile::spawn_size_audit(index.clone(), config.store_root.clone());
     let committer = Committer::spawn(index.clone(), config.store_root.clone(), &config.index_path)
         .map_err(|e| runtime("opening", &config.index_path, e))?;
     let unnamed = upload::probe_unnamed(&config.incoming_root, &config.store_root);

@@ -199,6 +199,8 @@ pub async fn run(
     metrics: Option<TcpListener>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
+    // Once serving: start-up (and its benchmark) never waits for it.
+    crate::reconcile::spawn_size_audit(state.index.clone(), state.config.store_root.clone());
     let stop = CancellationToken::new();
     let graceful = Arc::new(GracefulShutdown::new());
     let connections = Connections::new(state.config.max_connections);
