@@ -6,8 +6,10 @@
 //! shape, leaves that header out (with a warning naming the file and field) and the
 //! receiver decides. It is opened without following a symlink and without blocking
 //! on a FIFO, checked to be a regular file on the open descriptor, and read through
-//! a 1 MiB limit whatever its size claims. `code_commit` is trimmed of surrounding
-//! whitespace (a recorder's trailing newline); `started_at` is normalized to RFC 3339.
+//! a 1 MiB limit whatever its size claims; the size of one too large is kept, so a
+//! rejection that follows can say the shipper left the headers out (`explain_rejection`).
+//! `code_commit` is trimmed of surrounding whitespace (a recorder's trailing
+//! newline); `started_at` is normalized to RFC 3339.
 
 use std::io::Read as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -82,10 +84,8 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, (String, Option<u64>)> {
         }
         Err(e) => return Err(plain(e.to_string())),
     };
-    let kind = file
-        .metadata()
-        .map_err(|e| plain(e.to_string()))?
-        .file_type();
+    let metadata = file.metadata().map_err(|e| plain(e.to_string()))?;
+    let kind = metadata.file_type();
     if !kind.is_file() {
         use std::os::unix::fs::FileTypeExt as _;
         let what = if kind.is_dir() {
@@ -101,7 +101,7 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, (String, Option<u64>)> {
         };
         return Err(plain(format!("{what}, not a regular file; not read")));
     }
-    let claimed = file.metadata().map_or(0, |m| m.len());
+    let claimed = metadata.len();
     let mut bytes = Vec::new();
     file.take(META_LIMIT + 1)
         .read_to_end(&mut bytes)

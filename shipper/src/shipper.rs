@@ -12,7 +12,10 @@
 //! (backoff, hold) is saved the moment it changes, and a pass that starts uploading
 //! is marked in it first (one save), so a process that dies mid-pass is followed by
 //! a backoff before the next upload (the crash-loop guard), not an instant re-send.
-//! `close` makes every rename durable at exit, even after an abandoned pass.
+//! `close` makes every rename durable at exit, even after an abandoned pass. A pack
+//! that fails is a transient failure (`policy::pack_failure`: the host's, which
+//! backs off everything, or the episode's alone), or, when a file changed while it
+//! was packed, the episode is simply tried again later.
 //!
 //! Invariant: an episode is retired only after a 2xx to a PUT that carried its
 //! digest, or a HEAD that reports the same archive or tar digest.
