@@ -118,7 +118,11 @@ fn watch_hangups() -> mpsc::Receiver<()> {
                 }
             });
         }
-        Err(e) => tracing::warn!(error = %e, "cannot watch SIGHUP; config reloads need a restart"),
+        Err(e) => tracing::warn!(
+            event = "sighup_unavailable",
+            error = %e,
+            "cannot watch SIGHUP; config reloads need a restart"
+        ),
     }
     rx
 }
