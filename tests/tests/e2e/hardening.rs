@@ -661,3 +661,64 @@ fn the_backoff_grows_against_a_503_and_a_success_resets_it() {
     });
     assert!(!daemon.has_exited(), "{}", daemon.report());
 }
+
+#[test]
+fn a_file_that_cannot_be_read_fails_the_pack_naming_it_and_counts_as_transient() {
+    let env = TestEnv::new("pack-enoent");
+    let stub = StubServer::new(Reply::new(201, &[], json!({})));
+    let host = env.shipper_host("lab1", "lab1", &stub.url(), "");
+    let dir = write_episode(
+        &host.data_root,
+        "01VANISHES",
+        &[("events.jsonl", b"{}\n".as_slice())],
+        Some(meta()),
+        true,
+    );
+    write_episode(
+        &host.data_root,
+        "01WHOLE",
+        &[("events.jsonl", b"{}\n".as_slice())],
+        Some(meta()),
+        true,
+    );
+    // Listed, then gone when opened: every open of this one file fails ENOENT.
+    let events = dir.join("events.jsonl");
+    let mut cmd = Command::new(strace());
+    cmd.args(["-f", "-o", "/dev/null", "-P"])
+        .arg(&events)
+        .args(["-e", "trace=openat", "-e", "inject=openat:error=ENOENT"])
+        .arg(bin("episode-shipper"))
+        .arg("--config")
+        .arg(&host.config)
+        .args(["--log-format", "text", "once"]);
+    let mut proc = Proc::spawn(&mut cmd, &env, "once-enoent");
+    let status = proc
+        .wait_exit(Duration::from_secs(8))
+        .expect("once under strace ended");
+    assert_eq!(status.code(), Some(0), "{}", proc.report());
+    let pass: Value = serde_json::from_str(proc.stdout().trim()).expect("pass JSON");
+    assert_eq!(
+        (
+            pass["transient_failures"].as_u64(),
+            pass["shipped"].as_u64()
+        ),
+        (Some(1), Some(1)),
+        "the other episode still ships: {pass}"
+    );
+    let state = host.retry_state();
+    let error = state["episodes"]["01VANISHES"]["last_error"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        error.contains(&events.display().to_string()) && error.contains("No such file"),
+        "{state}"
+    );
+    assert!(
+        proc.stderr()
+            .lines()
+            .any(|l| l.contains("pack_failed") && l.contains(&events.display().to_string())),
+        "{}",
+        proc.report()
+    );
+    assert!(dir.join("done.marker").exists(), "not retired");
+}
