@@ -121,30 +121,16 @@ pub fn at(path: &Path, doing: &str, e: io::Error) -> io::Error {
 }
 
 /// The message of an error `at` named.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 struct PathError {
     message: String,
 }
 
-impl std::fmt::Display for PathError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for PathError {}
-
 /// A file changed size or mtime while it was packed: the episode is not stable yet.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
 pub struct Unstable(pub String);
-
-impl std::fmt::Display for Unstable {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Unstable {}
 
 fn unstable(message: String) -> io::Error {
     io::Error::other(Unstable(message))
