@@ -227,33 +227,29 @@ pub fn client_config(
     Ok(config)
 }
 
-/// The system's CA bundle (`SSL_CERT_FILE`, else the usual distribution paths).
+/// The system's trust roots (`rustls-native-certs`: `SSL_CERT_FILE` and
+/// `SSL_CERT_DIR` when set, else the platform's store).
 fn system_roots() -> Result<RootCertStore, TlsError> {
-    let candidates = std::env::var_os("SSL_CERT_FILE")
-        .map(PathBuf::from)
-        .into_iter()
-        .chain(
-            [
-                "/etc/ssl/certs/ca-certificates.crt",
-                "/etc/pki/tls/certs/ca-bundle.crt",
-                "/etc/ssl/cert.pem",
-            ]
-            .into_iter()
-            .map(PathBuf::from),
-        );
-    for path in candidates {
-        if let Ok(pem) = std::fs::read(&path) {
-            let mut roots = RootCertStore::empty();
-            let certs = CertificateDer::pem_slice_iter(&pem).filter_map(Result::ok);
-            roots.add_parsable_certificates(certs);
-            if !roots.is_empty() {
-                return Ok(roots);
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = RootCertStore::empty();
+    roots.add_parsable_certificates(found.certs);
+    if roots.is_empty() {
+        let why = found
+            .errors
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
+        return Err(TlsError::Config(format!(
+            "no ca_bundle configured and no system CA certificates found (set receiver.ca_bundle, or SSL_CERT_FILE/SSL_CERT_DIR){}",
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(": {why}")
             }
-        }
+        )));
     }
-    Err(TlsError::Config(
-        "no ca_bundle configured and no system CA bundle found (set receiver.ca_bundle)".into(),
-    ))
+    Ok(roots)
 }
 
 /// Checks that `chain` (leaf first) is a valid client certificate under `ca` at `now`.

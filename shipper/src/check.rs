@@ -1,23 +1,26 @@
-//! `episode-shipper check`: the config and the on-disk state, read-only, fit to be
-//! an `ExecStartPre`.
+//! `episode-shipper check`, and the start-up validations it shares with `run` and
+//! `once` (`preflight`), so `check` can never pass a config the daemon refuses.
 //!
-//! Owns the verdict: a config error is fatal (exit 78, decided before this runs), a
-//! data root that cannot be used is a problem (exit 1), and everything the daemon
-//! copes with by itself (certificates not issued yet, a corrupt state file, outbox
-//! orphans) is reported as a note but does not stop the start. Creates nothing.
+//! Owns the verdict: a config error is fatal (exit 78 naming the file and key): the
+//! file itself (decided before this runs), a `data_root` that is not an absolute
+//! path to a usable directory, or credential files that exist but cannot be used
+//! (a key that is not its certificate's). Everything the daemon copes with by itself
+//! (certificates not issued yet, a corrupt state file, outbox orphans) is reported as
+//! a note but does not stop the start. Creates nothing.
 
 use std::io::Write;
 use std::path::Path;
 
+use episode_common::config::ConfigError;
 use episode_common::tls;
 
 use crate::config::Config;
 use crate::layout::DataRoot;
 use crate::state::StateFile;
 
-/// Prints the report; returns false when the daemon could not work.
-pub fn run(config: &Config, config_path: &Path, out: &mut impl Write) -> bool {
-    let mut ok = true;
+/// Prints the report, or returns the config error that stops the daemon too.
+pub fn run(config: &Config, config_path: &Path, out: &mut impl Write) -> Result<(), ConfigError> {
+    let lines = preflight(config, config_path)?;
     let mut say = |line: String| {
         let _ = writeln!(out, "{line}");
     };
@@ -27,72 +30,10 @@ pub fn run(config: &Config, config_path: &Path, out: &mut impl Write) -> bool {
         config.host_id,
         config.base_url()
     ));
+    for line in lines {
+        say(line);
+    }
     let root = DataRoot::new(&config.data_root);
-    match std::fs::metadata(&root.root) {
-        Ok(m) if !m.is_dir() => {
-            ok = false;
-            say(format!(
-                "PROBLEM data_root {} is not a directory",
-                root.root.display()
-            ));
-        }
-        Ok(_) => {
-            if writable(&root.root) {
-                say(format!("data_root {}: ok", root.root.display()));
-            } else {
-                ok = false;
-                say(format!(
-                    "PROBLEM data_root {} is not writable by this user",
-                    root.root.display()
-                ));
-            }
-        }
-        Err(_) => match root.root.ancestors().skip(1).find(|a| a.exists()) {
-            Some(parent) if writable(parent) => say(format!(
-                "data_root {}: absent, created at start",
-                root.root.display()
-            )),
-            _ => {
-                ok = false;
-                say(format!(
-                    "PROBLEM data_root {} does not exist and cannot be created",
-                    root.root.display()
-                ));
-            }
-        },
-    }
-    let r = &config.receiver;
-    let files = [
-        ("receiver.ca_bundle", r.ca_bundle.as_ref()),
-        ("receiver.client_cert", r.client_cert.as_ref()),
-        ("receiver.client_key", r.client_key.as_ref()),
-        ("receiver.bearer_token_file", r.bearer_token_file.as_ref()),
-    ];
-    for (key, path) in files {
-        let Some(path) = path else { continue };
-        if !path.exists() {
-            say(format!(
-                "note: {key} {} does not exist yet; shipping waits for it (no restart needed)",
-                path.display()
-            ));
-            continue;
-        }
-        let parsed = match key {
-            "receiver.ca_bundle" | "receiver.client_cert" => {
-                tls::load_certs(path).map(|_| ()).map_err(|e| e.to_string())
-            }
-            "receiver.client_key" => tls::load_key(path).map(|_| ()).map_err(|e| e.to_string()),
-            _ => std::fs::read_to_string(path)
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-        };
-        match parsed {
-            Ok(()) => say(format!("{key} {}: ok", path.display())),
-            Err(e) => say(format!(
-                "note: {key}: {e}; shipping fails until it is fixed"
-            )),
-        }
-    }
     if root.state.is_dir()
         && let Err(e) = StateFile::peek(&root.state)
     {
@@ -108,10 +49,123 @@ pub fn run(config: &Config, config_path: &Path, out: &mut impl Write) -> bool {
             ));
         }
     }
-    if ok {
-        say("ok".into());
+    say("ok".into());
+    Ok(())
+}
+
+/// The validations beyond the file's schema that `check`, `run` and `once` all make,
+/// reading only: the data root can be used, and credential files that exist can be
+/// used together. Returns what it found fine (and notes), or the error naming the key.
+pub fn preflight(config: &Config, config_path: &Path) -> Result<Vec<String>, ConfigError> {
+    let mut lines = Vec::new();
+    let fail = |key: &str, msg: String| ConfigError::new(config_path, format!("{key}: {msg}"));
+    let root = &config.data_root;
+    match std::fs::metadata(root) {
+        Ok(m) if !m.is_dir() => {
+            return Err(fail(
+                "data_root",
+                format!("{} exists and is not a directory", root.display()),
+            ));
+        }
+        Ok(_) if !writable(root) => {
+            return Err(fail(
+                "data_root",
+                format!("{} is not writable by this user", root.display()),
+            ));
+        }
+        Ok(_) => lines.push(format!("data_root {}: ok", root.display())),
+        Err(_) => {
+            let existing = root.ancestors().skip(1).find(|a| a.exists());
+            match existing {
+                Some(a) if a.is_dir() && writable(a) => lines.push(format!(
+                    "data_root {}: absent, created at start",
+                    root.display()
+                )),
+                Some(a) if !a.is_dir() => {
+                    return Err(fail(
+                        "data_root",
+                        format!(
+                            "{} cannot be created: {} is not a directory",
+                            root.display(),
+                            a.display()
+                        ),
+                    ));
+                }
+                _ => {
+                    return Err(fail(
+                        "data_root",
+                        format!(
+                            "{} does not exist and cannot be created by this user",
+                            root.display()
+                        ),
+                    ));
+                }
+            }
+        }
     }
-    ok
+    let r = &config.receiver;
+    let present = |p: &Option<std::path::PathBuf>| p.as_ref().filter(|p| p.exists()).cloned();
+    for (key, path) in [
+        ("receiver.ca_bundle", &r.ca_bundle),
+        ("receiver.client_cert", &r.client_cert),
+        ("receiver.client_key", &r.client_key),
+        ("receiver.bearer_token_file", &r.bearer_token_file),
+    ] {
+        if let Some(path) = path.as_ref().filter(|p| !p.exists()) {
+            lines.push(format!(
+                "note: {key} {} does not exist yet; shipping waits for it (no restart needed)",
+                path.display()
+            ));
+        }
+    }
+    let roots = match present(&r.ca_bundle) {
+        Some(p) => {
+            let certs =
+                tls::load_certs(&p).map_err(|e| fail("receiver.ca_bundle", e.to_string()))?;
+            lines.push(format!("receiver.ca_bundle {}: ok", p.display()));
+            Some(certs)
+        }
+        None => None,
+    };
+    let chain = match present(&r.client_cert) {
+        Some(p) => {
+            Some(tls::load_certs(&p).map_err(|e| fail("receiver.client_cert", e.to_string()))?)
+        }
+        None => None,
+    };
+    let key = match present(&r.client_key) {
+        Some(p) => Some(tls::load_key(&p).map_err(|e| fail("receiver.client_key", e.to_string()))?),
+        None => None,
+    };
+    if let (Some(chain), Some(key)) = (chain, key) {
+        // The pair must go together: rustls checks the key against the leaf.
+        tls::client_config(Some(roots.as_deref().unwrap_or(&[])), Some((chain, key))).map_err(
+            |e| {
+                fail(
+                    "receiver.client_key",
+                    format!(
+                        "{} does not go with receiver.client_cert {}: {e}",
+                        r.client_key.as_ref().expect("present").display(),
+                        r.client_cert.as_ref().expect("present").display()
+                    ),
+                )
+            },
+        )?;
+        lines.push(format!(
+            "receiver.client_cert and receiver.client_key {}: ok, a pair",
+            r.client_key.as_ref().expect("present").display()
+        ));
+    }
+    if let Some(p) = present(&r.bearer_token_file) {
+        std::fs::read_to_string(&p).map_err(|e| {
+            fail(
+                "receiver.bearer_token_file",
+                format!("{}: {e}", p.display()),
+            )
+        })?;
+        lines.push(format!("receiver.bearer_token_file {}: ok", p.display()));
+    }
+    Ok(lines)
 }
 
 fn writable(path: &Path) -> bool {

@@ -210,13 +210,67 @@ impl Config {
         if self.data_root.as_os_str().is_empty() {
             return err("data_root", "must not be empty".into());
         }
+        if !self.data_root.is_absolute() {
+            return err(
+                "data_root",
+                format!(
+                    "{:?} is a relative path; give an absolute one (the daemon's working directory is not the operator's)",
+                    self.data_root
+                ),
+            );
+        }
         Ok(())
+    }
+
+    /// Why a config read again on SIGHUP cannot replace this one while the daemon
+    /// runs: the key it changes that only a restart may change, if any.
+    pub fn unreloadable_change(&self, new: &Config) -> Option<&'static str> {
+        if self.host_id != new.host_id {
+            Some("host_id")
+        } else if self.data_root != new.data_root {
+            Some("data_root")
+        } else {
+            None
+        }
     }
 
     /// The receiver URL without a trailing slash.
     pub fn base_url(&self) -> &str {
         self.receiver.url.trim_end_matches('/')
     }
+}
+
+/// The key a config error is about, for a log field: the `key: …` our own
+/// validations start with, or the field or line a TOML error names; "" if none.
+pub fn error_key(error: &ConfigError) -> String {
+    let message = error.message.as_str();
+    let is_key = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-')
+    };
+    if let Some((head, _)) = message.split_once(": ")
+        && is_key(head)
+    {
+        return head.to_owned();
+    }
+    for quote in ["field `", "key `"] {
+        if let Some(rest) = message.split_once(quote).map(|(_, r)| r)
+            && let Some((key, _)) = rest.split_once('`')
+        {
+            return key.to_owned();
+        }
+    }
+    // toml shows the offending line as `N | key = value`.
+    for line in message.lines() {
+        if let Some((_, code)) = line.split_once(" | ")
+            && let Some((key, _)) = code.split_once('=')
+            && is_key(key.trim())
+        {
+            return key.trim().to_owned();
+        }
+    }
+    String::new()
 }
 
 #[cfg(test)]
@@ -316,12 +370,69 @@ keep_days = 0
                 "host_id = \"lab1\"\n[receiver]\nurl = \"https://r\"\n[quarantine]\nkeep = 3\n",
                 "keep",
             ),
+            (
+                "host_id = \"lab1\"\ndata_root = \"var/lib/x\"\n[receiver]\nurl = \"https://r\"\n",
+                "data_root",
+            ),
         ];
         for (text, key) in cases {
             let e = parse(text).unwrap_err().to_string();
             assert!(
                 e.starts_with("config s.toml:") && e.contains(key),
                 "{key}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn config_errors_name_their_key_for_the_log() {
+        let cases = [
+            (
+                "host_id = \"lab1\"\nbogus = 1\n[receiver]\nurl = \"https://r\"\n",
+                "bogus",
+            ),
+            (
+                "host_id = \"lab1\"\nscan_interval = \"5 parsecs\"\n[receiver]\nurl = \"https://r\"\n",
+                "scan_interval",
+            ),
+            (
+                "host_id = \"lab1\"\ncompression_level = 40\n[receiver]\nurl = \"https://r\"\n",
+                "compression_level",
+            ),
+            (
+                "host_id = \"lab1\"\n[receiver]\nurl = \"ftp://r\"\n",
+                "receiver.url",
+            ),
+            ("[receiver]\nurl = \"https://r\"\n", "host_id"),
+        ];
+        for (text, key) in cases {
+            let e = parse(text).unwrap_err();
+            assert_eq!(error_key(&e), key, "{e}");
+        }
+    }
+
+    #[test]
+    fn only_host_id_and_data_root_need_a_restart() {
+        let base = parse("host_id = \"lab1\"\n[receiver]\nurl = \"https://r\"\n").unwrap();
+        let table = [
+            (
+                "host_id = \"lab1\"\nscan_interval = \"1s\"\n[receiver]\nurl = \"https://other\"\n",
+                None,
+            ),
+            (
+                "host_id = \"lab2\"\n[receiver]\nurl = \"https://r\"\n",
+                Some("host_id"),
+            ),
+            (
+                "host_id = \"lab1\"\ndata_root = \"/srv/x\"\n[receiver]\nurl = \"https://r\"\n",
+                Some("data_root"),
+            ),
+        ];
+        for (text, want) in table {
+            assert_eq!(
+                base.unreloadable_change(&parse(text).unwrap()),
+                want,
+                "{text}"
             );
         }
     }

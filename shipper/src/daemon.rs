@@ -7,15 +7,18 @@
 //! stalled pack or upload stops it), a STATUS line per pass, and SIGTERM/SIGINT:
 //! STOPPING=1, no new episode, an upload in flight gets `shutdown_grace`, then
 //! (also when the grace abandoned the pass) the retry state is saved and the data
-//! root's directories fsynced (`Shipper::close`), exit 0.
+//! root's directories fsynced (`Shipper::close`), exit 0. SIGHUP reloads the config
+//! between passes (`reload`): never stops the daemon, refuses an invalid file or a
+//! change of `host_id`/`data_root` and keeps the old config.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::{self, Config};
 use crate::layout::DONE_MARKER;
 use crate::notify::Notifier;
 use crate::progress::{Display, Progress};
@@ -102,22 +105,88 @@ async fn run_pass(
     }
 }
 
-/// The daemon (`run`). Returns when stopped.
-pub async fn run(config: Config) -> Result<(), OpenError> {
+/// SIGHUPs as a channel; installed first, so a SIGHUP never takes the default
+/// action (terminating the process).
+fn watch_hangups() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        Err(e) => tracing::warn!(
+            event = "sighup_unavailable",
+            error = %e,
+            "cannot watch SIGHUP; config reloads need a restart"
+        ),
+    }
+    rx
+}
+
+/// Reads the config file again (off the async workers) and, if it is valid
+/// (`check::preflight` included) and changes neither `host_id` nor `data_root`,
+/// makes it the shipper's for the next pass, credentials re-read. Otherwise logs
+/// `config_reload_refused` naming the key and keeps the old config.
+async fn reload(shipper: &mut Shipper, path: &Path) {
+    let file = path.to_owned();
+    let loaded = tokio::task::spawn_blocking(move || {
+        let config = Config::load(&file)?;
+        crate::check::preflight(&config, &file)?;
+        Ok::<_, episode_common::config::ConfigError>(config)
+    })
+    .await
+    .expect("config reload panicked");
+    let refused = |key: &str, error: &str| {
+        tracing::error!(
+            event = "config_reload_refused",
+            key,
+            error,
+            config = %path.display(),
+            "config not reloaded; going on with the one in use"
+        );
+    };
+    match loaded {
+        Err(e) => refused(&config::error_key(&e), &e.to_string()),
+        Ok(new) => match shipper.config.unreloadable_change(&new) {
+            Some(key) => refused(
+                key,
+                &format!(
+                    "config {}: {key} cannot change while the daemon runs; restart it to change {key}",
+                    path.display()
+                ),
+            ),
+            None => {
+                shipper.reconfigure(new);
+                tracing::info!(
+                    event = "config_reloaded",
+                    config = %path.display(),
+                    receiver = shipper.transport.url(),
+                    "config reloaded; in effect from the next pass, credentials re-read"
+                );
+            }
+        },
+    }
+}
+
+/// The wait between passes: the scan interval, at most half the watchdog period.
+fn pass_wait(config: &Config, watchdog: Option<Duration>) -> Duration {
+    let wait = config.scan_interval.get();
+    watchdog.map_or(wait, |period| wait.min(period / 2))
+}
+
+/// The daemon (`run`). Returns when stopped. SIGHUP reloads `config_path`.
+pub async fn run(config: Config, config_path: PathBuf) -> Result<(), OpenError> {
+    let mut hangups = watch_hangups();
     let stop = CancellationToken::new();
     let notifier = Arc::new(Notifier::default());
     watch_signals(stop.clone(), notifier.clone());
-    let (scan_interval, grace, jitter) = (
-        config.scan_interval.get(),
-        config.shutdown_grace.get(),
-        config.startup_jitter.get(),
-    );
+    let jitter = config.startup_jitter.get();
     let mut shipper = open(config, stop.clone()).await?;
     let watchdog = Notifier::watchdog_period();
-    let mut wait = scan_interval;
-    if let Some(period) = watchdog {
-        wait = wait.min(period / 2);
-    }
     let status = shipper.status_line().await;
     notifier.ready(&status);
     tracing::info!(
@@ -147,6 +216,7 @@ pub async fn run(config: Config) -> Result<(), OpenError> {
         }
     }
     while !stop.is_cancelled() {
+        let grace = shipper.config.shutdown_grace.get();
         if run_pass(&mut shipper, &stop, grace).await.is_none() {
             break;
         }
@@ -157,12 +227,13 @@ pub async fn run(config: Config) -> Result<(), OpenError> {
             break;
         }
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
+            () = tokio::time::sleep(pass_wait(&shipper.config, watchdog)) => {}
             Some(()) = wake.recv() => {
                 // Let a burst of markers settle into one pass.
                 tokio::time::sleep(Duration::from_millis(20)).await;
                 while wake.try_recv().is_ok() {}
             }
+            Some(()) = hangups.recv() => reload(&mut shipper, &config_path).await,
             () = stop.cancelled() => {}
         }
     }

@@ -168,26 +168,51 @@ impl DataRoot {
         Ok(())
     }
 
-    /// Episodes in `episodes/` that have `done.marker`, sorted by id (oldest first for
-    /// ULIDs). Directory names that are not valid ids are returned separately.
+    /// Episodes in `episodes/` that have `done.marker` (a regular file), sorted by id
+    /// (oldest first for ULIDs). Directory names that are not valid ids are returned
+    /// separately, and so are entries that look finished but are not shippable: a
+    /// symlink in place of an episode directory (never followed) and a `done.marker`
+    /// that is not a regular file.
     pub fn finished_episodes(&self) -> io::Result<Finished> {
         let mut finished = Finished::default();
         for entry in std::fs::read_dir(&self.episodes)? {
             let entry = entry?;
-            if !entry.file_type()?.is_dir() {
+            let file_type = entry.file_type()?;
+            let name = entry.file_name();
+            let shown = name.to_string_lossy().into_owned();
+            if file_type.is_symlink() {
+                finished.not_ready.push(NotReady {
+                    name: shown,
+                    reason: "a symlink, not a directory: never followed (move the episode directory itself into episodes/)".into(),
+                });
                 continue;
             }
-            let name = entry.file_name();
-            if !entry.path().join(DONE_MARKER).exists() {
-                finished.unfinished += 1;
+            if !file_type.is_dir() {
                 continue;
+            }
+            match marker_state(&entry.path()) {
+                Marker::Missing => {
+                    finished.unfinished += 1;
+                    continue;
+                }
+                Marker::NotAFile(what) => {
+                    finished.not_ready.push(NotReady {
+                        name: shown,
+                        reason: format!(
+                            "{DONE_MARKER} is {what}, not an empty regular file: not finished"
+                        ),
+                    });
+                    continue;
+                }
+                Marker::Present => {}
             }
             match name.to_str().map(EpisodeId::new) {
                 Some(Ok(id)) => finished.ready.push(id),
-                _ => finished.invalid.push(name.to_string_lossy().into_owned()),
+                _ => finished.invalid.push(shown),
             }
         }
         finished.ready.sort();
+        finished.not_ready.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(finished)
     }
 
@@ -227,6 +252,32 @@ pub struct Finished {
     pub unfinished: usize,
     /// Finished directories whose names cannot be sent as ids.
     pub invalid: Vec<String>,
+    /// Entries of `episodes/` that are not shipped, and why.
+    pub not_ready: Vec<NotReady>,
+}
+
+/// An entry of `episodes/` that is not shipped, and why.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct NotReady {
+    pub name: String,
+    pub reason: String,
+}
+
+enum Marker {
+    Missing,
+    Present,
+    /// What it is instead of a regular file.
+    NotAFile(&'static str),
+}
+
+fn marker_state(dir: &Path) -> Marker {
+    match std::fs::symlink_metadata(dir.join(DONE_MARKER)) {
+        Err(_) => Marker::Missing,
+        Ok(m) if m.is_file() => Marker::Present,
+        Ok(m) if m.is_dir() => Marker::NotAFile("a directory"),
+        Ok(m) if m.file_type().is_symlink() => Marker::NotAFile("a symlink"),
+        Ok(_) => Marker::NotAFile("not a regular file"),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -307,6 +358,9 @@ mod tests {
         episode(&root, "01C", false);
         episode(&root, "bad name", true);
         std::fs::write(root.episodes.join("stray-file"), "").unwrap();
+        episode(&root, "01D", false);
+        std::fs::create_dir(root.episodes.join("01D").join(DONE_MARKER)).unwrap();
+        std::os::unix::fs::symlink(root.episodes.join("01A"), root.episodes.join("01E")).unwrap();
         let found = root.finished_episodes().unwrap();
         assert_eq!(
             found
@@ -318,6 +372,19 @@ mod tests {
         );
         assert_eq!(found.unfinished, 1);
         assert_eq!(found.invalid, ["bad name"]);
+        let not_ready: Vec<(&str, &str)> = found
+            .not_ready
+            .iter()
+            .map(|n| (n.name.as_str(), n.reason.as_str()))
+            .collect();
+        assert_eq!(not_ready.len(), 2, "{not_ready:?}");
+        assert_eq!(not_ready[0].0, "01D");
+        assert!(
+            not_ready[0].1.contains("done.marker is a directory"),
+            "{not_ready:?}"
+        );
+        assert_eq!(not_ready[1].0, "01E");
+        assert!(not_ready[1].1.contains("symlink"), "{not_ready:?}");
     }
 
     #[test]

@@ -86,10 +86,18 @@ fn main() -> ExitCode {
             return exit(EXIT_CONFIG);
         }
     };
-    match cli.command.unwrap_or(Command::Run) {
+    let command = cli.command.unwrap_or(Command::Run);
+    if matches!(command, Command::Run | Command::Once)
+        && let Err(e) = check::preflight(&config, &cli.config)
+    {
+        // The same validations as `check`: the two never disagree.
+        eprintln!("episode-shipper: {e}");
+        return exit(EXIT_CONFIG);
+    }
+    match command {
         Command::Run => {
             let rt = runtime();
-            let result = rt.block_on(daemon::run(config));
+            let result = rt.block_on(daemon::run(config, cli.config.clone()));
             rt.shutdown_timeout(Duration::from_secs(1));
             match result {
                 Ok(()) => ExitCode::SUCCESS,
@@ -129,10 +137,12 @@ fn main() -> ExitCode {
         }
         Command::Check => {
             let mut stdout = std::io::stdout().lock();
-            if check::run(&config, &cli.config, &mut stdout) {
-                ExitCode::SUCCESS
-            } else {
-                exit(EXIT_FAILURE)
+            match check::run(&config, &cli.config, &mut stdout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("episode-shipper: {e}");
+                    exit(EXIT_CONFIG)
+                }
             }
         }
         Command::Requeue(args) => requeue(&config, args),

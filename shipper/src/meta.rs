@@ -6,8 +6,10 @@
 //! shape, leaves that header out (with a warning naming the file and field) and the
 //! receiver decides. It is opened without following a symlink and without blocking
 //! on a FIFO, checked to be a regular file on the open descriptor, and read through
-//! a 1 MiB limit whatever its size claims. `code_commit` is trimmed of surrounding
-//! whitespace (a recorder's trailing newline); `started_at` is normalized to RFC 3339.
+//! a 1 MiB limit whatever its size claims; the size of one too large is kept, so a
+//! rejection that follows can say the shipper left the headers out (`explain_rejection`).
+//! `code_commit` is trimmed of surrounding whitespace (a recorder's trailing
+//! newline); `started_at` is normalized to RFC 3339.
 
 use std::io::Read as _;
 use std::os::unix::fs::OpenOptionsExt as _;
@@ -25,6 +27,22 @@ pub struct Meta {
     pub started_at: Option<String>,
     /// Why a field was left out, for the log.
     pub warnings: Vec<String>,
+    /// The size of a `meta.json` too large to read (over 1 MiB): its fields were not
+    /// looked at, so a rejection for a missing header is about this, not about the
+    /// recorder.
+    pub oversized: Option<u64>,
+}
+
+impl Meta {
+    /// What to tell an operator about a rejection of an episode sent with this
+    /// `meta.json`, when the shipper itself left the headers out.
+    pub fn explain_rejection(&self) -> Option<String> {
+        self.oversized.map(|size| {
+            format!(
+                "meta.json is {size} bytes, over the {META_LIMIT}-byte limit the shipper reads, so it was not read and the episode was sent without X-Code-Commit and X-Episode-Started-At (whatever meta.json holds); make meta.json smaller, then requeue"
+            )
+        })
+    }
 }
 
 pub fn read(episode_dir: &Path) -> Meta {
@@ -32,8 +50,9 @@ pub fn read(episode_dir: &Path) -> Meta {
     let mut meta = Meta::default();
     let bytes = match read_limited(&path) {
         Ok(b) => b,
-        Err(why) => {
+        Err((why, oversized)) => {
             meta.warnings.push(format!("{}: {why}", path.display()));
+            meta.oversized = oversized;
             return meta;
         }
     };
@@ -49,21 +68,24 @@ pub fn read(episode_dir: &Path) -> Meta {
     meta
 }
 
-/// The bytes of a regular file of at most `META_LIMIT` bytes, or why not.
-fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
+/// The bytes of a regular file of at most `META_LIMIT` bytes, or why not (and the
+/// size of a file too large).
+fn read_limited(path: &Path) -> Result<Vec<u8>, (String, Option<u64>)> {
+    let plain = |why: String| (why, None);
     let file = std::fs::File::options()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(path);
     let file = match file {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err("missing".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(plain("missing".into())),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-            return Err("a symlink, not a regular file; not read".into());
+            return Err(plain("a symlink, not a regular file; not read".into()));
         }
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(plain(e.to_string())),
     };
-    let kind = file.metadata().map_err(|e| e.to_string())?.file_type();
+    let metadata = file.metadata().map_err(|e| plain(e.to_string()))?;
+    let kind = metadata.file_type();
     if !kind.is_file() {
         use std::os::unix::fs::FileTypeExt as _;
         let what = if kind.is_dir() {
@@ -77,14 +99,19 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, String> {
         } else {
             "not a file"
         };
-        return Err(format!("{what}, not a regular file; not read"));
+        return Err(plain(format!("{what}, not a regular file; not read")));
     }
+    let claimed = metadata.len();
     let mut bytes = Vec::new();
     file.take(META_LIMIT + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| plain(e.to_string()))?;
     if bytes.len() as u64 > META_LIMIT {
-        return Err("larger than 1 MiB, not read".into());
+        let size = claimed.max(bytes.len() as u64);
+        return Err((
+            format!("{size} bytes, larger than 1 MiB, not read"),
+            Some(size),
+        ));
     }
     Ok(bytes)
 }
@@ -231,14 +258,21 @@ mod tests {
         file.set_len(64 << 20).unwrap();
         let m = read_within(dir.path());
         assert!(
-            m.warnings[0].contains("larger than 1 MiB"),
+            m.warnings[0].contains("67108864 bytes, larger than 1 MiB"),
             "{:?}",
             m.warnings
+        );
+        assert_eq!(m.oversized, Some(64 << 20));
+        let why = m.explain_rejection().unwrap();
+        assert!(
+            why.contains("meta.json is 67108864 bytes") && why.contains("not read"),
+            "{why}"
         );
         // Exactly the limit is still read (and here is malformed JSON).
         let file = std::fs::File::create(dir.path().join("meta.json")).unwrap();
         file.set_len(META_LIMIT).unwrap();
         let m = read_within(dir.path());
         assert!(m.warnings[0].contains("malformed JSON"), "{:?}", m.warnings);
+        assert_eq!((m.oversized, m.explain_rejection()), (None, None));
     }
 }

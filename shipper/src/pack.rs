@@ -9,12 +9,18 @@
 //! An episode is packed in memory while its archive fits the `MemoryBudget`; else into
 //! `outbox/<id>.tar.zst.partial`, fsynced, then renamed. An in-memory archive whose
 //! send fails is written to the outbox the same way (`persist`). Blocking: run it off the async workers.
+//! Names are archived as the bytes they are (UTF-8 or not; long ones as GNU long
+//! names); a file that grows or shrinks while packed fails the pack as `Unstable`;
+//! every I/O error names the path it is about.
 //!
-//! Invariant: packing the same unchanged directory twice gives identical bytes.
+//! Invariant: packing the same unchanged directory twice gives identical bytes, and
+//! no file of the episode is ever left out of its archive.
 
 use std::cell::RefCell;
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
@@ -60,8 +66,8 @@ impl MemoryBudget {
 /// One entry of the archive, as found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TarEntry {
-    /// Path inside the archive: `<id>` or `<id>/a/b`.
-    pub path: String,
+    /// Path inside the archive: `<id>` or `<id>/a/b`, the names' own bytes.
+    pub path: PathBuf,
     pub source: PathBuf,
     pub kind: EntryKind,
     pub mode: u32,
@@ -98,40 +104,76 @@ pub enum Body {
     File(PathBuf),
 }
 
+/// An I/O error that says which path it is about (and what was done to it), keeping
+/// the original kind.
+pub fn at(path: &Path, doing: &str, e: io::Error) -> io::Error {
+    if e.get_ref()
+        .is_some_and(|inner| inner.is::<PathError>() || inner.is::<Unstable>())
+    {
+        return e; // already names its path
+    }
+    io::Error::new(
+        e.kind(),
+        PathError {
+            message: format!("{doing} {}: {e}", path.display()),
+        },
+    )
+}
+
+/// The message of an error `at` named.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+struct PathError {
+    message: String,
+}
+
+/// A file changed size or mtime while it was packed: the episode is not stable yet.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unstable(pub String);
+
+fn unstable(message: String) -> io::Error {
+    io::Error::other(Unstable(message))
+}
+
+/// Whether a packing error means "a file changed while packed; try again later".
+pub fn is_unstable(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<Unstable>())
+}
+
 /// Lists the entries of an episode directory in archive order: the directory itself,
-/// then its children sorted by name bytes, depth first. Skips sockets, fifos and
-/// devices (they cannot be archived meaningfully) and reports them.
+/// then its children sorted by name bytes, depth first. Names are kept as bytes,
+/// valid UTF-8 or not. Skips sockets, fifos and devices (they cannot be archived
+/// meaningfully) and reports them.
 pub fn collect_entries(
     dir: &Path,
     episode_id: &EpisodeId,
 ) -> io::Result<(Vec<TarEntry>, Vec<PathBuf>)> {
     let mut entries = Vec::new();
     let mut skipped = Vec::new();
-    let meta = std::fs::symlink_metadata(dir)?;
-    entries.push(entry_for(dir, episode_id.as_str().to_owned(), &meta)?.expect("a directory"));
-    walk(dir, episode_id.as_str(), &mut entries, &mut skipped)?;
+    let meta = std::fs::symlink_metadata(dir).map_err(|e| at(dir, "reading", e))?;
+    let top = PathBuf::from(episode_id.as_str());
+    entries.push(entry_for(dir, top.clone(), &meta)?.expect("a directory"));
+    walk(dir, &top, &mut entries, &mut skipped)?;
     Ok((entries, skipped))
 }
 
 fn walk(
     dir: &Path,
-    prefix: &str,
+    prefix: &Path,
     entries: &mut Vec<TarEntry>,
     skipped: &mut Vec<PathBuf>,
 ) -> io::Result<()> {
-    let mut children: Vec<(std::ffi::OsString, PathBuf)> = std::fs::read_dir(dir)?
+    let listing = |e| at(dir, "listing", e);
+    let mut children: Vec<(OsString, PathBuf)> = std::fs::read_dir(dir)
+        .map_err(listing)?
         .map(|e| e.map(|e| (e.file_name(), e.path())))
-        .collect::<io::Result<_>>()?;
-    children.sort_by(|a, b| {
-        std::os::unix::ffi::OsStrExt::as_bytes(a.0.as_os_str()).cmp(b.0.as_bytes())
-    });
+        .collect::<io::Result<_>>()
+        .map_err(listing)?;
+    children.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     for (name, path) in children {
-        let Some(name) = name.to_str() else {
-            skipped.push(path);
-            continue;
-        };
-        let meta = std::fs::symlink_metadata(&path)?;
-        let archive_path = format!("{prefix}/{name}");
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| at(&path, "reading", e))?;
+        let archive_path = prefix.join(&name);
         match entry_for(&path, archive_path.clone(), &meta)? {
             Some(entry) => {
                 let is_dir = entry.kind == EntryKind::Dir;
@@ -146,11 +188,9 @@ fn walk(
     Ok(())
 }
 
-use std::os::unix::ffi::OsStrExt as _;
-
 fn entry_for(
     path: &Path,
-    archive_path: String,
+    archive_path: PathBuf,
     meta: &std::fs::Metadata,
 ) -> io::Result<Option<TarEntry>> {
     let file_type = meta.file_type();
@@ -160,7 +200,7 @@ fn entry_for(
         EntryKind::File { size: meta.len() }
     } else if file_type.is_symlink() {
         EntryKind::Symlink {
-            target: std::fs::read_link(path)?,
+            target: std::fs::read_link(path).map_err(|e| at(path, "reading the link", e))?,
         }
     } else {
         return Ok(None);
@@ -208,7 +248,7 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Reads exactly `remaining` bytes or fails: a file that shrinks while it is packed
-/// must not produce a corrupt tar. Reports progress as it goes.
+/// must not produce a corrupt tar. Reports progress as it goes. Errors name the file.
 struct Exact<'a, R> {
     inner: R,
     remaining: u64,
@@ -222,12 +262,15 @@ impl<R: Read> Read for Exact<'_, R> {
             return Ok(0);
         }
         let want = buf.len().min(self.remaining as usize);
-        let n = self.inner.read(&mut buf[..want])?;
+        let n = self
+            .inner
+            .read(&mut buf[..want])
+            .map_err(|e| at(self.path, "reading", e))?;
         if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!("{} shrank while being packed", self.path.display()),
-            ));
+            return Err(unstable(format!(
+                "{} shrank while being packed",
+                self.path.display()
+            )));
         }
         self.remaining -= n as u64;
         (self.progress)(n as u64);
@@ -246,6 +289,25 @@ fn header(entry: &TarEntry, entry_type: tar::EntryType, size: u64) -> io::Result
     h.set_groupname("")?;
     h.set_size(size);
     Ok(h)
+}
+
+/// Fails as `Unstable` if the file packed from `file` no longer has the size and
+/// mtime its header recorded: it grew (or was rewritten) while it was read, so the
+/// archive would ship an old or mixed copy.
+fn check_unchanged(file: &File, entry: &TarEntry, size: u64) -> io::Result<()> {
+    let now = file
+        .metadata()
+        .map_err(|e| at(&entry.source, "reading", e))?;
+    let mtime = u64::try_from(now.mtime()).unwrap_or(0);
+    if now.len() != size || mtime != entry.mtime {
+        return Err(unstable(format!(
+            "{} changed while being packed ({size} bytes, mtime {} when listed; now {} bytes, mtime {mtime})",
+            entry.source.display(),
+            entry.mtime,
+            now.len()
+        )));
+    }
+    Ok(())
 }
 
 fn zstd_workers() -> u32 {
@@ -312,18 +374,22 @@ pub fn write_archive<W: Write>(
             match &entry.kind {
                 EntryKind::Dir => {
                     let mut h = header(entry, tar::EntryType::Directory, 0)?;
-                    builder.append_data(&mut h, format!("{}/", entry.path), io::empty())?;
+                    let mut name = entry.path.clone().into_os_string();
+                    name.push("/");
+                    builder.append_data(&mut h, name, io::empty())?;
                 }
                 EntryKind::File { size } => {
                     let mut h = header(entry, tar::EntryType::Regular, *size)?;
-                    let file = File::open(&entry.source)?;
+                    let file =
+                        File::open(&entry.source).map_err(|e| at(&entry.source, "opening", e))?;
                     let reader = Exact {
-                        inner: file,
+                        inner: &file,
                         remaining: *size,
                         path: &entry.source,
                         progress,
                     };
                     builder.append_data(&mut h, &entry.path, reader)?;
+                    check_unchanged(&file, entry, *size)?;
                 }
                 EntryKind::Symlink { target } => {
                     let mut h = header(entry, tar::EntryType::Symlink, 0)?;
@@ -355,7 +421,7 @@ pub fn pack(
 ) -> io::Result<(Packed, Option<Reservation>)> {
     let (entries, skipped) = collect_entries(dir, episode_id)?;
     for path in skipped {
-        tracing::warn!(episode_id = %episode_id, path = %path.display(), "not archived: not a file, directory or symlink, or not UTF-8");
+        tracing::warn!(episode_id = %episode_id, path = %path.display(), "not archived: not a file, directory or symlink");
     }
     let raw_bytes = raw_size(&entries);
     // The archive of incompressible data is its size plus tar headers and frames.
@@ -381,9 +447,10 @@ pub fn pack(
     }
     let partial = root.partial(episode_id);
     let result = (|| {
-        let file = File::create(&partial)?;
-        let (digests, file) = write_archive(&entries, level, file, progress)?;
-        file.sync_all()?;
+        let file = File::create(&partial).map_err(|e| at(&partial, "creating", e))?;
+        let (digests, file) = write_archive(&entries, level, file, progress)
+            .map_err(|e| at(&partial, "writing", e))?;
+        file.sync_all().map_err(|e| at(&partial, "fsyncing", e))?;
         publish(root, episode_id, &partial, &digests)?;
         Ok(digests)
     })();
@@ -411,9 +478,10 @@ fn publish(
     digests: &Digests,
 ) -> io::Result<()> {
     let sidecar = serde_json::to_vec(digests).map_err(io::Error::other)?;
-    fsx::write_atomic(&root.sidecar(episode_id), &sidecar)?;
-    std::fs::rename(partial, root.archive(episode_id))?;
-    fsx::fsync_dir(&root.outbox)
+    let sidecar_path = root.sidecar(episode_id);
+    fsx::write_atomic(&sidecar_path, &sidecar).map_err(|e| at(&sidecar_path, "writing", e))?;
+    std::fs::rename(partial, root.archive(episode_id)).map_err(|e| at(partial, "renaming", e))?;
+    fsx::fsync_dir(&root.outbox).map_err(|e| at(&root.outbox, "fsyncing", e))
 }
 
 /// Writes an in-memory archive to the outbox, so it stays for the next pass.
@@ -423,9 +491,10 @@ pub fn persist(root: &DataRoot, episode_id: &EpisodeId, packed: &Packed) -> io::
     };
     let partial = root.partial(episode_id);
     let result = (|| {
-        let mut file = File::create(&partial)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+        let mut file = File::create(&partial).map_err(|e| at(&partial, "creating", e))?;
+        file.write_all(bytes)
+            .map_err(|e| at(&partial, "writing", e))?;
+        file.sync_all().map_err(|e| at(&partial, "fsyncing", e))?;
         publish(root, episode_id, &partial, &packed.digests)
     })();
     if result.is_err() {
@@ -707,5 +776,80 @@ mod tests {
         let seen = std::cell::Cell::new(0u64);
         write_archive(&entries, 3, Vec::new(), &|n| seen.set(seen.get() + n)).unwrap();
         assert_eq!(seen.get(), raw_size(&entries));
+    }
+
+    #[test]
+    fn names_that_are_not_utf8_are_archived_as_their_bytes_in_byte_order() {
+        use std::ffi::OsStr;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("E");
+        std::fs::create_dir_all(&dir).unwrap();
+        let latin1 = OsStr::from_bytes(b"caf\xe9.csv");
+        let long = OsStr::from_bytes(&[b'\xff'; 150]);
+        std::fs::write(dir.join(latin1), b"latin-1 name").unwrap();
+        std::fs::write(dir.join(long), b"long name").unwrap();
+        std::fs::write(dir.join("b.txt"), b"b").unwrap();
+        let id = EpisodeId::new("E").unwrap();
+        let (entries, skipped) = collect_entries(&dir, &id).unwrap();
+        assert!(skipped.is_empty(), "{skipped:?}");
+        let (_, bytes) = write_archive(&entries, 3, Vec::new(), &|_| {}).unwrap();
+        let (_, again) = write_archive(&entries, 3, Vec::new(), &|_| {}).unwrap();
+        assert_eq!(bytes, again);
+        let mut archive = tar::Archive::new(zstd::Decoder::new(&bytes[..]).unwrap());
+        let mut found = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let name = entry.path_bytes().into_owned();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            found.push((name, data));
+        }
+        let mut want_long = b"E/".to_vec();
+        want_long.extend_from_slice(&[b'\xff'; 150]);
+        assert_eq!(
+            found,
+            [
+                (b"E/".to_vec(), vec![]),
+                (b"E/b.txt".to_vec(), b"b".to_vec()),
+                (b"E/caf\xe9.csv".to_vec(), b"latin-1 name".to_vec()),
+                (want_long, b"long name".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_file_that_grows_while_packed_is_unstable_and_io_errors_name_the_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("E");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("grows.jsonl"), b"0123456789").unwrap();
+        let id = EpisodeId::new("E").unwrap();
+        let (entries, _) = collect_entries(&dir, &id).unwrap();
+        // The recorder appends after the listing: the header's size is stale.
+        let mut f = File::options()
+            .append(true)
+            .open(dir.join("grows.jsonl"))
+            .unwrap();
+        f.write_all(b"more").unwrap();
+        let err = write_archive(&entries, 3, Vec::new(), &|_| {}).unwrap_err();
+        assert!(is_unstable(&err), "{err}");
+        assert!(err.to_string().contains("grows.jsonl"), "{err}");
+        // Shrinking is unstable too.
+        std::fs::write(dir.join("grows.jsonl"), b"01").unwrap();
+        let err = write_archive(&entries, 3, Vec::new(), &|_| {}).unwrap_err();
+        assert!(
+            is_unstable(&err) && err.to_string().contains("shrank"),
+            "{err}"
+        );
+        // A file gone since the listing: the error names it.
+        std::fs::remove_file(dir.join("grows.jsonl")).unwrap();
+        let err = write_archive(&entries, 3, Vec::new(), &|_| {}).unwrap_err();
+        assert!(!is_unstable(&err));
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+        assert!(
+            err.to_string()
+                .contains(&dir.join("grows.jsonl").display().to_string()),
+            "{err}"
+        );
     }
 }

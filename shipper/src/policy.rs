@@ -57,6 +57,36 @@ pub fn ends_hold(class: Class) -> bool {
     }
 }
 
+/// What a failure to pack an episode calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PackFailure {
+    /// A file changed while it was packed: the episode is not stable yet; try it
+    /// again after `initial_backoff`, counted as no failure.
+    NotStable,
+    /// The host cannot pack anything now (disk full, quota, read-only file system,
+    /// out of memory): a transient failure that backs off all shipping and ends the
+    /// pass, like a 503.
+    Host,
+    /// Something about this episode (a file unreadable or gone): a transient failure
+    /// of this episode alone, which backs off exponentially with its attempts while
+    /// the others still ship.
+    Episode,
+}
+
+/// Classifies a packing error (`unstable`: a file changed while packed).
+pub fn pack_failure(unstable: bool, kind: std::io::ErrorKind) -> PackFailure {
+    use std::io::ErrorKind as K;
+    if unstable {
+        return PackFailure::NotStable;
+    }
+    match kind {
+        K::StorageFull | K::QuotaExceeded | K::ReadOnlyFilesystem | K::OutOfMemory => {
+            PackFailure::Host
+        }
+        _ => PackFailure::Episode,
+    }
+}
+
 /// The delay before retry number `failures` (1 for the first retry): uniform
 /// ("full jitter") between `initial` and the exponential cap
 /// `min(max, initial × 2^failures)`, so the first retry waits between `initial` and
@@ -83,16 +113,18 @@ pub fn retry_delay(backoff: Duration, retry_after: Option<Duration>) -> Duration
     }
 }
 
-/// Reads `Retry-After`: delay-seconds, or an HTTP-date relative to `now_unix`.
-pub fn parse_retry_after(value: &str, now_unix: i64) -> Option<Duration> {
+/// Reads `Retry-After` (RFC 9110 §10.2.3): delay-seconds, or an HTTP-date in any
+/// of its three forms (IMF-fixdate, obsolete RFC 850, asctime) relative to `now`.
+/// A date in the past is no wait.
+pub fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(Duration::from_secs(
+            value.parse::<u64>().unwrap_or(u64::MAX),
+        ));
     }
-    let date =
-        time::OffsetDateTime::parse(value, &time::format_description::well_known::Rfc2822).ok()?;
-    let secs = date.unix_timestamp() - now_unix;
-    Some(Duration::from_secs(u64::try_from(secs).unwrap_or(0)))
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(date.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 #[cfg(test)]
@@ -170,6 +202,25 @@ mod tests {
     }
 
     #[test]
+    fn pack_failures_are_transient_by_scope() {
+        use std::io::ErrorKind as K;
+        let table = [
+            (true, K::UnexpectedEof, PackFailure::NotStable),
+            (true, K::Other, PackFailure::NotStable),
+            (false, K::StorageFull, PackFailure::Host),
+            (false, K::QuotaExceeded, PackFailure::Host),
+            (false, K::ReadOnlyFilesystem, PackFailure::Host),
+            (false, K::OutOfMemory, PackFailure::Host),
+            (false, K::NotFound, PackFailure::Episode),
+            (false, K::PermissionDenied, PackFailure::Episode),
+            (false, K::Other, PackFailure::Episode),
+        ];
+        for (unstable, kind, want) in table {
+            assert_eq!(pack_failure(unstable, kind), want, "{unstable} {kind:?}");
+        }
+    }
+
+    #[test]
     fn only_an_answer_about_the_episode_ends_a_hold() {
         let table = [
             (Class::Shipped, true),
@@ -200,17 +251,31 @@ mod tests {
     }
 
     #[test]
-    fn parses_both_retry_after_forms() {
-        assert_eq!(parse_retry_after("120", 0), Some(Duration::from_secs(120)));
-        let now = 784_111_777; // Sun, 06 Nov 1994 08:49:37 GMT
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:51:37 GMT", now),
-            Some(Duration::from_secs(120))
-        );
-        assert_eq!(
-            parse_retry_after("Sun, 06 Nov 1994 08:40:00 GMT", now),
-            Some(Duration::ZERO)
-        );
-        assert_eq!(parse_retry_after("soon", now), None);
+    fn parses_retry_after_seconds_and_all_three_date_forms() {
+        use std::time::{SystemTime, UNIX_EPOCH};
+        let now = UNIX_EPOCH + Duration::from_secs(784_111_657); // Sun, 06 Nov 1994 08:47:37 GMT
+        let s = Duration::from_secs;
+        let table = [
+            ("120", Some(s(120))),
+            (" 0 ", Some(s(0))),
+            (
+                "99999999999999999999999",
+                Some(Duration::from_secs(u64::MAX)),
+            ),
+            ("Sun, 06 Nov 1994 08:49:37 GMT", Some(s(120))),
+            ("Sunday, 06-Nov-94 08:49:37 GMT", Some(s(120))),
+            ("Sun Nov  6 08:49:37 1994", Some(s(120))),
+            ("Sun, 06 Nov 1994 08:40:00 GMT", Some(Duration::ZERO)),
+            ("soon", None),
+            ("-5", None),
+            ("1.5", None),
+            ("", None),
+        ];
+        for (value, want) in table {
+            assert_eq!(parse_retry_after(value, now), want, "{value:?}");
+        }
+        // Capped when it is acted on.
+        let far = parse_retry_after("99999999999999999999999", SystemTime::now());
+        assert_eq!(retry_delay(s(5), far), MAX_RETRY_AFTER);
     }
 }

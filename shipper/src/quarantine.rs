@@ -9,7 +9,10 @@
 //! directory's mtime, removal via a hidden rename so a crash never leaves a
 //! half-deleted entry that looks new), listing with reasons, and `requeue`, which
 //! moves an entry back to `episodes/<episode id>` (never to its suffixed entry name),
-//! removing the reason file first so it is never packed.
+//! removing the reason file first so it is never packed. A requeue is crash-safe the
+//! same way: its intent and the reason are recorded in `state/requeue-pending/<entry>.json`
+//! first, so an entry whose reason file is already gone still lists with its reason,
+//! and the next `requeue` or daemon start finishes the move.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -38,12 +41,33 @@ pub struct Reason {
     /// Absent in reasons written by older shippers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub episode_id: Option<String>,
+    /// What the shipper itself did that explains the answer (beyond the spec's
+    /// fields), e.g. a `meta.json` too large to read, sent without its headers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shipper_note: Option<String>,
 }
 
 const TRASH_PREFIX: &str = ".trash-";
 
 fn pending_dir(root: &DataRoot) -> PathBuf {
     root.state.join("quarantine-pending")
+}
+
+fn requeue_pending_dir(root: &DataRoot) -> PathBuf {
+    root.state.join("requeue-pending")
+}
+
+/// `state/requeue-pending/<entry>.json`: a requeue under way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct RequeuePending {
+    episode_id: String,
+    /// The entry's reason, kept while its file is gone.
+    reason: Option<Reason>,
+}
+
+fn read_requeue_pending(root: &DataRoot, entry_name: &str) -> Option<RequeuePending> {
+    let path = requeue_pending_dir(root).join(format!("{entry_name}.json"));
+    serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
 /// The name of the entry a new quarantine of `episode_id` goes to: `<id>` when free,
@@ -188,7 +212,8 @@ pub fn list(root: &DataRoot, now: SystemTime) -> io::Result<Vec<Entry>> {
         }
         let reason = std::fs::read(path.join(REASON_FILE))
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .or_else(|| read_requeue_pending(root, &name).and_then(|p| p.reason));
         let age_secs = layout::mtime_age_secs(&path, now).unwrap_or(0);
         out.push(Entry {
             name,
@@ -262,19 +287,20 @@ pub enum Selector {
     Status(u16),
 }
 
-/// Moves matching entries back to `episodes/<episode id>`: reason file removed
-/// first, then the rename. An entry named `<id>.<unix>` (a second quarantined copy)
-/// goes back as `<id>`; `Ids` matches either the episode id or the entry name. An
-/// entry whose `episodes/<id>` exists stays where it is, with a problem saying so.
+/// Moves matching entries back to `episodes/<episode id>`: the intent (with the
+/// reason) recorded in `state/requeue-pending/`, the reason file removed, the
+/// rename, then the record removed. Requeues a crash interrupted are finished first
+/// (and reported as requeued). An entry named `<id>.<unix>` (a second quarantined
+/// copy) goes back as `<id>`; `Ids` matches either the episode id or the entry name.
+/// An entry whose `episodes/<id>` exists stays where it is, with a problem saying so.
 /// Returns (requeued episode ids, problems).
 pub fn requeue(
     root: &DataRoot,
     selector: &Selector,
     now: SystemTime,
 ) -> io::Result<(Vec<String>, Vec<String>)> {
+    let (mut requeued, mut problems) = recover_requeues(root)?;
     let entries = list(root, now)?;
-    let mut requeued = Vec::new();
-    let mut problems = Vec::new();
     let chosen: Vec<&Entry> = match selector {
         Selector::All => entries.iter().collect(),
         Selector::Status(code) => entries
@@ -310,17 +336,87 @@ pub fn requeue(
             ));
             continue;
         }
-        let reason_file = entry.path.join(REASON_FILE);
-        match std::fs::remove_file(&reason_file) {
-            Ok(()) => fsx::fsync_dir(&entry.path)?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        fsx::rename_noreplace(&entry.path, &root.episode_dir(Place::Episodes, &id))?;
-        root.sync_places(&[Place::Quarantine, Place::Episodes])?;
+        let pending = requeue_pending_dir(root);
+        std::fs::create_dir_all(&pending)?;
+        let record = RequeuePending {
+            episode_id: id.to_string(),
+            reason: entry.reason.clone(),
+        };
+        fsx::write_atomic(
+            &pending.join(format!("{}.json", entry.name)),
+            &serde_json::to_vec_pretty(&record).map_err(io::Error::other)?,
+        )?;
+        finish_requeue(root, &entry.name, &id)?;
         requeued.push(id.to_string());
     }
     Ok((requeued, problems))
+}
+
+/// The steps of a requeue after its record is durable; each may be repeated after
+/// a crash. Removes the record last.
+fn finish_requeue(root: &DataRoot, entry_name: &str, id: &EpisodeId) -> io::Result<()> {
+    let entry = root.quarantine.join(entry_name);
+    if entry.is_dir() {
+        match std::fs::remove_file(entry.join(REASON_FILE)) {
+            Ok(()) => fsx::fsync_dir(&entry)?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        fsx::rename_noreplace(&entry, &root.episode_dir(Place::Episodes, id))?;
+        root.sync_places(&[Place::Quarantine, Place::Episodes])?;
+    }
+    let pending = requeue_pending_dir(root);
+    std::fs::remove_file(pending.join(format!("{entry_name}.json")))?;
+    fsx::fsync_dir(&pending)
+}
+
+/// Finishes requeues a crash interrupted (`state/requeue-pending/`). One whose
+/// `episodes/<id>` has been taken meanwhile gets its reason file back and stays
+/// in quarantine, with a problem saying so. Returns (requeued ids, problems).
+pub fn recover_requeues(root: &DataRoot) -> io::Result<(Vec<String>, Vec<String>)> {
+    let (mut done, mut problems) = (Vec::new(), Vec::new());
+    let pending = requeue_pending_dir(root);
+    let Ok(files) = layout::entries(&pending) else {
+        return Ok((done, problems));
+    };
+    for (file_name, path) in files {
+        let record = file_name
+            .strip_suffix(".json")
+            .filter(|n| !n.starts_with('.'))
+            .and_then(|name| Some((name, read_requeue_pending(root, name)?)));
+        let Some((name, record)) = record else {
+            std::fs::remove_file(&path)?; // a temp file of an interrupted write
+            continue;
+        };
+        let entry = root.quarantine.join(name);
+        let id = EpisodeId::new(&record.episode_id);
+        match id {
+            Ok(id) if !entry.is_dir() || !root.episode_dir(Place::Episodes, &id).exists() => {
+                let moves = entry.is_dir();
+                finish_requeue(root, name, &id)?;
+                if moves {
+                    done.push(id.to_string());
+                }
+            }
+            _ => {
+                if let Some(reason) = &record.reason
+                    && !entry.join(REASON_FILE).exists()
+                {
+                    fsx::write_atomic(
+                        &entry.join(REASON_FILE),
+                        &serde_json::to_vec_pretty(reason).map_err(io::Error::other)?,
+                    )?;
+                }
+                problems.push(format!(
+                    "quarantine/{name}: an interrupted requeue not finished, episodes/{} already exists (ship or move that one first)",
+                    record.episode_id
+                ));
+                std::fs::remove_file(&path)?;
+                fsx::fsync_dir(&pending)?;
+            }
+        }
+    }
+    Ok((done, problems))
 }
 
 #[cfg(test)]
@@ -350,6 +446,7 @@ mod tests {
             quarantined_at_unix: 1_795_341_600,
             shipper_version: "0.1.0".into(),
             episode_id: None,
+            shipper_note: None,
         }
     }
 
@@ -538,5 +635,57 @@ mod tests {
         assert_eq!(read_reason(&root.quarantine.join("01E")), first_reason);
         assert!(root.episodes.join("01E/second").exists());
         assert!(layout::entries(&pending_dir(&root)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_requeue_cut_short_keeps_its_reason_and_is_finished_next_time() {
+        let (_d, root, id) = setup();
+        quarantine(&root, &id, &reason(400)).unwrap();
+        // Crash after the record and the reason's removal, before the move.
+        std::fs::create_dir_all(requeue_pending_dir(&root)).unwrap();
+        let record = RequeuePending {
+            episode_id: "01E".into(),
+            reason: Some(read_reason(&root.quarantine.join("01E"))),
+        };
+        std::fs::write(
+            requeue_pending_dir(&root).join("01E.json"),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        std::fs::remove_file(root.quarantine.join("01E").join(REASON_FILE)).unwrap();
+        let entries = list(&root, SystemTime::now()).unwrap();
+        assert_eq!(entries[0].class(), "400 missing-code-commit");
+        let (back, problems) = requeue(&root, &Selector::Status(400), SystemTime::now()).unwrap();
+        assert_eq!((back, problems), (vec!["01E".to_owned()], vec![]));
+        assert!(root.episodes.join("01E/meta.json").exists());
+        assert!(!root.episodes.join("01E").join(REASON_FILE).exists());
+        assert!(
+            layout::entries(&requeue_pending_dir(&root))
+                .unwrap()
+                .is_empty()
+        );
+
+        // Cut short again, but episodes/01E was taken meanwhile: the entry stays
+        // quarantined with its reason back.
+        quarantine(&root, &id, &reason(400)).unwrap();
+        record_again(&root, "newer");
+        std::fs::write(
+            requeue_pending_dir(&root).join("01E.json"),
+            serde_json::to_vec(&record).unwrap(),
+        )
+        .unwrap();
+        std::fs::remove_file(root.quarantine.join("01E").join(REASON_FILE)).unwrap();
+        let (back, problems) = recover_requeues(&root).unwrap();
+        assert!(back.is_empty());
+        assert!(
+            problems[0].contains("episodes/01E already exists"),
+            "{problems:?}"
+        );
+        assert_eq!(read_reason(&root.quarantine.join("01E")).status_code, 400);
+        assert!(
+            layout::entries(&requeue_pending_dir(&root))
+                .unwrap()
+                .is_empty()
+        );
     }
 }

@@ -12,7 +12,10 @@
 //! (backoff, hold) is saved the moment it changes, and a pass that starts uploading
 //! is marked in it first (one save), so a process that dies mid-pass is followed by
 //! a backoff before the next upload (the crash-loop guard), not an instant re-send.
-//! `close` makes every rename durable at exit, even after an abandoned pass.
+//! `close` makes every rename durable at exit, even after an abandoned pass. A pack
+//! that fails is a transient failure (`policy::pack_failure`: the host's, which
+//! backs off everything, or the episode's alone), or, when a file changed while it
+//! was packed, the episode is simply tried again later.
 //!
 //! Invariant: an episode is retired only after a 2xx to a PUT that carried its
 //! digest, or a HEAD that reports the same archive or tar digest.
@@ -360,6 +363,14 @@ impl Shipper {
         {
             tracing::warn!(episode_id = %id, "quarantined: finished a quarantine interrupted by a crash");
         }
+        let (requeued, problems) = quarantine::recover_requeues(&root)
+            .map_err(|e| OpenError::Io(format!("finishing requeues: {e}")))?;
+        for id in requeued {
+            tracing::warn!(event = "requeue_finished", episode_id = %id, "requeued: finished a requeue interrupted by a crash");
+        }
+        for problem in problems {
+            tracing::error!(event = "requeue_not_finished", error = %problem, "an interrupted requeue cannot be finished");
+        }
         match root.sweep_orphans() {
             Ok(removed) if !removed.is_empty() => tracing::info!(files = ?removed, "orphans_swept"),
             Ok(_) => {}
@@ -402,6 +413,15 @@ impl Shipper {
             hold_counted: false,
             _lock: lock,
         })
+    }
+
+    /// Takes a reloaded config (same `host_id` and `data_root`) for the next pass: a
+    /// new transport (so every credential file is read again), memory budget and
+    /// timings.
+    pub fn reconfigure(&mut self, config: Config) {
+        self.transport = Arc::new(Transport::new(&config));
+        self.memory = pack::MemoryBudget::new(config.memory_budget.get());
+        self.config = config;
     }
 
     /// Saves the retry state if it changed (the write and its fsyncs run off the
@@ -481,6 +501,14 @@ impl Shipper {
         for name in &finished.invalid {
             if self.warned_invalid.insert(name.clone()) {
                 tracing::warn!(dir = %name, "episode directory name is not a valid episode id; not shipped (rename it)");
+            }
+        }
+        for n in &finished.not_ready {
+            if self
+                .warned_invalid
+                .insert(format!("not-ready\0{}\0{}", n.name, n.reason))
+            {
+                tracing::warn!(event = "episode_not_ready", episode_id = %n.name, reason = %n.reason, "episodes/{}: not shipped: {}", n.name, n.reason);
             }
         }
         result.scanned = finished.ready.len();
@@ -684,7 +712,12 @@ impl Shipper {
                             }
                         }
                     }
-                    Done::Repacked(Err((id, e))) => self.pack_failed(&id, &e),
+                    Done::Repacked(Err((id, e))) => {
+                        if let Next::Stop(why) = self.pack_failed(&id, &e, result).await {
+                            launching = false;
+                            result.stopped_by.get_or_insert(why);
+                        }
+                    }
                     Done::Repacked(Ok(prepared)) => {
                         // The pass may have stopped (hold, transient, SIGTERM) while
                         // this was packed: then it waits for the next pass.
@@ -696,7 +729,12 @@ impl Shipper {
                 },
                 item = rx.recv(), if can_launch => match item {
                     None => open = false,
-                    Some(Err((id, e))) => self.pack_failed(&id, &e),
+                    Some(Err((id, e))) => {
+                        if let Next::Stop(why) = self.pack_failed(&id, &e, result).await {
+                            launching = false;
+                            result.stopped_by.get_or_insert(why);
+                        }
+                    }
                     Some(Ok(prepared)) => {
                         let head_first = self.head_first(&prepared.id);
                         in_flight.push(send(&self.transport, prepared, head_first, &self.progress));
@@ -765,20 +803,111 @@ impl Shipper {
             .is_some_and(|e| e.head_first || e.conflict.is_some())
     }
 
-    fn pack_failed(&mut self, id: &EpisodeId, error: &std::io::Error) {
+    /// Acts on a failure to pack an episode (`policy::pack_failure`): a file that
+    /// changed while packed is tried again later; anything else is a transient
+    /// failure, of the host (disk full: all shipping backs off, the pass ends) or of
+    /// this episode (it backs off alone).
+    async fn pack_failed(
+        &mut self,
+        id: &EpisodeId,
+        error: &std::io::Error,
+        result: &mut PassResult,
+    ) -> Next {
         if !self.root.episode_dir(Place::Episodes, id).exists() {
-            return; // removed while we looked: nothing to ship
+            return Next::Continue; // removed while we looked: nothing to ship
         }
-        let delay = policy::backoff(
-            1,
-            self.config.retry.initial_backoff.get(),
-            self.config.retry.max_backoff.get(),
-            unit_random(),
-        );
-        let episode = self.state.episode(id.as_str());
-        episode.next_attempt_ms = Some(now_ms() + delay.as_millis() as i64);
-        episode.last_error = Some(format!("packing: {error}"));
-        tracing::error!(episode_id = %id, error = %error, retry_in = %episode_common::Dur(delay), "cannot pack the episode");
+        let now = now_ms();
+        match policy::pack_failure(pack::is_unstable(error), error.kind()) {
+            policy::PackFailure::NotStable => {
+                let delay = self.backoff_delay(1, None);
+                let episode = self.state.episode(id.as_str());
+                episode.next_attempt_ms = Some(now + delay.as_millis() as i64);
+                episode.last_error = Some(format!("not stable yet: {error}"));
+                tracing::warn!(
+                    event = "episode_not_stable",
+                    episode_id = %id,
+                    reason = %error,
+                    retry_in = %episode_common::Dur(delay),
+                    "not shipped: a file changed while it was packed; packed again later"
+                );
+                result.waiting += 1;
+                Next::Continue
+            }
+            policy::PackFailure::Episode => {
+                let episode = self.state.episode(id.as_str());
+                episode.attempts += 1;
+                let attempts = episode.attempts;
+                let delay = self.backoff_delay(attempts, None);
+                let episode = self.state.episode(id.as_str());
+                episode.next_attempt_ms = Some(now + delay.as_millis() as i64);
+                episode.last_status = 0;
+                episode.last_error = Some(format!("packing: {error}"));
+                episode.last_attempt_unix = now / 1000;
+                tracing::error!(
+                    event = "pack_failed",
+                    episode_id = %id,
+                    error = %error,
+                    attempt = attempts,
+                    retry_in = %episode_common::Dur(delay),
+                    "cannot pack the episode; it backs off, the others still ship"
+                );
+                self.save_state().await;
+                result.transient_failures += 1;
+                Next::Continue
+            }
+            policy::PackFailure::Host => {
+                let error = format!("packing: {error}");
+                let delay = self.back_off(now, 0, &error, None);
+                let episode = self.state.episode(id.as_str());
+                episode.next_attempt_ms = Some(now + delay.as_millis() as i64);
+                episode.last_status = 0;
+                episode.last_error = Some(error.clone());
+                episode.last_attempt_unix = now / 1000;
+                tracing::error!(
+                    event = "pack_failed",
+                    episode_id = %id,
+                    error = %error,
+                    retry_in = %episode_common::Dur(delay),
+                    "cannot pack on this host now; all shipping backs off"
+                );
+                self.save_state().await;
+                result.transient_failures += 1;
+                Next::Stop(format!(
+                    "transient failure, retrying in {}: {error}",
+                    episode_common::Dur(delay)
+                ))
+            }
+        }
+    }
+
+    /// Raises the global backoff after a transient failure (counted once per pass)
+    /// and pushes a hold's re-check past it. Returns the delay.
+    fn back_off(
+        &mut self,
+        now: i64,
+        status: u16,
+        error: &str,
+        retry_after: Option<Duration>,
+    ) -> Duration {
+        let previous = self.state.state.backoff.as_ref().map(|b| b.failures);
+        let failures = match previous {
+            Some(n) if self.backoff_counted => n,
+            other => other.unwrap_or(0) + 1,
+        };
+        self.backoff_counted = true;
+        let delay = self.backoff_delay(failures, retry_after);
+        if let Some(hold) = self.state.state.hold.as_mut() {
+            // A transient failure says nothing about the credentials: the
+            // hold stays, re-checked after this backoff.
+            hold.recheck_ms = hold.recheck_ms.max(now + delay.as_millis() as i64);
+        }
+        self.state.state.backoff = Some(Backoff {
+            failures,
+            until_ms: now + delay.as_millis() as i64,
+            last_status: status,
+            last_error: error.to_owned(),
+        });
+        delay
     }
 
     /// Acts on one reply (protocol.md's last table, through `policy::action`).
@@ -865,14 +994,20 @@ impl Shipper {
                     Reply::Answer(a) => a.body.clone(),
                     _ => serde_json::Value::Null,
                 };
+                let note = prepared.meta.explain_rejection();
+                let mut error = if j.status >= 500 {
+                    format!("server error {}", j.status)
+                } else {
+                    format!("client error {}", j.status)
+                };
+                if let Some(note) = &note {
+                    error.push_str(&format!("; {note}"));
+                }
                 let reason = Reason {
                     status_code: j.status,
                     problem_type: j.problem_type.clone(),
-                    error: if j.status >= 500 {
-                        format!("server error {}", j.status)
-                    } else {
-                        format!("client error {}", j.status)
-                    },
+                    error,
+                    shipper_note: note,
                     body,
                     attempts: attempt,
                     sha256: Some(prepared.packed.digests.sha256.to_hex()),
@@ -940,28 +1075,11 @@ impl Shipper {
                 Next::Stop(format!("hold: {}", j.error))
             }
             Action::Backoff => {
-                let previous = self.state.state.backoff.as_ref().map(|b| b.failures);
-                let failures = match previous {
-                    Some(n) if self.backoff_counted => n,
-                    other => other.unwrap_or(0) + 1,
-                };
-                self.backoff_counted = true;
-                let delay = self.backoff_delay(failures, j.retry_after);
-                if let Some(hold) = self.state.state.hold.as_mut() {
-                    // A transient failure says nothing about the credentials: the
-                    // hold stays, re-checked after this backoff.
-                    hold.recheck_ms = hold.recheck_ms.max(now + delay.as_millis() as i64);
-                }
+                let delay = self.back_off(now, j.status, &j.error, j.retry_after);
                 let episode = self.state.episode(id.as_str());
                 record(episode, &j, attempt, now);
                 episode.next_attempt_ms = Some(now + delay.as_millis() as i64);
                 episode.head_first = j.connection_level;
-                self.state.state.backoff = Some(Backoff {
-                    failures,
-                    until_ms: now + delay.as_millis() as i64,
-                    last_status: j.status,
-                    last_error: j.error.clone(),
-                });
                 self.save_state().await;
                 self.keep_in_outbox(&prepared).await;
                 result.transient_failures += 1;

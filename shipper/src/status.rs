@@ -55,6 +55,9 @@ pub struct Backlog {
     pub unfinished: usize,
     /// Finished directories whose names are not valid ids.
     pub invalid_names: Vec<String>,
+    /// Entries of episodes/ that are not shipped, and why (a symlink instead of a
+    /// directory, a `done.marker` that is not a regular file).
+    pub not_ready: Vec<layout::NotReady>,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -161,6 +164,7 @@ pub fn collect(config: &Config) -> Status {
         backlog.episodes = found.ready.len();
         backlog.unfinished = found.unfinished;
         backlog.invalid_names = found.invalid;
+        backlog.not_ready = found.not_ready;
         for id in &found.ready {
             let dir = root.episode_dir(Place::Episodes, id);
             backlog.bytes += pack::collect_entries(&dir, id)
@@ -307,6 +311,9 @@ pub fn render(s: &Status) -> String {
             out,
             "            {name:?} is not a valid episode id and is not shipped: rename it"
         );
+    }
+    for n in &s.backlog.not_ready {
+        let _ = writeln!(out, "            {:?} is not shipped: {}", n.name, n.reason);
     }
     let _ = writeln!(
         out,

@@ -381,8 +381,8 @@ async fn read_answer(mut response: reqwest::Response, idle: Duration) -> Result<
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let retry_after = get("retry-after").and_then(|v| crate::policy::parse_retry_after(&v, now));
+    let retry_after = get("retry-after")
+        .and_then(|v| crate::policy::parse_retry_after(&v, std::time::SystemTime::now()));
     let repr_digest = get(header::REPR_DIGEST).and_then(|v| Sha256::from_field(&v).ok());
     let tar_digest = get(header::X_TAR_DIGEST).and_then(|v| Sha256::from_field(&v).ok());
     let location = get("location");

@@ -2,7 +2,8 @@
 //! through the `episode_e2e` harness.
 
 mod crash;
-mod receiver_hardening;
 mod receiver;
+mod receiver_hardening;
 mod shipper;
+mod shipper_hardening;
 mod units;

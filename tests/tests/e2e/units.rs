@@ -74,6 +74,12 @@ fn the_units_say_what_the_specs_promise() {
         );
     }
     assert_check_never_fails_the_start("episode-shipper.service", &shipper);
+    assert!(
+        shipper
+            .lines()
+            .any(|l| l.trim() == "ExecReload=kill -HUP $MAINPID"),
+        "episode-shipper.service lacks ExecReload (shipper.md: SIGHUP reloads)"
+    );
     let receiver = unit("episode-receiver.service");
     assert_check_never_fails_the_start("episode-receiver.service", &receiver);
     for line in [
