@@ -141,11 +141,12 @@ async fn reload(shipper: &mut Shipper, path: &Path) {
     .await
     .expect("config reload panicked");
     let refused = |key: &str, error: &str| {
+        // An unreadable file names no key: the field is left out.
+        let key = Some(key).filter(|k| !k.is_empty());
         tracing::error!(
             event = "config_reload_refused",
             key,
             error,
-            config = %path.display(),
             "config not reloaded; going on with the one in use"
         );
     };
