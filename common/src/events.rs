@@ -239,6 +239,8 @@ pub mod field {
         "signal",
         "version",
         "url",
+        "receiver_url",
+        "timeout",
         "status",
         "data_root",
         "rows",

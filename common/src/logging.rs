@@ -14,8 +14,9 @@ use std::io::Write as _;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 
+pub use tracing::Level;
+use tracing::Subscriber;
 use tracing::field::{Field, Visit};
-use tracing::{Level, Subscriber};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
@@ -396,8 +397,7 @@ mod tests {
         let subscriber =
             tracing_subscriber::registry().with(Lines::new(sink(Out::Buffer(lines.clone()))));
         tracing::subscriber::with_default(subscriber, log);
-        let out = lines.lock().unwrap().clone();
-        out
+        lines.lock().unwrap().clone()
     }
 
     fn ship_result(problem_type: Option<&str>, error: Option<&str>) {

@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use episode_common::{EpisodeId, HostId};
+use episode_common::{EpisodeId, Event, HostId};
 
 use crate::admission::Limits;
 use crate::config::Config;
@@ -177,19 +177,20 @@ pub fn open(
         report.torn_tail_repaired = true;
     }
     for (line, error) in &load.bad_lines {
-        tracing::error!(line, error = %error, index = %config.index_path.display(), "index_bad_line: kept in the file, ignored");
+        tracing::error!(event = %Event::IndexBadLine, line, error = %error, index = %config.index_path.display(), "kept in the file, ignored");
     }
     report.bad_lines = load.bad_lines.len();
     report.superseded = load.duplicates.len();
     let started = std::time::Instant::now();
     let scan = reconcile::compare(listing, &index, &config.store_root);
     tracing::info!(
+        event = %Event::IndexLoaded,
         rows = load.rows,
         archives = scan.archives,
         load_ms,
         list_ms = list_took.as_millis() as u64,
         compare_ms = started.elapsed().as_millis() as u64,
-        "index_loaded: the index is in memory and checked against the store"
+        "the index is in memory and checked against the store"
     );
     let mut rows = Vec::with_capacity(scan.orphans.len());
     for (host_id, episode_id, path) in &scan.orphans {
@@ -212,7 +213,7 @@ pub fn open(
     };
     let unnamed = upload::probe_unnamed(&config.incoming_root, &config.store_root);
     if !unnamed {
-        tracing::info!(incoming_root = %config.incoming_root.display(), "uploads are spooled as named temp files (no O_TMPFILE here)");
+        tracing::info!(event = %Event::StorageMode, incoming_root = %config.incoming_root.display(), "uploads are spooled as named temp files (no O_TMPFILE here)");
     }
     let spool = upload::SpoolDir {
         dir: config.incoming_root.clone(),

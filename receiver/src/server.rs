@@ -41,7 +41,7 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'static>]>) -> Option<PeerId
             primary: info.primary_identity().map(str::to_owned),
         }),
         Err(e) => {
-            tracing::warn!(error = %e, "client certificate verified but not parseable; no identity");
+            tracing::warn!(event = %episode_common::Event::TlsHandshakeFailed, error = %e, "client certificate verified but not parseable; no identity");
             Some(PeerIdentity {
                 names: Vec::new(),
                 primary: None,
@@ -79,7 +79,7 @@ async fn accept_loop(
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(event = %episode_common::Event::ConnectionFailed, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -118,7 +118,7 @@ impl Listener {
                             .get_ref()
                             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                             .map_or_else(|| e.to_string(), explain_rustls);
-                        tracing::warn!(%remote, reason = %reason, "tls_handshake_failed");
+                        tracing::warn!(event = %episode_common::Event::TlsHandshakeFailed, %remote, reason = %reason);
                         return;
                     }
                     Err(_) => {
@@ -126,7 +126,7 @@ impl Listener {
                             .metrics
                             .handshake_failures
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%remote, timeout = %config.handshake_timeout, "tls_handshake_timed_out");
+                        tracing::warn!(event = %episode_common::Event::TlsHandshakeFailed, %remote, timeout = %config.handshake_timeout, "timed out");
                         return;
                     }
                 }
@@ -147,7 +147,7 @@ impl Listener {
             .keep_alive(true);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(connection).await {
-            tracing::debug!(%remote, error = %e, "connection ended with an error");
+            tracing::debug!(event = %episode_common::Event::ConnectionFailed, %remote, error = %e, "connection ended with an error");
         }
     }
 }
@@ -159,12 +159,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
-/// Serves until `shutdown` resolves, then drains (see the module doc).
+/// Serves until `shutdown` resolves (to what stopped it, for the log), then drains
+/// (see the module doc).
 pub async fn run(
     state: Arc<AppState>,
     main: TcpListener,
     metrics: Option<TcpListener>,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = &'static str>,
 ) {
     let stop = CancellationToken::new();
     let graceful = Arc::new(GracefulShutdown::new());
@@ -208,11 +209,11 @@ pub async fn run(
         tasks.push(tokio::spawn(watchdog_loop(period, stop.clone())));
     }
 
-    shutdown.await;
+    let signal = shutdown.await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     state.start_draining();
     let grace = state.config.shutdown_grace.get();
-    tracing::info!(uploads_in_flight = state.slots.in_flight(), grace = %state.config.shutdown_grace, "stopping: new uploads get 503");
+    tracing::info!(event = %episode_common::Event::Stopping, signal, uploads_in_flight = state.slots.in_flight(), grace = %state.config.shutdown_grace, "new uploads get 503");
     let deadline = tokio::time::Instant::now() + grace;
     while state.slots.in_flight() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -226,7 +227,7 @@ pub async fn run(
     if let Ok(graceful) = Arc::try_unwrap(graceful) {
         let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
     }
-    tracing::info!(abandoned, "stopped");
+    tracing::info!(event = %episode_common::Event::Stopped, abandoned);
 }
 
 async fn reload_loop(credentials: Arc<Credentials>, stop: CancellationToken) {
@@ -265,7 +266,7 @@ async fn sweep_loop(state: Arc<AppState>, stop: CancellationToken) {
                 if old.is_some_and(|age| age > stale_after)
                     && std::fs::remove_file(entry.path()).is_ok()
                 {
-                    tracing::info!(file = %entry.path().display(), "stale_upload_removed");
+                    tracing::info!(event = %episode_common::Event::StaleUploadRemoved, file = %entry.path().display());
                 }
             }
         })

@@ -12,6 +12,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use episode_common::Event;
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -46,8 +48,9 @@ fn watch_signals(stop: CancellationToken, notifier: Arc<Notifier>) {
         };
         notifier.stopping();
         tracing::info!(
+            event = %Event::Stopping,
             signal = name,
-            "stopping: no new episode is started; an upload in flight may finish"
+            "no new episode is started; an upload in flight may finish"
         );
         stop.cancel();
     });
@@ -96,7 +99,7 @@ async fn run_pass(
     tokio::select! {
         result = shipper.pass() => Some(result),
         () = deadline => {
-            tracing::warn!(grace = %episode_common::Dur(grace), "shutdown grace elapsed; upload abandoned (safe: PUT is idempotent)");
+            tracing::warn!(event = %Event::GraceElapsed, grace = %episode_common::Dur(grace), "upload abandoned (safe: PUT is idempotent)");
             None
         }
     }
@@ -121,12 +124,12 @@ pub async fn run(config: Config) -> Result<(), OpenError> {
     let status = shipper.status_line().await;
     notifier.ready(&status);
     tracing::info!(
+        event = %Event::Ready,
         host_id = %shipper.config.host_id,
-        receiver = shipper.transport.url(),
+        receiver_url = shipper.transport.url(),
         data_root = %shipper.root.root.display(),
         version = crate::VERSION,
         status = %status,
-        "ready"
     );
     if let Some(period) = watchdog {
         // Several looks per watchdog period, so moving bytes are never missed.
@@ -168,7 +171,7 @@ pub async fn run(config: Config) -> Result<(), OpenError> {
     }
     // Also after an abandoned pass: its retires are renamed but not yet fsynced.
     shipper.close().await;
-    tracing::info!("stopped");
+    tracing::info!(event = %Event::Stopped);
     Ok(())
 }
 
@@ -224,10 +227,12 @@ fn watch_episodes(shipper: &Shipper) -> mpsc::Receiver<()> {
                 std::mem::forget(watcher);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch episodes/; relying on scan_interval")
+                tracing::warn!(event = %Event::WatchUnavailable, error = %e, "cannot watch episodes/; relying on scan_interval")
             }
         },
-        Err(e) => tracing::warn!(error = %e, "inotify unavailable; relying on scan_interval"),
+        Err(e) => {
+            tracing::warn!(event = %Event::WatchUnavailable, error = %e, "inotify unavailable; relying on scan_interval")
+        }
     }
     rx
 }

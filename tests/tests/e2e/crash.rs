@@ -13,9 +13,11 @@
 
 use std::time::{Duration, Instant};
 
+use episode_common::Event;
 use episode_e2e::{
     FaultProxy, Host, Mode, Originals, Proc, Receiver, Reply, StubServer, TestEnv,
-    assert_all_stored_once, assert_consistent, episodes, noise, seed, wait_until, write_episode,
+    assert_all_stored_once, assert_consistent, episodes, logs, noise, seed, wait_until,
+    write_episode,
 };
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -132,10 +134,9 @@ impl Aim {
                 .iter()
                 .any(|n| n.ends_with(".partial")),
             Aim::Upload => !receiver.incoming_files().is_empty(),
-            Aim::Retire => {
-                let log = shipper.stderr();
-                log.contains("outcome=shipped") || log.contains("outcome=already_present")
-            }
+            Aim::Retire => logs::events(&shipper.stderr(), Event::ShipResult)
+                .iter()
+                .any(|l| l["outcome"] == "shipped" || l["outcome"] == "already_present"),
             Aim::Anywhere => false,
         }
     }

@@ -300,6 +300,40 @@ fn an_empty_journal_is_green() {
 }
 
 #[test]
+fn a_journal_in_the_log_schema_is_classified_and_listed_per_class_worst_first() {
+    let env = Env::new(DEAD_URL);
+    let journal = env.journal_file(
+        "schema.jsonl",
+        &[
+            schema_ship_line("shipped", 201, "", "E1", MINUTE),
+            schema_ship_line("transient", 503, "unavailable", "E2", MINUTE),
+            schema_ship_line("fatal", 400, "missing-code-commit", "E3", MINUTE),
+            schema_ship_line("fatal", 412, "out-of-window", "E4", MINUTE),
+            // Before the upgrade: the old format in the same journal.
+            ship_line("fatal", 412, "out-of-window", "E5", MINUTE),
+        ],
+    );
+    let run = env.doctor_json(&["--journal-file", journal.to_str().unwrap()]);
+    assert_eq!(run.level("journal"), "red", "{}", run.show());
+    let findings = run.findings("journal");
+    assert_eq!(findings.len(), 4, "{findings:?}");
+    assert!(
+        findings[0].starts_with("2 ship(s) rejected as out-of-window (412)"),
+        "{findings:?}"
+    );
+    assert!(
+        findings[1].starts_with("1 ship(s) rejected as bad request (400 missing-code-commit ×1)"),
+        "{findings:?}"
+    );
+    assert!(
+        findings[2].starts_with("1 transient failure(s) (503 unavailable ×1)"),
+        "{findings:?}"
+    );
+    assert_eq!(findings[3], "1 shipped", "{findings:?}");
+    assert_eq!(run.finding("journal"), findings.join("; "));
+}
+
+#[test]
 fn journalctl_is_asked_for_the_unit_and_window_as_json() {
     let env = Env::new(DEAD_URL);
     let fixture = env.journal_file(
@@ -695,7 +729,19 @@ fn json_has_every_row_in_order_with_the_documented_keys() {
     let mut worst = 0;
     for row in rows {
         let keys: Vec<&String> = row.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["check", "finding", "fix", "level"], "{row}");
+        assert_eq!(
+            keys,
+            ["check", "finding", "findings", "fix", "level"],
+            "{row}"
+        );
+        let findings: Vec<&str> = row["findings"]
+            .as_array()
+            .unwrap_or_else(|| panic!("findings is a list: {row}"))
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert!(!findings.is_empty(), "{row}");
+        assert_eq!(row["finding"], findings.join("; "), "{row}");
         let level = row["level"].as_str().unwrap();
         worst = worst.max(rank(level).unwrap_or_else(|| panic!("level {level}")));
         assert!(!row["finding"].as_str().unwrap().is_empty(), "{row}");

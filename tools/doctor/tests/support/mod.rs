@@ -70,6 +70,16 @@ impl Run {
         self.row(check)["finding"].as_str().unwrap_or("").to_owned()
     }
 
+    /// The row's `findings` list (`--json`).
+    pub fn findings(&self, check: &str) -> Vec<String> {
+        self.row(check)["findings"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no findings list in {}", self.show()))
+            .iter()
+            .map(|f| f.as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
     pub fn fix(&self, check: &str) -> String {
         self.row(check)["fix"].as_str().unwrap_or("").to_owned()
     }
@@ -261,6 +271,44 @@ pub fn ship_line(outcome: &str, status: u16, problem: &str, id: &str, ago: Durat
     .to_string()
 }
 
+/// A native journal entry of a `ship_result` in the log schema, as
+/// `common::logging` sends it to journald (`EVENT`, `MESSAGE_ID`, no empty field),
+/// read back by `journalctl -o json`.
+pub fn schema_ship_line(
+    outcome: &str,
+    status: u64,
+    problem: &str,
+    id: &str,
+    ago: Duration,
+) -> String {
+    use episode_common::Event;
+    use episode_common::logging::{Level, Record, Value};
+    let mut fields = vec![
+        ("episode_id", Value::Str(id.into())),
+        ("outcome", Value::Str(outcome.into())),
+        ("status_code", Value::U64(status)),
+    ];
+    if !problem.is_empty() {
+        fields.push(("problem_type", Value::Str(problem.into())));
+        fields.push(("error", Value::Str(format!("{status} {problem}: rejected"))));
+    }
+    fields.push(("attempt", Value::U64(1)));
+    let record = Record {
+        level: Level::WARN,
+        event: Event::ShipResult.as_str().into(),
+        message: None,
+        fields,
+    };
+    let mut entry: serde_json::Map<String, serde_json::Value> = record
+        .journal_fields("episode-shipper")
+        .into_iter()
+        .map(|(k, v)| (k, v.into()))
+        .collect();
+    entry.insert("__REALTIME_TIMESTAMP".into(), micros_ago(ago).into());
+    entry.insert("_SYSTEMD_UNIT".into(), "episode-shipper.service".into());
+    serde_json::Value::Object(entry).to_string()
+}
+
 /// A journal line with only the message text (no structured fields).
 pub fn text_line(message: &str, ago: Duration) -> String {
     serde_json::json!({
@@ -415,6 +463,7 @@ impl Receiver {
                 let state: Arc<episode_receiver::AppState> = state;
                 episode_receiver::server::run(state, listener, None, async {
                     let _ = stop_rx.await;
+                    "the test ended"
                 })
                 .await;
             });
