@@ -49,7 +49,7 @@ pub use episodes::{
 pub use faults::{BlackHole, FaultProxy, Mode};
 pub use invariants::{Originals, assert_all_stored_once, assert_consistent, restart_receiver};
 pub use notify::NotifySocket;
-pub use process::{Proc, bin};
+pub use process::{Proc, bin, die_with_parent};
 pub use raw::{RawConn, RawResponse, connect, plain_connect, put_headers, tls_connect};
 pub use receiver::{
     Answer, Receiver, ReceiverPaths, error_chain, http_client, http_client_builder, https_client,

@@ -915,9 +915,8 @@ fn an_older_unit_whose_check_fails_the_start_is_a_bad_config() {
 #[test]
 #[ignore = "run by support::shipper_log in a child process"]
 fn shipper_pass_child() {
-    let Some(config) = std::env::var_os(CHILD_CONFIG) else {
-        return;
-    };
+    let config = std::env::var_os(CHILD_CONFIG)
+        .expect("shipper_pass_child only runs as the child of support::shipper_log");
     let format = std::env::var(CHILD_LOG_FORMAT).unwrap_or_default();
     episode_common::logging::init(format.parse().unwrap(), "episode-shipper");
     let config = episode_shipper::config::Config::load(std::path::Path::new(&config)).unwrap();
@@ -1179,7 +1178,7 @@ fn the_table_is_coloured_on_a_terminal_unless_no_color() {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        let out = cmd.output().expect("run under a pty");
+        let out = die_with_parent(&mut cmd).output().expect("run under a pty");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let show = format!(
             "{cmd:?} exited {:?}\nstdout:\n{stdout:?}\nstderr:\n{}",
@@ -1198,4 +1197,67 @@ fn the_table_is_coloured_on_a_terminal_unless_no_color() {
     let (plain, show) = run(&[("NO_COLOR", "1")]);
     assert!(!plain.contains('\x1b'), "{show}");
     assert!(plain.contains("receiver      FAIL  unreachable"), "{show}");
+}
+
+// ---------------------------------------------------------------- the harness
+
+const HELPER: &str = "DOCTOR_TEST_HARNESS_HELPER";
+
+/// Whether `pid` is gone (or a zombie waiting for init to reap it).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_child_of_the_harness_dies_when_the_test_process_is_killed() {
+    use std::io::BufRead as _;
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap());
+    helper
+        .args(["--exact", "harness_helper", "--ignored", "--nocapture"])
+        .env(HELPER, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut helper = die_with_parent(&mut helper).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(helper.stdout.take().unwrap()).lines();
+    let pid: i32 = loop {
+        let line = lines
+            .next()
+            .expect("the helper printed no child pid")
+            .unwrap();
+        if let Some(pid) = line.strip_prefix("child pid ") {
+            break pid.trim().parse().unwrap();
+        }
+    };
+    assert!(!gone(pid), "the child runs while the helper does");
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gone(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} outlived the test process that started it"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Not a test of its own: the helper process of the test above, starting a child
+/// the way the harness starts the doctor.
+#[test]
+#[ignore = "run by a_child_of_the_harness_dies_when_the_test_process_is_killed"]
+fn harness_helper() {
+    assert!(
+        std::env::var_os(HELPER).is_some(),
+        "harness_helper only runs as the helper of a_child_of_the_harness_dies_when_the_test_process_is_killed"
+    );
+    let child = die_with_parent(std::process::Command::new("sleep").arg("30"))
+        .spawn()
+        .unwrap();
+    println!("child pid {}", child.id());
+    std::thread::sleep(Duration::from_secs(30));
 }

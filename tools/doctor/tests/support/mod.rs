@@ -169,6 +169,7 @@ impl Env {
         let exe = env!("CARGO_BIN_EXE_episode-doctor");
         let mut cmd = Command::new(exe);
         cmd.env_clear().env("PATH", &self.bin).args(args);
+        die_with_parent(&mut cmd);
         for (k, v) in vars {
             cmd.env(k, v);
         }
@@ -251,6 +252,34 @@ impl Env {
 pub fn micros_ago(ago: Duration) -> String {
     let now = OffsetDateTime::now_utc() - ago;
     (now.unix_timestamp_nanos() / 1000).to_string()
+}
+
+/// Makes the child of `cmd` get SIGKILL when the spawning thread (the test's)
+/// ends, so an interrupted test run leaves no process behind: `PR_SET_PDEATHSIG`
+/// between fork and exec.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: runs in the forked child before exec; prctl(2), getppid(2) and
+    // _exit(2) are async-signal-safe and nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        })
+    }
 }
 
 /// A native journal line of a `ship_result` event, `ago` in the past.
@@ -557,7 +586,7 @@ pub const CHILD_LOG_FORMAT: &str = "DOCTOR_TEST_SHIPPER_LOG_FORMAT";
 /// shipper's logging setup writes them to stderr.
 pub fn shipper_log(config: &Path, format: &str) -> Vec<String> {
     let exe = std::env::current_exe().expect("the test binary");
-    let out = Command::new(&exe)
+    let out = die_with_parent(&mut Command::new(&exe))
         .args(["--exact", "shipper_pass_child", "--ignored", "--nocapture"])
         .env_clear()
         .env(CHILD_CONFIG, config)
