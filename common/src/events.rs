@@ -267,6 +267,7 @@ pub mod field {
         "kept_as",
         "dir",
         "path",
+        "url_path",
         "file",
         "reason",
         "remote",

@@ -427,11 +427,11 @@ async fn put_episode(State(state): State<Arc<AppState>>, req: Request) -> Respon
 }
 
 fn log_answer(parts: &Parts, status_code: u16, problem_type: Option<&str>, started: Instant) {
-    let path = parts.uri.path();
+    let url_path = parts.uri.path();
     let duration_ms = started.elapsed().as_millis() as u64;
     macro_rules! event {
         ($level:ident) => {
-            tracing::$level!(event = %Event::PutAnswered, path, status_code, problem_type, duration_ms)
+            tracing::$level!(event = %Event::PutAnswered, url_path, status_code, problem_type, duration_ms)
         };
     }
     match status_code {

@@ -1254,9 +1254,10 @@ fn harness_helper() {
         std::env::var_os(HELPER).is_some(),
         "harness_helper only runs as the helper of a_child_of_the_harness_dies_when_the_test_process_is_killed"
     );
-    let child = die_with_parent(std::process::Command::new("sleep").arg("30"))
+    let mut child = die_with_parent(std::process::Command::new("sleep").arg("30"))
         .spawn()
         .unwrap();
     println!("child pid {}", child.id());
-    std::thread::sleep(Duration::from_secs(30));
+    // Killed by the test before this returns; reaped otherwise.
+    child.wait().unwrap();
 }
