@@ -492,6 +492,31 @@ mod tests {
         assert_eq!(get("EPISODE_ID"), Some("E1"));
     }
 
+    #[test]
+    fn a_line_too_large_for_one_datagram_is_sent_with_its_long_values_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("socket");
+        let journald = UnixDatagram::bind(&path).unwrap();
+        let lines = Lines::journal(&path, "episode-receiver").unwrap();
+        let subscriber = tracing_subscriber::registry().with(lines);
+        let huge = "x".repeat(1 << 20);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(event = %Event::StorageFailed, error = huge.as_str(), "index append failed");
+        });
+        let mut buf = vec![0u8; 1 << 16];
+        journald
+            .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        let n = journald.recv(&mut buf).unwrap();
+        let fields = decode_journal(&buf[..n]);
+        let get = |k: &str| fields.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("ERROR").map(|e| e.len()), Some(TRUNCATE_AT));
+        assert_eq!(
+            get("MESSAGE").as_deref(),
+            Some("storage_failed: index append failed")
+        );
+    }
+
     /// journald's side of the native protocol, for the test above.
     fn decode_journal(mut data: &[u8]) -> Vec<(String, String)> {
         let mut out = Vec::new();
