@@ -168,17 +168,27 @@ impl Record {
     /// The JSON line (no newline): `timestamp`, `level`, `event`, the fields, and
     /// `message` when there is a note.
     pub fn json(&self, timestamp: &str) -> String {
-        let mut map = serde_json::Map::new();
-        map.insert("timestamp".into(), timestamp.into());
-        map.insert("level".into(), self.level.as_str().into());
-        map.insert(field::EVENT.into(), self.event.as_str().into());
+        // Written in this order (a map would sort the keys): when, how bad, what.
+        let mut line = String::from("{");
+        let mut put = |key: &str, value: serde_json::Value| {
+            if line.len() > 1 {
+                line.push(',');
+            }
+            line.push_str(&serde_json::Value::from(key).to_string());
+            line.push(':');
+            line.push_str(&value.to_string());
+        };
+        put("timestamp", timestamp.into());
+        put("level", self.level.as_str().into());
+        put(field::EVENT, self.event.as_str().into());
         for (name, value) in &self.fields {
-            map.insert((*name).into(), value.json());
+            put(name, value.json());
         }
         if let Some(note) = &self.message {
-            map.insert("message".into(), note.as_str().into());
+            put("message", note.as_str().into());
         }
-        serde_json::Value::Object(map).to_string()
+        line.push('}');
+        line
     }
 
     /// The journal entry's fields: `MESSAGE`, `MESSAGE_ID`, `PRIORITY`,
@@ -440,6 +450,14 @@ mod tests {
             ship_result(Some("unavailable"), None);
             tracing::info!("a library's line");
         });
+        assert!(
+            lines[0].starts_with(r#"{"timestamp":"#)
+                && lines[0].contains(
+                    r#","level":"WARN","event":"ship_result","episode_id":"E1","outcome":"#
+                ),
+            "{}",
+            lines[0]
+        );
         let ship: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
         assert_eq!(ship["event"], "ship_result");
         assert_eq!(ship["outcome"], "transient");
