@@ -38,11 +38,15 @@ fn a_child_of_the_harness_dies_when_the_test_process_is_killed() {
         .stderr(Stdio::inherit());
     let mut helper = die_with_parent(&mut helper).spawn().unwrap();
     let mut lines = BufReader::new(helper.stdout.take().unwrap()).lines();
+    let mut root = None;
     let pid: i32 = loop {
         let line = lines
             .next()
             .expect("the helper printed no child pid")
             .unwrap();
+        if let Some(dir) = line.strip_prefix("env root ") {
+            root = Some(std::path::PathBuf::from(dir.trim()));
+        }
         if let Some(pid) = line.strip_prefix("child pid ") {
             break pid.trim().parse().unwrap();
         }
@@ -55,6 +59,10 @@ fn a_child_of_the_harness_dies_when_the_test_process_is_killed() {
         "the helper's child to die with it",
         || gone(pid),
     );
+    // The helper died before its TestEnv could remove its temp tree.
+    if let Some(root) = root {
+        let _ = std::fs::remove_dir_all(root);
+    }
 }
 
 /// Not a test of its own: the helper process of the test above.
@@ -66,6 +74,7 @@ fn harness_helper() {
         "harness_helper only runs as the helper of a_child_of_the_harness_dies_when_the_test_process_is_killed"
     );
     let env = TestEnv::new("harness-helper");
+    println!("env root {}", env.root().display());
     let child = Proc::spawn(Command::new("sleep").arg("30"), &env, "sleeper");
     println!("child pid {}", child.pid());
     std::thread::sleep(Duration::from_secs(30));

@@ -811,15 +811,14 @@ fn check_passes_a_consistent_store_and_names_an_episode_whose_archive_is_gone() 
 fn check_and_run_refuse_incoming_on_another_filesystem() {
     use std::os::unix::fs::MetadataExt as _;
     let env = TestEnv::new("other-fs");
-    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
-        eprintln!("SKIPPED: no writable /dev/shm");
-        return;
-    };
-    if std::fs::metadata(shm.path()).unwrap().dev() == std::fs::metadata(env.root()).unwrap().dev()
-    {
-        eprintln!("SKIPPED: /dev/shm shares the temp dir's filesystem");
-        return;
-    }
+    // Another filesystem than the temp dir's: /dev/shm (tmpfs on every Linux).
+    let shm = tempfile::tempdir_in("/dev/shm")
+        .expect("this test needs a writable /dev/shm (a tmpfs), as Linux has by default");
+    assert_ne!(
+        std::fs::metadata(shm.path()).unwrap().dev(),
+        std::fs::metadata(env.root()).unwrap().dev(),
+        "this test needs the temp dir off /dev/shm: unset TMPDIR or point it elsewhere"
+    );
     let incoming = shm.path().join("incoming");
     let cfg = env.receiver_config(
         "r",
