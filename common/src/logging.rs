@@ -1,14 +1,6 @@
-//! Log output for the daemons and tools, chosen once at start-up, in the schema of
-//! shipper.md's "Log schema": the journal (native, `MESSAGE_ID` per event), text
-//! lines or JSON lines on stderr, each with `event`, each field once, no empty field.
-//!
-//! One layer renders all three from one record, so the formats cannot drift apart.
-//! Under systemd (`JOURNAL_STREAM` set and the journal socket reachable) a line is
-//! one datagram to journald with its fields as journal fields (`EVENT`,
-//! `EPISODE_ID`, `OUTCOME`, `STATUS_CODE`, …, no prefix); a `ship_result`'s
-//! `MESSAGE` reads `ship_result outcome=… status=…` for plain-text readers.
-//! Otherwise text (`<time> <LEVEL> [note] event=<name> key=value…`) or, with
-//! `--log-format json`, one JSON object per line. `RUST_LOG` overrides the level.
+//! Log output of the daemons and tools in shipper.md's "Log schema", chosen once
+//! at start-up: native journal datagrams under systemd, else text or JSON lines on
+//! stderr; one record renders all three, so they cannot drift (ARCHITECTURE.md).
 
 use std::io::Write as _;
 use std::os::unix::net::UnixDatagram;

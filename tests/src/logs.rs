@@ -1,9 +1,6 @@
 //! The daemons' log lines read back: the harness starts both with `--log-format
-//! json`, so a test finds a line by its `event` field and reads typed fields.
-//!
-//! Owns `lines` (every JSON line of a stderr), `events` (those of one event), and
-//! `assert_schema` (shipper.md's "Log schema" for one line: known field names, an
-//! `event`, no empty value).
+//! json`, so a test finds a line by its `event` (`events`) and checks it against
+//! the log schema (`assert_schema`: vocabulary names only, no empty value).
 
 use episode_common::Event;
 use episode_common::events::field;
