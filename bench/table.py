@@ -92,7 +92,7 @@ def main():
     pass_ms, once_ms = n("idle_pass_ms"), n("idle_once_wall_ms")
     rows.append((
         "shipper pass, 100k shipped, none pending",
-        f"{fmt(pass_ms, ' ms', 0)} (pass_complete duration_ms)",
+        f"{fmt(pass_ms, ' ms', 0)} (pass_complete pass_duration_ms)",
         f"whole `once` process {fmt(once_ms, ' ms', 1)}", "",
         "<= 5 ms", verdict(None if pass_ms is None else pass_ms <= 5)))
     idle = n("idle_cpu_percent")

@@ -10,6 +10,7 @@
 pub mod classify;
 pub mod config;
 pub mod digest;
+pub mod events;
 pub mod fsx;
 pub mod id;
 pub mod logging;
@@ -20,6 +21,7 @@ pub mod wire;
 pub use classify::{Class, classify};
 pub use config::{ByteSize, ConfigError, Dur};
 pub use digest::Sha256;
+pub use events::{Event, Outcome};
 pub use id::{EpisodeId, HostId, IdError};
 pub use problem::{Problem, Slug};
 

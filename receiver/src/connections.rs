@@ -180,7 +180,7 @@ impl Connections {
                     .is_ok()
             {
                 tracing::warn!(
-                    event = "connection_pressure",
+                    event = %episode_common::Event::ConnectionPressure,
                     open = self.open(),
                     max_connections = self.max,
                     "many connections open: closing the ones idle longest to make room"

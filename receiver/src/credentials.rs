@@ -132,10 +132,10 @@ impl Credentials {
                         .server_config
                         .write()
                         .unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(cfg));
-                    tracing::info!(cert = %files.cert.display(), "tls_reloaded: new connections use the certificates on disk");
+                    tracing::info!(event = %episode_common::Event::CredentialsReloaded, file = %files.cert.display(), "new connections use the certificates on disk");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "tls_reload_failed: keeping the last good certificates")
+                    tracing::warn!(event = %episode_common::Event::CredentialsReloadFailed, error = %e, "keeping the last good certificates")
                 }
             }
         }
@@ -145,11 +145,11 @@ impl Credentials {
                     let mut current = self.token.write().unwrap_or_else(|e| e.into_inner());
                     if current.as_deref() != Some(&*token) {
                         *current = Some(token);
-                        tracing::info!(file = %path.display(), "token_reloaded");
+                        tracing::info!(event = %episode_common::Event::CredentialsReloaded, file = %path.display(), "the token file changed");
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "token_reload_failed: keeping the last good token")
+                    tracing::warn!(event = %episode_common::Event::CredentialsReloadFailed, error = %e, "keeping the last good token")
                 }
             }
         }

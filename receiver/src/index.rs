@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, RwLock, mpsc};
 
 use episode_common::fsx;
 use episode_common::wire::{IndexRow, format_rfc3339};
-use episode_common::{EpisodeId, HostId, Sha256};
+use episode_common::{EpisodeId, Event, HostId, Sha256};
 
 use crate::upload::Spool;
 use serde::Deserialize;
@@ -686,7 +686,7 @@ pub fn stored_entry(
     match std::fs::symlink_metadata(&path) {
         Ok(m) if m.is_file() && m.len() == entry.bytes => return Some(entry),
         Ok(m) if m.is_file() => tracing::error!(
-            event = "archive_size_mismatch",
+            event = %episode_common::Event::ArchiveSizeMismatch,
             host_id = %host_id,
             episode_id = %episode_id,
             path = %path.display(),
@@ -695,16 +695,17 @@ pub fn stored_entry(
             "the archive's size differs from its index row; the row is not trusted (a PUT rebuilds it from the archive)"
         ),
         Ok(_) => tracing::error!(
-            event = "store_entry_not_regular",
+            event = %episode_common::Event::StoreEntryNotRegular,
             host_id = %host_id,
             episode_id = %episode_id,
             path = %path.display(),
             "the store holds something other than a regular file under this key; treating it as not stored"
         ),
         Err(_) => tracing::error!(
+            event = %Event::ArchiveMissing,
             host_id = %host_id,
             episode_id = %episode_id,
-            "archive_missing: the index has a row but the store has no archive; treating it as not stored"
+            "the index has a row but the store has no archive; treating it as not stored"
         ),
     }
     None
@@ -1057,7 +1058,7 @@ impl CommitLoop {
             // may be a symlink or a mount point onto another filesystem.
             Some(syncfs) => file.file.metadata()?.dev() == syncfs.dev()?,
             None => {
-                tracing::warn!(store_root = %store_root.display(), "syncfs is not available: every file and directory is fsynced one by one");
+                tracing::warn!(event = %Event::StorageMode, store_root = %store_root.display(), "syncfs is not available: every file and directory is fsynced one by one");
                 false
             }
         };
@@ -1102,7 +1103,7 @@ impl CommitLoop {
                         match p.upload.spool().expect("spooled").sync_data() {
                             Ok(()) => Some(Request::Publish(p)),
                             Err(e) => {
-                                tracing::error!(error = %e, "fsync of an upload failed; it is not acknowledged");
+                                tracing::error!(event = %Event::StorageFailed, error = %e, "fsync of an upload failed; it is not acknowledged");
                                 Request::Publish(p).answer(Err(e));
                                 None
                             }
@@ -1116,7 +1117,7 @@ impl CommitLoop {
             Ok(()) => batch,
             Err(e) => {
                 self.status.failed(crate::health::Part::Store, &e);
-                tracing::error!(error = %e, "syncfs of the store failed; those uploads are not acknowledged");
+                tracing::error!(event = %Event::StorageFailed, error = %e, "syncfs of the store failed; those uploads are not acknowledged");
                 let (failed, kept): (Vec<_>, Vec<_>) = batch.into_iter().partition(unsynced);
                 for request in failed {
                     request.answer(Err(same_error(&e)));
@@ -1215,7 +1216,7 @@ impl CommitLoop {
                         s.entry.clone(),
                     );
                     if !s.created {
-                        tracing::warn!(host_id = %s.row.host_id, episode_id = %s.row.episode_id, "reconciled: archive had no index row; row added");
+                        tracing::warn!(event = %Event::Reconciled, host_id = %s.row.host_id, episode_id = %s.row.episode_id, "archive had no index row; row added");
                     }
                 }
                 for (i, reply) in waiting {
@@ -1235,7 +1236,7 @@ impl CommitLoop {
                 self.status.failed(crate::health::Part::Index, &e);
                 // The archives are in place but not indexed: a retry finds the
                 // orphan and adopts it. Nothing was acknowledged.
-                tracing::error!(error = %e, n_uploads = staged.len() + waiting.len(), "index append failed; uploads not acknowledged");
+                tracing::error!(event = %Event::StorageFailed, error = %e, n_uploads = staged.len() + waiting.len(), "index append failed; uploads not acknowledged");
                 let replies = staged
                     .into_iter()
                     .map(|s| s.reply)

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use episode_common::{EpisodeId, HostId};
+use episode_common::{EpisodeId, Event, HostId};
 
 use crate::admission::Limits;
 use crate::config::Config;
@@ -267,14 +267,14 @@ pub fn open(
             .map_err(|e| runtime("repairing", &config.index_path, e))?;
         let path = config.index_path.display();
         if parses {
-            tracing::info!(event = "index_tail_completed", path = %path, offset, bytes, "the last index line lacked its newline; completed");
+            tracing::info!(event = %episode_common::Event::IndexTailCompleted, path = %path, offset, bytes, "the last index line lacked its newline; completed");
         } else {
-            tracing::warn!(event = "index_tail_cut", path = %path, offset, bytes, "the last index line was torn; cut off (its archive, if any, is reconciled)");
+            tracing::warn!(event = %episode_common::Event::IndexTailCut, path = %path, offset, bytes, "the last index line was torn; cut off (its archive, if any, is reconciled)");
         }
         report.torn_tail_repaired = true;
     }
     for (line, error) in &load.bad_lines {
-        tracing::error!(line, error = %error, index = %config.index_path.display(), "index_bad_line: kept in the file, ignored");
+        tracing::error!(event = %Event::IndexBadLine, line, error = %error, index = %config.index_path.display(), "kept in the file, ignored");
     }
     report.bad_lines = load.bad_lines.len();
     report.superseded = load.duplicates.len();
@@ -290,7 +290,7 @@ pub fn open(
             Ok((sha256, _)) if sha256 == entry.sha256 => {}
             Ok((sha256, bytes)) => {
                 tracing::error!(
-                    event = "index_row_untrusted",
+                    event = %episode_common::Event::IndexRowUntrusted,
                     host_id = %host_id,
                     episode_id = %episode_id,
                     row_sha256 = %entry.sha256,
@@ -302,7 +302,7 @@ pub fn open(
                 report.untrusted.push((host_id.clone(), episode_id.clone()));
             }
             Err(e) => tracing::error!(
-                event = "index_row_unverifiable",
+                event = %episode_common::Event::IndexRowUnverifiable,
                 host_id = %host_id,
                 episode_id = %episode_id,
                 error = %e,
@@ -313,16 +313,17 @@ pub fn open(
     let started = std::time::Instant::now();
     let scan = reconcile::compare(listing, &index, &config.store_root);
     tracing::info!(
+        event = %Event::IndexLoaded,
         rows = load.rows,
         archives = scan.archives,
         load_ms,
         list_ms = list_took.as_millis() as u64,
         compare_ms = started.elapsed().as_millis() as u64,
-        "index_loaded: the index is in memory and checked against the store"
+        "the index is in memory and checked against the store"
     );
     for path in &scan.not_regular {
         tracing::error!(
-            event = "store_entry_not_regular",
+            event = %episode_common::Event::StoreEntryNotRegular,
             path = %path.display(),
             "the store holds something other than a regular file under an archive name; never opened, never served: remove it"
         );
@@ -344,7 +345,7 @@ pub fn open(
         .map_err(|e| runtime("opening", &config.index_path, e))?;
     let unnamed = upload::probe_unnamed(&config.incoming_root, &config.store_root);
     if !unnamed {
-        tracing::info!(incoming_root = %config.incoming_root.display(), "uploads are spooled as named temp files (no O_TMPFILE here)");
+        tracing::info!(event = %Event::StorageMode, incoming_root = %config.incoming_root.display(), "uploads are spooled as named temp files (no O_TMPFILE here)");
     }
     let spool = upload::SpoolDir {
         dir: config.incoming_root.clone(),

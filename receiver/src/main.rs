@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use episode_common::logging::{self, LogFormat};
-use episode_common::{EXIT_CONFIG, EXIT_FAILURE};
+use episode_common::{EXIT_CONFIG, EXIT_FAILURE, Event};
 use episode_receiver::config::{self, Config};
 use episode_receiver::{StartError, check, server};
 
@@ -116,7 +116,7 @@ async fn serve(config: Config, config_path: PathBuf, listen: SocketAddr) -> Exit
         }
     };
     for (host_id, episode_id) in &report.reconciled {
-        tracing::warn!(host_id = %host_id, episode_id = %episode_id, "reconciled: archive had no index row; row added");
+        tracing::warn!(event = %Event::Reconciled, host_id = %host_id, episode_id = %episode_id, "archive had no index row; row added");
     }
     if !report.missing.is_empty() {
         let first: Vec<String> = report
@@ -126,6 +126,7 @@ async fn serve(config: Config, config_path: PathBuf, listen: SocketAddr) -> Exit
             .map(|(h, e)| format!("{h}/{e}"))
             .collect();
         tracing::error!(
+            event = %Event::ArchiveMissing,
             n_missing = report.missing.len(),
             first = ?first,
             "index rows without an archive in the store: restore the archives from backup or investigate"
@@ -133,14 +134,16 @@ async fn serve(config: Config, config_path: PathBuf, listen: SocketAddr) -> Exit
     }
     if report.superseded > 0 {
         tracing::info!(
+            event = %Event::IndexSupersededRows,
             n_rows = report.superseded,
-            "index_superseded_rows: episodes restored after a lost archive have a later row; the last row is used"
+            "episodes restored after a lost archive have a later row; the last row is used"
         );
     }
     if report.incoming_removed > 0 {
         tracing::info!(
+            event = %Event::IncomingEmptied,
             n_files = report.incoming_removed,
-            "incoming_emptied: partial uploads from the last run removed"
+            "partial uploads from the last run removed"
         );
     }
     let main_listener = match server::bind(listen).await {
@@ -172,10 +175,10 @@ async fn serve(config: Config, config_path: PathBuf, listen: SocketAddr) -> Exit
         let _ = stdout.flush();
     }
     tracing::info!(
+        event = %Event::Ready,
         url = %format!("{scheme}://{bound}"),
         rows = report.rows,
         version = episode_receiver::VERSION,
-        "ready"
     );
     let status = format!(
         "serving {scheme}://{bound}, {} episodes indexed",
@@ -189,17 +192,16 @@ async fn serve(config: Config, config_path: PathBuf, listen: SocketAddr) -> Exit
     ExitCode::SUCCESS
 }
 
-async fn shutdown_signal() {
+async fn shutdown_signal() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        std::future::pending::<()>().await;
-        return;
+        return std::future::pending().await;
     };
     tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
     }
 }

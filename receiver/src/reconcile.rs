@@ -357,7 +357,7 @@ pub fn spawn_size_audit(index: std::sync::Arc<Index>, store_root: PathBuf) {
                     n_mismatched += 1;
                     if n_mismatched <= AUDIT_LOG_LIMIT {
                         tracing::error!(
-                            event = "archive_size_mismatch",
+                            event = %episode_common::Event::ArchiveSizeMismatch,
                             host_id = %host_id,
                             episode_id = %episode_id,
                             path = %path.display(),
@@ -372,7 +372,7 @@ pub fn spawn_size_audit(index: std::sync::Arc<Index>, store_root: PathBuf) {
         let ms = started.elapsed().as_millis() as u64;
         if n_mismatched > 0 {
             tracing::error!(
-                event = "store_audited",
+                event = %episode_common::Event::StoreAudited,
                 n_checked,
                 n_mismatched,
                 duration_ms = ms,
@@ -380,7 +380,7 @@ pub fn spawn_size_audit(index: std::sync::Arc<Index>, store_root: PathBuf) {
             );
         } else {
             tracing::info!(
-                event = "store_audited",
+                event = %episode_common::Event::StoreAudited,
                 n_checked,
                 n_mismatched,
                 duration_ms = ms,
@@ -392,7 +392,7 @@ pub fn spawn_size_audit(index: std::sync::Arc<Index>, store_root: PathBuf) {
         .name("store-audit".into())
         .spawn(audit)
     {
-        tracing::warn!(error = %e, "cannot start the store size audit");
+        tracing::warn!(event = %episode_common::Event::StoreAudited, error = %e, "cannot start the store size audit");
     }
 }
 

@@ -112,7 +112,7 @@ pub fn key_of(message: &str) -> String {
 
 fn refused(key: &str, error: &str) {
     tracing::error!(
-        event = "config_reload_refused",
+        event = %episode_common::Event::ConfigReloadRefused,
         key,
         error,
         "the new config is refused; the running one stays"
@@ -151,7 +151,7 @@ pub fn on_hangup(state: &AppState) {
     let changed = changed_keys(&live.config, &new);
     state.credentials.adopt(credentials);
     state.set_live(crate::Live::new(new));
-    tracing::info!(event = "config_reloaded", path = %path.display(), changed = ?changed, "config reloaded; new requests and connections use it");
+    tracing::info!(event = %episode_common::Event::ConfigReloaded, path = %path.display(), changed = ?changed, "config reloaded; new requests and connections use it");
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, put};
 use episode_common::problem::{PROBLEM_CONTENT_TYPE, Problem, Slug};
 use episode_common::wire::{self, HealthBody, IndexRow, Stored, StoredBody, header};
-use episode_common::{EpisodeId, HostId};
+use episode_common::{EpisodeId, Event, HostId};
 use http::{HeaderMap, HeaderValue, StatusCode, request::Parts};
 use http_body_util::BodyExt as _;
 use time::OffsetDateTime;
@@ -93,7 +93,7 @@ pub fn problem_response(problem: Problem) -> Response {
 
 /// A 500 whose cause is logged once here and never shown to the client.
 fn internal(what: &str, error: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %error, "{what}");
+    tracing::error!(event = %Event::StorageFailed, error = %error, "{what}");
     Problem::new(
         Slug::Internal,
         "the receiver failed to store the upload; it is safe to retry",
@@ -102,7 +102,7 @@ fn internal(what: &str, error: impl std::fmt::Display) -> Problem {
 
 fn io_problem(what: &str, error: &std::io::Error) -> Problem {
     if episode_common::fsx::is_no_space(error) {
-        tracing::warn!(error = %error, "{what}: disk full");
+        tracing::warn!(event = %Event::DiskFull, error = %error, "{what}");
         return Problem::new(Slug::InsufficientStorage, "the receiver's disk is full")
             .remediation("free space on the receiver's store");
     }
@@ -383,12 +383,17 @@ async fn put_episode(State(state): State<Arc<AppState>>, req: Request) -> Respon
     response
 }
 
-fn log_answer(parts: &Parts, status: u16, problem: Option<&str>, started: Instant) {
-    let path = parts.uri.path();
-    let ms = started.elapsed().as_millis() as u64;
-    match status {
-        500.. => tracing::error!(path, status, problem, duration_ms = ms, "put_answered"),
-        _ => tracing::info!(path, status, problem, duration_ms = ms, "put_answered"),
+fn log_answer(parts: &Parts, status_code: u16, problem_type: Option<&str>, started: Instant) {
+    let url_path = parts.uri.path();
+    let duration_ms = started.elapsed().as_millis() as u64;
+    macro_rules! event {
+        ($level:ident) => {
+            tracing::$level!(event = %Event::PutAnswered, url_path, status_code, problem_type, duration_ms)
+        };
+    }
+    match status_code {
+        500.. => event!(error),
+        _ => event!(info),
     }
 }
 
@@ -486,7 +491,7 @@ fn receive_failed(error: ReceiveError, host_id: &HostId, episode_id: &EpisodeId)
             response
         }
         ReceiveError::Client(e) => {
-            tracing::info!(host_id = %host_id, episode_id = %episode_id, error = %e, "upload_abandoned: client stopped sending");
+            tracing::info!(event = %Event::UploadAbandoned, host_id = %host_id, episode_id = %episode_id, error = %e, "client stopped sending");
             problem_response(Problem::new(
                 Slug::LengthMismatch,
                 "the body ended before Content-Length bytes",
@@ -588,7 +593,7 @@ async fn receive_and_publish(
                 .stored
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let ms = started.elapsed().as_millis() as u64;
-            tracing::info!(host_id = %host_id, episode_id = %episode_id, bytes = entry.bytes, sha256 = %entry.sha256, duration_ms = ms, "stored");
+            tracing::info!(event = %Event::Stored, host_id = %host_id, episode_id = %episode_id, bytes = entry.bytes, sha256 = %entry.sha256, duration_ms = ms);
             stored_response(StatusCode::CREATED, &host_id, &episode_id, &entry)
         }
         Ok(Published::Existing(entry)) => {

@@ -45,7 +45,7 @@ pub fn peer_identity(certs: Option<&[CertificateDer<'static>]>) -> Option<PeerId
             primary: info.primary_identity().map(str::to_owned),
         }),
         Err(e) => {
-            tracing::warn!(error = %e, "client certificate verified but not parseable; no identity");
+            tracing::warn!(event = %episode_common::Event::TlsHandshakeFailed, error = %e, "client certificate verified but not parseable; no identity");
             Some(PeerIdentity {
                 names: Vec::new(),
                 primary: None,
@@ -83,14 +83,14 @@ async fn accept_loop(
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(event = %episode_common::Event::ConnectionFailed, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             },
         };
         let Some(registration) = listener.connections.register(remote.ip(), permit) else {
-            tracing::debug!(%remote, "connection refused: this address holds its share of max_connections");
+            tracing::debug!(event = %episode_common::Event::ConnectionPressure, %remote, "connection refused: this address holds its share of max_connections");
             continue; // dropping the stream closes it
         };
         let listener = listener.clone();
@@ -99,7 +99,7 @@ async fn accept_loop(
             let conn = registration.conn.clone();
             tokio::select! {
                 // Closed to make room while idle (see `connections`).
-                () = conn.closed() => tracing::debug!(%remote, "idle connection closed under pressure"),
+                () = conn.closed() => tracing::debug!(event = %episode_common::Event::ConnectionPressure, %remote, "idle connection closed under pressure"),
                 () = listener.serve_connection(stream, remote, watcher, &registration) => {}
             }
         });
@@ -143,7 +143,7 @@ impl Listener {
                             .get_ref()
                             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
                             .map_or_else(|| e.to_string(), explain_rustls);
-                        tracing::warn!(%remote, reason = %reason, "tls_handshake_failed");
+                        tracing::warn!(event = %episode_common::Event::TlsHandshakeFailed, %remote, reason = %reason);
                         return;
                     }
                     Err(_) => {
@@ -151,7 +151,7 @@ impl Listener {
                             .metrics
                             .handshake_failures
                             .fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%remote, timeout = %episode_common::Dur(handshake_timeout), "tls_handshake_timed_out");
+                        tracing::warn!(event = %episode_common::Event::TlsHandshakeFailed, %remote, timeout = %episode_common::Dur(handshake_timeout), "timed out");
                         return;
                     }
                 }
@@ -180,7 +180,7 @@ impl Listener {
         let io = crate::rejects::ProblemIo::new(io);
         let connection = builder.serve_connection(TokioIo::new(io), service);
         if let Err(e) = watcher.watch(connection).await {
-            tracing::debug!(%remote, error = %e, "connection ended with an error");
+            tracing::debug!(event = %episode_common::Event::ConnectionFailed, %remote, error = %e, "connection ended with an error");
         }
     }
 }
@@ -192,12 +192,13 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         .map_err(|e| std::io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
-/// Serves until `shutdown` resolves, then drains (see the module doc).
+/// Serves until `shutdown` resolves (to what stopped it, for the log), then drains
+/// (see the module doc).
 pub async fn run(
     state: Arc<AppState>,
     main: TcpListener,
     metrics: Option<TcpListener>,
-    shutdown: impl std::future::Future<Output = ()>,
+    shutdown: impl std::future::Future<Output = &'static str>,
 ) {
     // Once serving: start-up (and its benchmark) never waits for it.
     crate::reconcile::spawn_size_audit(state.index.clone(), state.config.store_root.clone());
@@ -244,11 +245,11 @@ pub async fn run(
         )));
     }
 
-    shutdown.await;
+    let signal = shutdown.await;
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     state.start_draining();
     let grace = state.live().config.shutdown_grace;
-    tracing::info!(uploads_in_flight = state.slots.in_flight(), grace = %grace, "stopping: new uploads get 503");
+    tracing::info!(event = %episode_common::Event::Stopping, signal, uploads_in_flight = state.slots.in_flight(), grace = %grace, "new uploads get 503");
     let grace = grace.get();
     let deadline = tokio::time::Instant::now() + grace;
     while state.slots.in_flight() > 0 && tokio::time::Instant::now() < deadline {
@@ -263,7 +264,7 @@ pub async fn run(
     if let Ok(graceful) = Arc::try_unwrap(graceful) {
         let _ = tokio::time::timeout(Duration::from_secs(1), graceful.shutdown()).await;
     }
-    tracing::info!(abandoned, "stopped");
+    tracing::info!(event = %episode_common::Event::Stopped, abandoned);
 }
 
 /// Credential files are re-read when they change (every 2 s); SIGHUP reads the
@@ -308,7 +309,7 @@ async fn sweep_loop(state: Arc<AppState>, stop: CancellationToken) {
                 if old.is_some_and(|age| age > stale_after)
                     && std::fs::remove_file(entry.path()).is_ok()
                 {
-                    tracing::info!(file = %entry.path().display(), "stale_upload_removed");
+                    tracing::info!(event = %episode_common::Event::StaleUploadRemoved, file = %entry.path().display());
                 }
             }
         })
@@ -334,7 +335,7 @@ async fn watchdog_loop(
             warned = false;
         } else if !warned {
             tracing::error!(
-                event = "watchdog_withheld",
+                event = %episode_common::Event::WatchdogWithheld,
                 "the index writer is stopped or stuck: no watchdog ping, systemd restarts the receiver"
             );
             warned = true;

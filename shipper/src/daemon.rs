@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use episode_common::Event;
+
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -49,8 +51,9 @@ fn watch_signals(stop: CancellationToken, notifier: Arc<Notifier>) {
         };
         notifier.stopping();
         tracing::info!(
+            event = %Event::Stopping,
             signal = name,
-            "stopping: no new episode is started; an upload in flight may finish"
+            "no new episode is started; an upload in flight may finish"
         );
         stop.cancel();
     });
@@ -99,7 +102,7 @@ async fn run_pass(
     tokio::select! {
         result = shipper.pass() => Some(result),
         () = deadline => {
-            tracing::warn!(grace = %episode_common::Dur(grace), "shutdown grace elapsed; upload abandoned (safe: PUT is idempotent)");
+            tracing::warn!(event = %Event::GraceElapsed, grace = %episode_common::Dur(grace), "upload abandoned (safe: PUT is idempotent)");
             None
         }
     }
@@ -119,7 +122,7 @@ fn watch_hangups() -> mpsc::Receiver<()> {
             });
         }
         Err(e) => tracing::warn!(
-            event = "sighup_unavailable",
+            event = %episode_common::Event::SighupUnavailable,
             error = %e,
             "cannot watch SIGHUP; config reloads need a restart"
         ),
@@ -144,7 +147,7 @@ async fn reload(shipper: &mut Shipper, path: &Path) {
         // An unreadable file names no key: the field is left out.
         let key = Some(key).filter(|k| !k.is_empty());
         tracing::error!(
-            event = "config_reload_refused",
+            event = %episode_common::Event::ConfigReloadRefused,
             key,
             error,
             "config not reloaded; going on with the one in use"
@@ -163,7 +166,7 @@ async fn reload(shipper: &mut Shipper, path: &Path) {
             None => {
                 shipper.reconfigure(new);
                 tracing::info!(
-                    event = "config_reloaded",
+                    event = %episode_common::Event::ConfigReloaded,
                     config = %path.display(),
                     receiver = shipper.transport.url(),
                     "config reloaded; in effect from the next pass, credentials re-read"
@@ -191,12 +194,12 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), OpenError> 
     let status = shipper.status_line().await;
     notifier.ready(&status);
     tracing::info!(
+        event = %Event::Ready,
         host_id = %shipper.config.host_id,
-        receiver = shipper.transport.url(),
+        receiver_url = shipper.transport.url(),
         data_root = %shipper.root.root.display(),
         version = crate::VERSION,
         status = %status,
-        "ready"
     );
     if let Some(period) = watchdog {
         // Several looks per watchdog period, so moving bytes are never missed.
@@ -240,7 +243,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), OpenError> 
     }
     // Also after an abandoned pass: its retires are renamed but not yet fsynced.
     shipper.close().await;
-    tracing::info!("stopped");
+    tracing::info!(event = %Event::Stopped);
     Ok(())
 }
 
@@ -296,10 +299,12 @@ fn watch_episodes(shipper: &Shipper) -> mpsc::Receiver<()> {
                 std::mem::forget(watcher);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot watch episodes/; relying on scan_interval")
+                tracing::warn!(event = %Event::WatchUnavailable, error = %e, "cannot watch episodes/; relying on scan_interval")
             }
         },
-        Err(e) => tracing::warn!(error = %e, "inotify unavailable; relying on scan_interval"),
+        Err(e) => {
+            tracing::warn!(event = %Event::WatchUnavailable, error = %e, "inotify unavailable; relying on scan_interval")
+        }
     }
     rx
 }

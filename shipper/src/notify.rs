@@ -19,7 +19,7 @@ impl Notifier {
         if let Err(e) = sd_notify::notify(states)
             && !self.warned.swap(true, Ordering::Relaxed)
         {
-            tracing::warn!(error = %e, "sd_notify failed; continuing without systemd notifications");
+            tracing::warn!(event = %episode_common::Event::NotifyFailed, error = %e, "continuing without systemd notifications");
         }
     }
 

@@ -421,7 +421,7 @@ pub fn pack(
 ) -> io::Result<(Packed, Option<Reservation>)> {
     let (entries, skipped) = collect_entries(dir, episode_id)?;
     for path in skipped {
-        tracing::warn!(episode_id = %episode_id, path = %path.display(), "not archived: not a file, directory or symlink");
+        tracing::warn!(event = %episode_common::Event::FileSkipped, episode_id = %episode_id, path = %path.display(), "not archived: not a file, directory or symlink");
     }
     let raw_bytes = raw_size(&entries);
     // The archive of incompressible data is its size plus tar headers and frames.
@@ -567,7 +567,7 @@ pub fn reuse(
             }))
         }
         Err(why) => {
-            tracing::warn!(episode_id = %episode_id, reason = %why, "outbox archive not reusable; packing again");
+            tracing::warn!(event = %episode_common::Event::OutboxStale, episode_id = %episode_id, reason = %why, "outbox archive not reusable; packing again");
             root.remove_outbox(episode_id)?;
             Ok(None)
         }

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use episode_common::wire::format_rfc3339;
-use episode_common::{ByteSize, Class, EpisodeId, Sha256, classify};
+use episode_common::{ByteSize, Class, EpisodeId, Event, Outcome, Sha256, classify};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
@@ -185,7 +185,7 @@ enum Reply {
 #[derive(Debug, Clone, PartialEq)]
 struct Judgement {
     class: Class,
-    outcome: &'static str,
+    outcome: Outcome,
     status: u16,
     problem_type: Option<String>,
     error: String,
@@ -208,13 +208,13 @@ fn judge(reply: &Reply) -> Judgement {
         Reply::Answer(a) => {
             let class = classify(a.status, a.problem_type());
             let outcome = match class {
-                Class::Shipped if a.status == 201 => "shipped",
-                Class::Shipped => "already_present",
-                Class::Conflict => "conflict",
-                Class::Repack => "repack",
-                Class::Fatal => "fatal",
-                Class::Hold => "hold",
-                Class::Transient => "transient",
+                Class::Shipped if a.status == 201 => Outcome::Shipped,
+                Class::Shipped => Outcome::AlreadyPresent,
+                Class::Conflict => Outcome::Conflict,
+                Class::Repack => Outcome::Repack,
+                Class::Fatal => Outcome::Fatal,
+                Class::Hold => Outcome::Hold,
+                Class::Transient => Outcome::Transient,
             };
             let mut j = base(class, outcome, a);
             if class == Class::Hold && a.problem.is_none() && a.status < 400 {
@@ -229,18 +229,18 @@ fn judge(reply: &Reply) -> Judgement {
             }
             j
         }
-        Reply::HeadMatch(a) => base(Class::Shipped, "already_present", a),
+        Reply::HeadMatch(a) => base(Class::Shipped, Outcome::AlreadyPresent, a),
         Reply::HeadConflict(a) => Judgement {
             status: 409,
             error: format!(
                 "HEAD: a different archive is stored (sha256 {})",
                 a.repr_digest.map(|d| d.to_hex()).unwrap_or_default()
             ),
-            ..base(Class::Conflict, "conflict", a)
+            ..base(Class::Conflict, Outcome::Conflict, a)
         },
         Reply::Failure(f) => Judgement {
             class: Class::Transient,
-            outcome: "transient",
+            outcome: Outcome::Transient,
             status: 0,
             problem_type: None,
             error: f.to_string(),
@@ -303,7 +303,7 @@ fn prepare(
     let dir = root.episode_dir(Place::Episodes, &id);
     let meta = meta::read(&dir);
     for warning in &meta.warnings {
-        tracing::warn!(episode_id = %id, "meta.json: {warning}; sent without that header");
+        tracing::warn!(event = %Event::MetaWarning, episode_id = %id, "meta.json: {warning}; sent without that header");
     }
     let (packed, memory) = match pack::reuse(root, &id, &dir, &|n| progress.add(n)) {
         Ok(Some(p)) => (p, None),
@@ -356,23 +356,25 @@ impl Shipper {
         let (state, warning) = StateFile::load(&root.state, now_ms() / 1000)
             .map_err(|e| OpenError::Io(e.to_string()))?;
         if let Some(w) = warning {
-            tracing::warn!("{w}");
+            tracing::warn!(event = %Event::StorageFailed, "{w}");
         }
         for id in quarantine::recover(&root)
             .map_err(|e| OpenError::Io(format!("finishing quarantines: {e}")))?
         {
-            tracing::warn!(episode_id = %id, "quarantined: finished a quarantine interrupted by a crash");
+            tracing::warn!(event = %Event::Quarantined, episode_id = %id, "finished a quarantine interrupted by a crash");
         }
         let (requeued, problems) = quarantine::recover_requeues(&root)
             .map_err(|e| OpenError::Io(format!("finishing requeues: {e}")))?;
         for id in requeued {
-            tracing::warn!(event = "requeue_finished", episode_id = %id, "requeued: finished a requeue interrupted by a crash");
+            tracing::warn!(event = %episode_common::Event::RequeueFinished, episode_id = %id, "requeued: finished a requeue interrupted by a crash");
         }
         for problem in problems {
-            tracing::error!(event = "requeue_not_finished", error = %problem, "an interrupted requeue cannot be finished");
+            tracing::error!(event = %episode_common::Event::RequeueNotFinished, error = %problem, "an interrupted requeue cannot be finished");
         }
         match root.sweep_orphans() {
-            Ok(removed) if !removed.is_empty() => tracing::info!(files = ?removed, "orphans_swept"),
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(event = %Event::OrphansSwept, files = ?removed)
+            }
             Ok(_) => {}
             Err(e) => {
                 return Err(OpenError::Io(format!(
@@ -385,16 +387,18 @@ impl Shipper {
             let now = now_ms();
             if now < marker.resume_ms {
                 tracing::warn!(
+                    event = %Event::CrashLoopGuard,
                     unfinished = marker.unfinished,
                     resume_at = %wall(marker.resume_ms),
-                    "crash_loop_guard: the last pass did not finish (the process died: crash, OOM, SIGKILL or watchdog; {} in a row); no upload starts before {} so a crash loop cannot become a retry storm",
+                    "the last pass did not finish (the process died: crash, OOM, SIGKILL or watchdog; {} in a row); no upload starts before {} so a crash loop cannot become a retry storm",
                     marker.unfinished,
                     wall(marker.resume_ms)
                 );
             } else {
                 tracing::warn!(
+                    event = %Event::CrashLoopGuard,
                     unfinished = marker.unfinished,
-                    "crash_loop_guard: the last pass did not finish (the process died: crash, OOM, SIGKILL or watchdog; {} in a row); its backoff has passed, shipping resumes now",
+                    "the last pass did not finish (the process died: crash, OOM, SIGKILL or watchdog; {} in a row); its backoff has passed, shipping resumes now",
                     marker.unfinished
                 );
             }
@@ -432,7 +436,9 @@ impl Shipper {
         };
         match blocking(move || StateFile::write(&path, &state).map(|()| state)).await {
             Ok(state) => self.state.mark_saved(state),
-            Err(e) => tracing::error!(error = %e, "cannot save retry state"),
+            Err(e) => {
+                tracing::error!(event = %Event::StorageFailed, error = %e, "cannot save retry state")
+            }
         }
     }
 
@@ -464,13 +470,13 @@ impl Shipper {
         match result {
             Ok((q, s)) => {
                 if !q.is_empty() {
-                    tracing::info!(n_removed = q.len(), keep_days = q_days, episodes = ?q, "quarantine_cleaned");
+                    tracing::info!(event = %Event::QuarantineCleaned, n_removed = q.len(), keep_days = q_days, episodes = ?q);
                 }
                 if !s.is_empty() {
-                    tracing::info!(n_removed = s.len(), keep_days = s_days, "shipped_cleaned");
+                    tracing::info!(event = %Event::ShippedCleaned, n_removed = s.len(), keep_days = s_days);
                 }
             }
-            Err(e) => tracing::error!(error = %e, "cleanup failed"),
+            Err(e) => tracing::error!(event = %Event::StorageFailed, error = %e, "cleanup failed"),
         }
         if interval > 0 {
             self.state.state.last_cleanup_unix = Some(now);
@@ -484,23 +490,27 @@ impl Shipper {
         let mut result = PassResult::default();
         let root = self.root.clone();
         match blocking(move || root.sweep_orphans()).await {
-            Ok(removed) if !removed.is_empty() => tracing::info!(files = ?removed, "orphans_swept"),
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(event = %Event::OrphansSwept, files = ?removed)
+            }
             Ok(_) => {}
-            Err(e) => tracing::error!(error = %e, "sweeping the outbox failed"),
+            Err(e) => {
+                tracing::error!(event = %Event::StorageFailed, error = %e, "sweeping the outbox failed")
+            }
         }
         self.cleanup_if_due().await;
         let root = self.root.clone();
         let finished = match blocking(move || root.finished_episodes()).await {
             Ok(f) => f,
             Err(e) => {
-                tracing::error!(error = %e, dir = %self.root.episodes.display(), "cannot list episodes");
+                tracing::error!(event = %Event::ListFailed, error = %e, dir = %self.root.episodes.display(), "cannot list episodes");
                 result.stopped_by = Some(format!("cannot list episodes: {e}"));
                 return result;
             }
         };
         for name in &finished.invalid {
             if self.warned_invalid.insert(name.clone()) {
-                tracing::warn!(dir = %name, "episode directory name is not a valid episode id; not shipped (rename it)");
+                tracing::warn!(event = %Event::InvalidEpisodeDir, dir = %name, "not a valid episode id; not shipped (rename it)");
             }
         }
         for n in &finished.not_ready {
@@ -508,7 +518,7 @@ impl Shipper {
                 .warned_invalid
                 .insert(format!("not-ready\0{}\0{}", n.name, n.reason))
             {
-                tracing::warn!(event = "episode_not_ready", episode_id = %n.name, reason = %n.reason, "episodes/{}: not shipped: {}", n.name, n.reason);
+                tracing::warn!(event = %episode_common::Event::EpisodeNotReady, episode_id = %n.name, reason = %n.reason, "episodes/{}: not shipped: {}", n.name, n.reason);
             }
         }
         result.scanned = finished.ready.len();
@@ -610,7 +620,7 @@ impl Shipper {
         })
         .await;
         if let Err(e) = synced {
-            tracing::error!(error = %e, data_root = %self.root.root.display(), "cannot fsync the data root's directories at exit");
+            tracing::error!(event = %Event::StorageFailed, error = %e, data_root = %self.root.root.display(), "cannot fsync the data root's directories at exit");
         }
     }
 
@@ -627,6 +637,7 @@ impl Shipper {
         macro_rules! event {
             ($level:ident) => {
                 tracing::$level!(
+                    event = %Event::PassComplete,
                     scanned = result.scanned,
                     shipped = result.shipped,
                     already_present = result.already_present,
@@ -636,9 +647,8 @@ impl Shipper {
                     held = result.held,
                     repacked = result.repacked,
                     waiting = result.waiting,
-                    bytes = result.bytes,
-                    duration_ms = result.duration_ms,
-                    "pass_complete"
+                    pass_bytes = result.bytes,
+                    pass_duration_ms = result.duration_ms,
                 )
             };
         }
@@ -750,7 +760,7 @@ impl Shipper {
             let synced =
                 blocking(move || root.sync_places(&[Place::Episodes, Place::Shipped])).await;
             if let Err(e) = synced {
-                tracing::error!(error = %e, "cannot fsync episodes/ and shipped/ after retiring");
+                tracing::error!(event = %Event::StorageFailed, error = %e, "cannot fsync episodes/ and shipped/ after retiring");
             }
         }
         if self.state.state.hold.is_some() {
@@ -791,7 +801,7 @@ impl Shipper {
         let root = self.root.clone();
         let episode_id = id.clone();
         if let Err(e) = blocking(move || root.remove_outbox(&episode_id)).await {
-            tracing::warn!(episode_id = %id, error = %e, "cannot remove the outbox archive to be repacked");
+            tracing::warn!(event = %Event::StorageFailed, episode_id = %id, error = %e, "cannot remove the outbox archive to be repacked");
         }
     }
 
@@ -824,7 +834,7 @@ impl Shipper {
                 episode.next_attempt_ms = Some(now + delay.as_millis() as i64);
                 episode.last_error = Some(format!("not stable yet: {error}"));
                 tracing::warn!(
-                    event = "episode_not_stable",
+                    event = %episode_common::Event::EpisodeNotStable,
                     episode_id = %id,
                     reason = %error,
                     retry_in = %episode_common::Dur(delay),
@@ -844,7 +854,7 @@ impl Shipper {
                 episode.last_error = Some(format!("packing: {error}"));
                 episode.last_attempt_unix = now / 1000;
                 tracing::error!(
-                    event = "pack_failed",
+                    event = %episode_common::Event::PackFailed,
                     episode_id = %id,
                     error = %error,
                     attempt = attempts,
@@ -864,7 +874,7 @@ impl Shipper {
                 episode.last_error = Some(error.clone());
                 episode.last_attempt_unix = now / 1000;
                 tracing::error!(
-                    event = "pack_failed",
+                    event = %episode_common::Event::PackFailed,
                     episode_id = %id,
                     error = %error,
                     retry_in = %episode_common::Dur(delay),
@@ -928,8 +938,9 @@ impl Shipper {
         log_ship_result(&id, &j, attempt, prepared.packed.digests.bytes, took);
         if policy::ends_hold(j.class) && self.state.state.hold.take().is_some() {
             tracing::info!(
+                event = %Event::HoldEnded,
                 status_code = j.status,
-                "hold_ended: the receiver accepts our requests again"
+                "the receiver accepts our requests again"
             );
         }
         if j.class != Class::Transient {
@@ -940,14 +951,14 @@ impl Shipper {
                 let root = self.root.clone();
                 let retire_id = id.clone();
                 if let Err(e) = blocking(move || retire(&root, &retire_id)).await {
-                    tracing::error!(episode_id = %id, error = %e, "shipped but cannot move to shipped/; will be re-checked");
+                    tracing::error!(event = %Event::StorageFailed, episode_id = %id, error = %e, "shipped but cannot move to shipped/; will be re-checked");
                     return Next::Continue;
                 }
                 self.state.forget(id.as_str());
                 self.state.state.last_success_unix = Some(now / 1000);
                 self.sizes.remove(&id);
                 result.shipped += 1;
-                if j.outcome == "already_present" {
+                if j.outcome == Outcome::AlreadyPresent {
                     result.already_present += 1;
                 }
                 result.bytes += prepared.packed.digests.bytes;
@@ -1021,18 +1032,19 @@ impl Shipper {
                 match blocking(move || quarantine::quarantine(&root, &qid, &qreason)).await {
                     Ok(entry) => {
                         tracing::warn!(
+                            event = %Event::Quarantined,
                             episode_id = %id,
                             status_code = j.status,
-                            problem_type = j.problem_type.as_deref().unwrap_or(""),
-                            error = %j.error,
-                            "quarantined: the receiver will not take this episode as it is; see quarantine/{entry}/quarantine_reason.json"
+                            problem_type = j.problem_type.as_deref(),
+                            error = j.error.as_str(),
+                            "the receiver will not take this episode as it is; see quarantine/{entry}/quarantine_reason.json"
                         );
                         self.state.forget(id.as_str());
                         self.sizes.remove(&id);
                         result.fatal += 1;
                     }
                     Err(e) => {
-                        tracing::error!(episode_id = %id, error = %e, "cannot quarantine the episode")
+                        tracing::error!(event = %Event::StorageFailed, episode_id = %id, error = %e, "cannot quarantine the episode")
                     }
                 }
                 Next::Continue
@@ -1055,11 +1067,12 @@ impl Shipper {
                 record(episode, &j, attempt, now);
                 if previous.is_none() {
                     tracing::error!(
+                        event = %Event::HoldStarted,
                         status_code = j.status,
-                        problem_type = j.problem_type.as_deref().unwrap_or(""),
-                        error = %j.error,
+                        problem_type = j.problem_type.as_deref(),
+                        error = j.error.as_str(),
                         recheck_in = %episode_common::Dur(delay),
-                        "hold_started: shipping paused; the receiver rejects our configuration or credentials (nothing is quarantined)"
+                        "shipping paused; the receiver rejects our configuration or credentials (nothing is quarantined)"
                     );
                 }
                 self.state.state.hold = Some(Hold {
@@ -1114,7 +1127,7 @@ impl Shipper {
                 prepared.packed.clone(),
             );
             if let Err(e) = blocking(move || pack::persist(&root, &id, &packed)).await {
-                tracing::warn!(episode_id = %prepared.id, error = %e, "cannot keep the archive in the outbox; it will be packed again");
+                tracing::warn!(event = %Event::StorageFailed, episode_id = %prepared.id, error = %e, "cannot keep the archive in the outbox; it will be packed again");
             }
         }
     }
@@ -1214,7 +1227,7 @@ fn retire(root: &DataRoot, id: &EpisodeId) -> std::io::Result<()> {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             let name = format!("{id}.{}", now_ms() / 1000);
-            tracing::warn!(episode_id = %id, kept_as = %name, "shipped/{id} already exists; keeping both");
+            tracing::warn!(event = %Event::KeptBoth, episode_id = %id, kept_as = %name, "shipped/{id} already exists; keeping both");
             root.rename_episode(id, Place::Episodes, Place::Shipped, &name)?;
         }
         Err(e) => return Err(e),
@@ -1224,20 +1237,20 @@ fn retire(root: &DataRoot, id: &EpisodeId) -> std::io::Result<()> {
 
 fn log_ship_result(id: &EpisodeId, j: &Judgement, attempt: u32, bytes: u64, took: Duration) {
     let duration_ms = took.as_millis() as u64;
-    let problem_type = j.problem_type.as_deref().unwrap_or("");
-    let (outcome, status) = (j.outcome, j.status);
+    let problem_type = j.problem_type.as_deref();
+    let error = Some(j.error.as_str()).filter(|e| !e.is_empty());
     macro_rules! event {
         ($level:ident) => {
             tracing::$level!(
+                event = %Event::ShipResult,
                 episode_id = %id,
-                outcome,
-                status_code = status,
+                outcome = %j.outcome,
+                status_code = j.status,
                 problem_type,
-                error = %j.error,
+                error,
                 attempt,
                 bytes,
                 duration_ms,
-                "ship_result outcome={outcome} status={status}"
             )
         };
     }
@@ -1278,77 +1291,77 @@ mod tests {
             (
                 Reply::Answer(answer(201, None)),
                 Class::Shipped,
-                "shipped",
+                Outcome::Shipped,
                 201,
                 false,
             ),
             (
                 Reply::Answer(answer(200, None)),
                 Class::Shipped,
-                "already_present",
+                Outcome::AlreadyPresent,
                 200,
                 false,
             ),
             (
                 Reply::HeadMatch(answer(200, None)),
                 Class::Shipped,
-                "already_present",
+                Outcome::AlreadyPresent,
                 200,
                 false,
             ),
             (
                 Reply::HeadConflict(answer(200, None)),
                 Class::Conflict,
-                "conflict",
+                Outcome::Conflict,
                 409,
                 false,
             ),
             (
                 Reply::Answer(answer(409, Some(Slug::Conflict))),
                 Class::Conflict,
-                "conflict",
+                Outcome::Conflict,
                 409,
                 false,
             ),
             (
                 Reply::Answer(answer(400, Some(Slug::DigestMismatch))),
                 Class::Repack,
-                "repack",
+                Outcome::Repack,
                 400,
                 false,
             ),
             (
                 Reply::Answer(answer(400, Some(Slug::MissingCodeCommit))),
                 Class::Fatal,
-                "fatal",
+                Outcome::Fatal,
                 400,
                 false,
             ),
             (
                 Reply::Answer(answer(401, Some(Slug::Unauthorized))),
                 Class::Hold,
-                "hold",
+                Outcome::Hold,
                 401,
                 false,
             ),
             (
                 Reply::Answer(answer(503, None)),
                 Class::Transient,
-                "transient",
+                Outcome::Transient,
                 503,
                 false,
             ),
             (
                 Reply::Failure(Failure::Connection("refused".into())),
                 Class::Transient,
-                "transient",
+                Outcome::Transient,
                 0,
                 true,
             ),
             (
                 Reply::Failure(Failure::Material("mTLS material missing".into())),
                 Class::Transient,
-                "transient",
+                Outcome::Transient,
                 0,
                 true,
             ),
@@ -1368,7 +1381,7 @@ mod tests {
     #[test]
     fn a_2xx_that_stores_nothing_or_a_redirect_holds_and_says_why() {
         let j = judge(&Reply::Answer(answer(204, None)));
-        assert_eq!((j.class, j.outcome), (Class::Hold, "hold"));
+        assert_eq!((j.class, j.outcome), (Class::Hold, Outcome::Hold));
         assert!(
             j.error
                 .starts_with("HTTP 204: receiver.url does not point at an episode receiver"),

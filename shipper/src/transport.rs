@@ -189,7 +189,7 @@ impl Transport {
         }
         let new = self.build().inspect_err(|_| *built = None)?;
         if built.is_some() {
-            tracing::info!(url = %self.base_url, "credentials_reloaded: the files in [receiver] changed on disk");
+            tracing::info!(event = %episode_common::Event::CredentialsReloaded, receiver_url = %self.base_url, "the files in [receiver] changed on disk");
         }
         let pair = (new.client.clone(), new.token.clone());
         *built = Some(Built { stamps, ..new });

@@ -4,8 +4,8 @@
 //! child processes (`Proc`, `bin`), a running receiver (`Receiver`) and clients for
 //! it, raw HTTP/1.1 connections (`raw`), systemd's notify socket (`NotifySocket`),
 //! network faults (`BlackHole`, `FaultProxy`), a scriptable fake receiver
-//! (`StubServer`), episode fixtures, and the product's promise as reusable
-//! assertions (`invariants`). Beyond those, it asserts nothing about the binaries
+//! (`StubServer`), episode fixtures, the daemons' JSON log lines (`logs`), and the
+//! product's promise as reusable assertions (`invariants`). Beyond those, it asserts nothing about the binaries
 //! itself; the tests in `tests/e2e/` do. Invariant: everything binds 127.0.0.1:0 and
 //! lives under its env's temp root, so tests run in parallel, and every child and
 //! thread it starts is stopped when its owner drops.
@@ -30,6 +30,7 @@ pub mod env;
 pub mod episodes;
 pub mod faults;
 pub mod invariants;
+pub mod logs;
 pub mod notify;
 pub mod pki;
 pub mod process;
@@ -48,7 +49,7 @@ pub use episodes::{
 pub use faults::{BlackHole, FaultProxy, Mode};
 pub use invariants::{Originals, assert_all_stored_once, assert_consistent, restart_receiver};
 pub use notify::NotifySocket;
-pub use process::{Proc, bin};
+pub use process::{Proc, bin, die_with_parent};
 pub use raw::{RawConn, RawResponse, connect, plain_connect, put_headers, tls_connect};
 pub use receiver::{
     Answer, Receiver, ReceiverPaths, error_chain, http_client, http_client_builder, https_client,

@@ -3,9 +3,12 @@
 //! Owns `bin` (the workspace's binaries in the same target profile as the test) and
 //! `Proc`: a child whose stdout and stderr go to files (never pipes that could fill
 //! up and stall it), signals, a bounded wait for its exit, and cleanup. Invariant: a
-//! `Proc` never outlives its test; on drop it is SIGKILLed and reaped, and when the
-//! test is failing its command line and output are printed.
+//! `Proc` never outlives its test; on drop it is SIGKILLed and reaped, when the
+//! test is failing its command line and output are printed, and when the test
+//! process dies without dropping it (an interrupted `cargo test`, a SIGKILL) the
+//! kernel kills it too (`die_with_parent`).
 
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -35,6 +38,35 @@ pub fn bin(name: &str) -> PathBuf {
     path
 }
 
+/// Makes the child of `cmd` get SIGKILL when the thread that spawns it ends (so
+/// when the test process dies, however it dies): `PR_SET_PDEATHSIG` set between
+/// fork and exec. Spawn from the test's own thread, which outlives its children.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // prctl(2), getppid(2) and _exit(2), which are async-signal-safe; it allocates
+    // nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent died before prctl took effect: nobody would signal us.
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A running child process with its output in files.
 pub struct Proc {
     child: Child,
@@ -57,6 +89,7 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
+        die_with_parent(cmd);
         let child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {command_line}: {e}"));

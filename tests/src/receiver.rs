@@ -112,7 +112,7 @@ impl TestEnv {
         let mut cmd = Command::new(bin("episode-receiver"));
         cmd.arg("--config")
             .arg(config)
-            .args(["--listen", "127.0.0.1:0", "--log-format", "text", "run"])
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json", "run"])
             .env("RUST_LOG", "info");
         customize(&mut cmd);
         let mut process = Proc::spawn(&mut cmd, self, "receiver");

@@ -186,8 +186,18 @@ impl TestEnv {
         args: &[&str],
         customize: impl FnOnce(&mut Command),
     ) -> Run {
-        let mut cmd = shipper_command(host, args);
+        let mut cmd = shipper_command(host, "json", args);
         customize(&mut cmd);
+        self.run_shipper(cmd, args)
+    }
+
+    /// As `shipper`, with `--log-format <log_format>` (`text`, `json`) instead of
+    /// the harness's `json`.
+    pub fn shipper_logging(&self, host: &Host, log_format: &str, args: &[&str]) -> Run {
+        self.run_shipper(shipper_command(host, log_format, args), args)
+    }
+
+    fn run_shipper(&self, mut cmd: Command, args: &[&str]) -> Run {
         let label = format!("shipper-{}", args.first().copied().unwrap_or("run"));
         let mut proc = Proc::spawn(&mut cmd, self, &label);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -210,17 +220,17 @@ impl TestEnv {
 
     /// Starts the daemon (`run`); `customize` may add `NOTIFY_SOCKET` and the like.
     pub fn spawn_shipper(&self, host: &Host, customize: impl FnOnce(&mut Command)) -> Proc {
-        let mut cmd = shipper_command(host, &["run"]);
+        let mut cmd = shipper_command(host, "json", &["run"]);
         customize(&mut cmd);
         Proc::spawn(&mut cmd, self, "shipper-run")
     }
 }
 
-fn shipper_command(host: &Host, args: &[&str]) -> Command {
+fn shipper_command(host: &Host, log_format: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(bin("episode-shipper"));
     cmd.arg("--config")
         .arg(&host.config)
-        .args(["--log-format", "text"])
+        .args(["--log-format", log_format])
         .args(args)
         .env("RUST_LOG", "info")
         .env_remove("NOTIFY_SOCKET")

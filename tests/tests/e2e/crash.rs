@@ -6,16 +6,20 @@
 //!
 //! Randomised scenarios print their seed (`E2E_SEED=<n>` replays the sizes, the
 //! aims and the delays; the scheduler's timing stays free) and how many kills they
-//! made. The CI variants take a few seconds each; `E2E_TORTURE=1` runs the long
-//! variants (`torture_*`: several hundred episodes and kills, and the disk-pressure
-//! scenario waiting out the receiver's real `Retry-After` instead of expiring the
-//! shipper's persisted wait), which otherwise return at once.
+//! made. The CI variants take a few seconds each. The long variants (`torture_*`:
+//! several hundred episodes and kills, and the disk-pressure scenario waiting out
+//! the receiver's real `Retry-After` instead of expiring the shipper's persisted
+//! wait) are `#[ignore]`d, so the README's test command leaves them out; `.ci/run`
+//! runs them on purpose, with their time budget, as the nextest profile `torture`
+//! (`cargo nextest run --workspace --profile torture --run-ignored only`).
 
 use std::time::{Duration, Instant};
 
+use episode_common::Event;
 use episode_e2e::{
     FaultProxy, Host, Mode, Originals, Proc, Receiver, Reply, StubServer, TestEnv,
-    assert_all_stored_once, assert_consistent, episodes, noise, seed, wait_until, write_episode,
+    assert_all_stored_once, assert_consistent, episodes, logs, noise, seed, wait_until,
+    write_episode,
 };
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -23,10 +27,6 @@ use serde_json::json;
 
 /// Fast retries, so a scenario spends its time on faults, not on waiting.
 const FAST_RETRY: &str = "[retry]\ninitial_backoff = \"200ms\"\nmax_backoff = \"1s\"\n";
-
-fn torture() -> bool {
-    std::env::var_os("E2E_TORTURE").is_some_and(|v| v == "1")
-}
 
 /// How big a kill scenario is.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +39,8 @@ struct Plan {
 
 impl Plan {
     const CI: Plan = Plan {
-        episodes: 100,
-        kills: 30,
+        episodes: 50,
+        kills: 14,
         large_percent: 5,
     };
     const TORTURE: Plan = Plan {
@@ -132,10 +132,9 @@ impl Aim {
                 .iter()
                 .any(|n| n.ends_with(".partial")),
             Aim::Upload => !receiver.incoming_files().is_empty(),
-            Aim::Retire => {
-                let log = shipper.stderr();
-                log.contains("outcome=shipped") || log.contains("outcome=already_present")
-            }
+            Aim::Retire => logs::events(&shipper.stderr(), Event::ShipResult)
+                .iter()
+                .any(|l| l["outcome"] == "shipped" || l["outcome"] == "already_present"),
             Aim::Anywhere => false,
         }
     }
@@ -297,11 +296,8 @@ fn a_shipper_killed_at_random_instants_loses_and_duplicates_nothing() {
 }
 
 #[test]
+#[ignore = "torture: run by `.ci/run` (nextest profile `torture`)"]
 fn torture_a_shipper_killed_at_random_instants() {
-    if !torture() {
-        eprintln!("skipped: set E2E_TORTURE=1");
-        return;
-    }
     shipper_killed_at_random_instants("torture-shipper", Plan::TORTURE);
 }
 
@@ -387,15 +383,12 @@ fn stop(process: &mut Proc) {
 
 #[test]
 fn a_receiver_killed_mid_upload_loses_and_duplicates_nothing() {
-    receiver_killed_mid_upload("kill-receiver", 100, 6);
+    receiver_killed_mid_upload("kill-receiver", 40, 4);
 }
 
 #[test]
+#[ignore = "torture: run by `.ci/run` (nextest profile `torture`)"]
 fn torture_a_receiver_killed_mid_upload() {
-    if !torture() {
-        eprintln!("skipped: set E2E_TORTURE=1");
-        return;
-    }
     receiver_killed_mid_upload("torture-receiver", 200, 60);
 }
 
@@ -778,11 +771,8 @@ fn a_receiver_short_of_disk_space_is_waited_for_and_loses_nothing() {
 }
 
 #[test]
+#[ignore = "torture: run by `.ci/run` (nextest profile `torture`)"]
 fn torture_a_receiver_short_of_disk_space_is_waited_out() {
-    if !torture() {
-        eprintln!("skipped: set E2E_TORTURE=1");
-        return;
-    }
     receiver_short_of_disk_space("torture-disk", true);
 }
 

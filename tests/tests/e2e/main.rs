@@ -2,6 +2,7 @@
 //! through the `episode_e2e` harness.
 
 mod crash;
+mod harness;
 mod receiver;
 mod receiver_hardening;
 mod shipper;

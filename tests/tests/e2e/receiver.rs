@@ -6,9 +6,9 @@
 use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-use episode_common::Sha256;
+use episode_common::{Event, Sha256};
 use episode_e2e::{
-    Answer, ReceiverPaths, TestEnv, bin, https_client, pack, put_headers, tls_connect, tree,
+    Answer, ReceiverPaths, TestEnv, bin, https_client, logs, pack, put_headers, tls_connect, tree,
     wait_until,
 };
 use serde_json::{Value, json};
@@ -284,6 +284,15 @@ fn a_receiver_killed_mid_upload_leaves_nothing_and_accepts_the_retry() {
 
     let rcv = env.spawn_receiver(&cfg);
     assert_eq!(rcv.incoming_files(), Vec::<std::path::PathBuf>::new());
+    wait_until(Duration::from_secs(5), "ready", || {
+        logs::has_event(&rcv.process.stderr(), Event::Ready)
+    });
+    let emptied = logs::events(&rcv.process.stderr(), Event::IncomingEmptied);
+    assert_eq!(emptied.len(), 1, "{}", rcv.process.stderr());
+    assert!(
+        emptied[0]["n_files"].as_u64().is_some_and(|n| n >= 1),
+        "{emptied:?}"
+    );
     assert!(rcv.stored("lab1", "01KILLED").is_none());
     assert!(rcv.index_rows().is_empty());
     let retry = rcv.put(&rcv.client("lab1"), "lab1", "01KILLED", &body);
@@ -315,6 +324,15 @@ fn an_archive_without_an_index_row_gets_its_row_at_start_up() {
     let rcv = env.spawn_receiver(&cfg);
     let rows = rcv.index_rows();
     assert_eq!(rows.len(), 1, "{rows:#?}");
+    wait_until(Duration::from_secs(5), "ready", || {
+        logs::has_event(&rcv.process.stderr(), Event::Ready)
+    });
+    let reconciled = logs::events(&rcv.process.stderr(), Event::Reconciled);
+    assert_eq!(reconciled.len(), 1, "{}", rcv.process.stderr());
+    assert_eq!(
+        (&reconciled[0]["host_id"], &reconciled[0]["episode_id"]),
+        (&json!("lab1"), &json!("01ORPHAN"))
+    );
     let row = &rows[0];
     assert_eq!(row["host_id"], "lab1");
     assert_eq!(row["episode_id"], "01ORPHAN");
@@ -514,16 +532,14 @@ fn an_oversize_upload_is_refused_before_any_body_byte() {
 // 11
 #[test]
 fn a_person_with_curl_can_upload() {
-    // .ci/run installs curl and openssl; a machine without them skips, loudly.
     for (tool, version) in [("curl", "--version"), ("openssl", "version")] {
-        if std::process::Command::new(tool)
-            .arg(version)
-            .output()
-            .is_err()
-        {
-            eprintln!("SKIPPED: {tool} is not on PATH");
-            return;
-        }
+        assert!(
+            std::process::Command::new(tool)
+                .arg(version)
+                .output()
+                .is_ok(),
+            "{tool} is missing: install it with `apt-get install -y {tool}`; .ci/run does"
+        );
     }
     let env = TestEnv::new("curl");
     let rcv = env.spawn_receiver(&env.receiver_config("r", true, ""));
@@ -639,6 +655,26 @@ fn sigterm_drains_finishes_the_upload_in_flight_and_refuses_new_ones() {
         .wait_exit(Duration::from_secs(5))
         .expect("receiver exits within shutdown_grace");
     assert!(status.success(), "{status}");
+    // The lifecycle in the log, in order, by event.
+    let stderr = rcv.process.stderr();
+    let lifecycle: Vec<String> = logs::lines(&stderr)
+        .iter()
+        .filter_map(|l| l["event"].as_str().map(str::to_owned))
+        .filter(|e| ["ready", "stopping", "stored", "stopped"].contains(&e.as_str()))
+        .collect();
+    assert_eq!(
+        lifecycle,
+        ["ready", "stopping", "stored", "stopped"],
+        "{stderr}"
+    );
+    assert_eq!(
+        logs::events(&stderr, Event::Stopping)[0]["signal"],
+        "SIGTERM"
+    );
+    assert_eq!(logs::events(&stderr, Event::Stopped)[0]["abandoned"], 0);
+    for line in logs::lines(&stderr) {
+        logs::assert_schema(&line);
+    }
     assert_eq!(rcv.stored("lab1", "01INFLIGHT").as_deref(), Some(&body[..]));
     assert!(rcv.stored("lab1", "01LATE").is_none());
     assert_eq!(rcv.index_rows().len(), 1);
@@ -775,15 +811,14 @@ fn check_passes_a_consistent_store_and_names_an_episode_whose_archive_is_gone() 
 fn check_and_run_refuse_incoming_on_another_filesystem() {
     use std::os::unix::fs::MetadataExt as _;
     let env = TestEnv::new("other-fs");
-    let Ok(shm) = tempfile::tempdir_in("/dev/shm") else {
-        eprintln!("SKIPPED: no writable /dev/shm");
-        return;
-    };
-    if std::fs::metadata(shm.path()).unwrap().dev() == std::fs::metadata(env.root()).unwrap().dev()
-    {
-        eprintln!("SKIPPED: /dev/shm shares the temp dir's filesystem");
-        return;
-    }
+    // Another filesystem than the temp dir's: /dev/shm (tmpfs on every Linux).
+    let shm = tempfile::tempdir_in("/dev/shm")
+        .expect("this test needs a writable /dev/shm (a tmpfs), as Linux has by default");
+    assert_ne!(
+        std::fs::metadata(shm.path()).unwrap().dev(),
+        std::fs::metadata(env.root()).unwrap().dev(),
+        "this test needs the temp dir off /dev/shm: unset TMPDIR or point it elsewhere"
+    );
     let incoming = shm.path().join("incoming");
     let cfg = env.receiver_config(
         "r",
@@ -923,7 +958,11 @@ fn a_renewed_server_certificate_is_served_without_restart_and_a_bad_one_is_ignor
     wait_until(
         Duration::from_secs(8),
         "the bad certificate to be rejected",
-        || rcv.process.stderr().contains("tls_reload_failed"),
+        || {
+            rcv.process
+                .stderr()
+                .contains("keeping the last good certificates")
+        },
     );
     assert_eq!(livez(&rotated.cert).unwrap(), 200);
 }
@@ -981,7 +1020,7 @@ fn a_changed_token_file_takes_effect_without_restart_and_an_empty_one_is_ignored
     wait_until(
         Duration::from_secs(8),
         "the empty token file to be rejected",
-        || rcv.process.stderr().contains("token_reload_failed"),
+        || rcv.process.stderr().contains("keeping the last good token"),
     );
     assert_eq!(health("token-two").0, 200);
 }

@@ -6,9 +6,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use episode_common::Event;
 use episode_e2e::{
-    BlackHole, FaultProxy, Host, Mode, Reply, StubServer, TestEnv, archive_files, dir_files, noise,
-    wait_until, write_episode,
+    BlackHole, FaultProxy, Host, Mode, Reply, StubServer, TestEnv, archive_files, dir_files, logs,
+    noise, wait_until, write_episode,
 };
 use serde_json::{Value, json};
 
@@ -224,13 +225,17 @@ fn reshipping_after_a_crash_before_retire_is_already_present_and_not_indexed_twi
         "{pass}"
     );
     // The pass_complete event carries every count of the result.
-    let line = run
-        .stderr
-        .lines()
-        .find(|l| l.contains("pass_complete"))
+    let passes = logs::events(&run.stderr, Event::PassComplete);
+    let line = passes
+        .first()
         .unwrap_or_else(|| panic!("no pass_complete at info:\n{run}"));
-    for field in ["already_present=1", "repacked=0", "shipped=1", "scanned=1"] {
-        assert!(line.contains(field), "{field} missing from: {line}");
+    for (field, n) in [
+        ("already_present", 1),
+        ("repacked", 0),
+        ("shipped", 1),
+        ("scanned", 1),
+    ] {
+        assert_eq!(line[field], n, "{field} in {line:?}");
     }
     assert_eq!(receiver.index_rows().len(), 1);
     assert_eq!(host.list(&host.shipped()), [ID]);
@@ -563,12 +568,18 @@ fn orphan_archives_and_partials_are_swept() {
         Some(meta()),
         false,
     );
-    once(&env, &host);
+    let run = env.shipper(&host, &["once"]);
+    assert_eq!(run.code(), Some(0), "{run}");
     assert!(
         host.list(&host.outbox()).is_empty(),
         "left: {:?}",
         host.list(&host.outbox())
     );
+    // Said in the log, by event, naming what went.
+    let swept = logs::events(&run.stderr, Event::OrphansSwept);
+    assert!(!swept.is_empty(), "{run}");
+    let files = swept[0]["files"].as_str().unwrap_or_default();
+    assert!(files.contains("01GONE.tar.zst.partial"), "{swept:?}");
 }
 
 #[test]
@@ -700,6 +711,22 @@ fn sigterm_mid_upload_exits_0_with_a_consistent_data_root() {
         .expect("exit within the grace");
     assert_eq!(status.code(), Some(0), "{}", daemon.report());
     assert!(notify.count("STOPPING=1") >= 1);
+    // The lifecycle in the log, in order, by event.
+    let stderr = daemon.stderr();
+    let lifecycle: Vec<String> = logs::lines(&stderr)
+        .iter()
+        .filter_map(|l| l["event"].as_str().map(str::to_owned))
+        .filter(|e| ["ready", "stopping", "stopped"].contains(&e.as_str()))
+        .collect();
+    assert_eq!(lifecycle, ["ready", "stopping", "stopped"], "{stderr}");
+    assert_eq!(
+        logs::events(&stderr, Event::Stopping)[0]["signal"],
+        "SIGTERM"
+    );
+    assert_eq!(logs::events(&stderr, Event::Ready)[0]["host_id"], "lab1");
+    for line in logs::lines(&stderr) {
+        logs::assert_schema(&line);
+    }
     // Consistent: the episode is still pending, its archive (if any) complete, no partials.
     assert_eq!(host.list(&host.episodes()), [ID]);
     assert!(
@@ -1366,7 +1393,9 @@ fn sigterm_during_a_repack_sends_nothing_more() {
     );
     let mut daemon = env.spawn_shipper(&host, |_| {});
     wait_until(Duration::from_secs(8), "the first answer, a repack", || {
-        daemon.stderr().contains("outcome=repack")
+        logs::events(&daemon.stderr(), Event::ShipResult)
+            .iter()
+            .any(|l| l["outcome"] == "repack")
     });
     // Into the repack (it runs for a while at this level).
     std::thread::sleep(Duration::from_millis(100));
@@ -1400,10 +1429,11 @@ fn strace_works() -> bool {
 
 #[test]
 fn an_abandoned_pass_makes_its_retires_durable_before_exiting_0() {
-    if !strace_works() {
-        eprintln!("strace is not usable here; skipping");
-        return;
-    }
+    assert!(
+        strace_works(),
+        "strace is missing or may not trace here: install it with `apt-get install -y strace` \
+         (in a container, allow ptrace); .ci/run does"
+    );
     let env = TestEnv::new("abandon-fsync");
     let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
     let proxy = FaultProxy::new(receiver.addr);
@@ -1468,4 +1498,146 @@ fn an_abandoned_pass_makes_its_retires_durable_before_exiting_0() {
     );
     assert_eq!(host.list(&host.shipped()), ["01A"]);
     assert_eq!(host.list(&host.episodes()), ["01B"]);
+}
+
+/// The fields of a text line (`key=value`, quoted values read whole), in order.
+fn text_fields(line: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = line;
+    while let Some(eq) = rest.find('=') {
+        let key_start = rest[..eq].rfind(' ').map_or(0, |i| i + 1);
+        let key = rest[key_start..eq].to_owned();
+        let after = &rest[eq + 1..];
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut end = 0;
+            let mut escaped = false;
+            for (i, c) in quoted.char_indices() {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => {
+                        end = i;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            (
+                quoted[..end].to_owned(),
+                &quoted[(end + 1).min(quoted.len())..],
+            )
+        } else {
+            let end = after.find(' ').unwrap_or(after.len());
+            (after[..end].to_owned(), &after[end..])
+        };
+        out.push((key, value));
+        rest = next;
+    }
+    out
+}
+
+#[test]
+fn ship_result_and_pass_complete_follow_the_log_schema_in_json_and_text() {
+    let env = TestEnv::new("log-schema");
+    let receiver = env.spawn_receiver(&env.receiver_config("r", true, ""));
+    let host = env.shipper_host("lab1", "lab1", &receiver.url, "");
+    episode(&host, "01A");
+    let run = env.shipper(&host, &["once"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    for line in logs::lines(&run.stderr) {
+        logs::assert_schema(&line);
+    }
+    let ships = logs::events(&run.stderr, Event::ShipResult);
+    assert_eq!(ships.len(), 1, "{run}");
+    let ship = &ships[0];
+    assert_eq!(ship["episode_id"], "01A");
+    assert_eq!(ship["outcome"], "shipped");
+    assert_eq!(ship["status_code"], 201);
+    assert_eq!(ship["attempt"], 1);
+    assert!(ship["bytes"].as_u64().is_some_and(|b| b > 0), "{ship:?}");
+    assert!(ship["duration_ms"].is_u64(), "{ship:?}");
+    for absent in ["problem_type", "error", "status", "message"] {
+        assert!(!ship.contains_key(absent), "{absent} in {ship:?}");
+    }
+    let pass = &logs::events(&run.stderr, Event::PassComplete)[0];
+    assert_eq!(pass["pass_bytes"], ship["bytes"]);
+    assert!(pass["pass_duration_ms"].is_u64(), "{pass:?}");
+    for absent in ["bytes", "duration_ms"] {
+        assert!(!pass.contains_key(absent), "{absent} in {pass:?}");
+    }
+
+    // A refused episode: problem_type and error appear, once each.
+    let stub = StubServer::new(Reply::problem(412, "out-of-window"));
+    let refused = env.shipper_host("lab2", "lab2", &stub.url(), "");
+    episode(&refused, "01B");
+    let run = env.shipper(&refused, &["once"]);
+    let ship = &logs::events(&run.stderr, Event::ShipResult)[0];
+    logs::assert_schema(ship);
+    assert_eq!(
+        (
+            &ship["outcome"],
+            &ship["status_code"],
+            &ship["problem_type"]
+        ),
+        (&json!("fatal"), &json!(412), &json!("out-of-window")),
+        "{ship:?}"
+    );
+    assert!(
+        ship["error"].as_str().is_some_and(|e| e.contains("412")),
+        "{ship:?}"
+    );
+
+    // The text format: `event=<name>`, each field once under its schema name, none
+    // empty, and the message does not repeat the fields.
+    episode(&host, "01C");
+    let run = env.shipper_logging(&host, "text", &["once"]);
+    assert_eq!(run.code(), Some(0), "{run}");
+    for (event, want, unwanted) in [
+        (
+            "ship_result",
+            &[
+                "episode_id",
+                "outcome",
+                "status_code",
+                "attempt",
+                "bytes",
+                "duration_ms",
+            ][..],
+            &["problem_type", "error", "status"][..],
+        ),
+        (
+            "pass_complete",
+            &["pass_bytes", "pass_duration_ms", "shipped", "scanned"][..],
+            &["bytes", "duration_ms"][..],
+        ),
+    ] {
+        let line = run
+            .stderr
+            .lines()
+            .find(|l| l.contains(&format!(" event={event}")))
+            .unwrap_or_else(|| panic!("no {event} line:\n{run}"));
+        assert!(
+            !line.contains("outcome=shipped status="),
+            "repeated: {line}"
+        );
+        let fields = text_fields(line);
+        let mut names: Vec<&str> = fields.iter().map(|(k, _)| k.as_str()).collect();
+        for (k, v) in &fields {
+            assert!(!v.is_empty(), "empty {k} in {line}");
+        }
+        for name in want {
+            assert_eq!(
+                names.iter().filter(|n| *n == name).count(),
+                1,
+                "{name} in {line}"
+            );
+        }
+        for name in unwanted {
+            assert!(!names.contains(name), "{name} in {line}");
+        }
+        let n = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), n, "a field twice in {line}");
+    }
 }

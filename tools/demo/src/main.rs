@@ -220,6 +220,7 @@ async fn demo(cli: &Cli, dir: &Path) -> Result<()> {
         None,
         async {
             let _ = stop_rx.await;
+            "the demo ended"
         },
     ));
     println!(

@@ -3,13 +3,15 @@
 //!
 //! Owns `classify_journal(lines, window) -> JournalSummary` and the row it makes:
 //! one finding per class with a count ("12 ship(s) rejected as out-of-window"),
-//! worst class first (412 before 400), each with its canonical fix. Structured
-//! fields win: journal fields (`OUTCOME`, `STATUS_CODE`, `PROBLEM_TYPE`,
-//! `EPISODE_ID`, `ERROR`, as `common::logging` names them, or `F_`-prefixed as
-//! tracing-journald does by default), then the fields of a JSON log line (also
-//! when it is the `MESSAGE` of a journal entry: `--log-format json` under systemd),
-//! then the `key=value` text tracing's fmt layer writes (Display values unquoted,
-//! so a value runs to the next ` key=`). Pure: no clock (the caller passes a
+//! worst class first (412 before 400), each with its canonical fix. Names come
+//! from the shared vocabulary (`episode_common::events`): a line's `event`
+//! (journal `EVENT`, JSON `event`, text `event=`) says what it is, and its fields
+//! (`OUTCOME`, `STATUS_CODE`, … as `common::logging::journal_name` names them)
+//! win over the message. Lines from before the log schema (no `event`) are read
+//! too, for as long as such journals exist on hosts: `F_`-prefixed journal fields
+//! (tracing-journald's default), a `ship_result outcome=… status=…` message, and
+//! the `key=value` text tracing's fmt layer wrote (Display values unquoted, so a
+//! value runs to the next ` key=`). Pure: no clock (the caller passes a
 //! `Window`), no process, no file; `source` runs journalctl.
 //!
 //! Invariant: only `ship_result` events are counted (a `quarantined` or
@@ -20,18 +22,16 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use episode_common::events::{self, Outcome, field as names};
+use episode_common::logging::journal_name;
 use episode_common::{Class, classify};
 use serde_json::{Map, Value};
 
 use crate::fixes::{self, Context};
 use crate::report::{Check, Level, Row};
 
-/// The field-name prefix `common::logging` gives the journald layer
-/// (`with_field_prefix(None)`): the shipper's `status_code` is the journal field
-/// `STATUS_CODE`. Must match common/src/logging.rs (a test reads it).
-pub const JOURNAL_FIELD_PREFIX: Option<&str> = None;
-/// tracing-journald's default prefix (`F_STATUS_CODE`): read too, so a build that
-/// drops `with_field_prefix(None)` is still understood.
+/// tracing-journald's default prefix (`F_STATUS_CODE`), which builds before the
+/// log schema could write: read too.
 pub const TRACING_JOURNALD_DEFAULT_PREFIX: &str = "F";
 
 /// What a ship attempt means for the person at the terminal, in display order.
@@ -87,15 +87,15 @@ pub fn class_of(
         Some(403) => J::Forbidden,
         _ => J::Misdirected,
     };
-    match outcome {
-        Some("shipped" | "already_present") => Some(J::Clean),
-        Some("conflict") => Some(J::Conflict),
-        Some("repack") => Some(J::Repacked),
-        Some("transient") => Some(J::Transient),
-        Some("fatal") if status == Some(412) => Some(J::OutOfWindow),
-        Some("fatal") => Some(J::BadRequest),
-        Some("hold") => Some(by_hold_status(status)),
-        _ => match status? {
+    match outcome.and_then(Outcome::parse) {
+        Some(Outcome::Shipped | Outcome::AlreadyPresent) => Some(J::Clean),
+        Some(Outcome::Conflict) => Some(J::Conflict),
+        Some(Outcome::Repack) => Some(J::Repacked),
+        Some(Outcome::Transient) => Some(J::Transient),
+        Some(Outcome::Fatal) if status == Some(412) => Some(J::OutOfWindow),
+        Some(Outcome::Fatal) => Some(J::BadRequest),
+        Some(Outcome::Hold) => Some(by_hold_status(status)),
+        None => match status? {
             0 => Some(J::Transient),
             s => Some(match classify(s, problem_type) {
                 Class::Shipped => J::Clean,
@@ -183,7 +183,7 @@ pub fn parse_line(line: &str, window: &Window) -> Option<Line> {
         });
     }
     let at_us = leading_stamp(line, window);
-    let event = from_text(line, ShipEvent::default(), false);
+    let event = from_text(line, ShipEvent::default(), None);
     Some(Line {
         at_us,
         recognised: at_us.is_some() || event != Event::Other,
@@ -291,30 +291,34 @@ fn text(value: &Value) -> Option<String> {
     }
 }
 
-/// The journal name tracing-journald gives the event field `name` (upper case,
-/// `.` as `_`, other characters dropped), without a prefix.
-pub fn journal_name(name: &str) -> String {
-    name.chars()
-        .map(|c| if c == '.' { '_' } else { c })
-        .skip_while(|&c| c == '_')
-        .filter(|&c| c == '_' || c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_uppercase())
-        .collect()
-}
-
-/// The event field `name` (as the shipper logs it: `status_code`) of a journal
-/// entry (`STATUS_CODE`, or `F_STATUS_CODE` with tracing-journald's default
-/// prefix) or of a JSON log line (`status_code`); empty means absent.
+/// The log field `name` (as the programs log it: `status_code`) of a journal
+/// entry (`STATUS_CODE`, or `F_STATUS_CODE` from before the log schema) or of a
+/// JSON log line (`status_code`); empty means absent.
 fn field(map: &Map<String, Value>, name: &str) -> Option<String> {
     let journal = journal_name(name);
-    let ours = match JOURNAL_FIELD_PREFIX {
-        Some(p) => format!("{p}_{journal}"),
-        None => journal.clone(),
-    };
     let default = format!("{TRACING_JOURNALD_DEFAULT_PREFIX}_{journal}");
-    [ours.as_str(), default.as_str(), journal.as_str(), name]
+    [journal.as_str(), default.as_str(), name]
         .iter()
         .find_map(|k| map.get(*k).and_then(text).filter(|s| !s.is_empty()))
+}
+
+/// What a line's `event` (a field, or `event=` in text) says it is; `None` for a
+/// line without one (from before the log schema).
+fn by_event(name: Option<&str>) -> Option<Kind> {
+    let event = events::Event::parse(name?.trim_matches('"'))?;
+    Some(match event {
+        events::Event::ShipResult => Kind::Ship,
+        events::Event::PassComplete => Kind::PassComplete,
+        _ => Kind::Other,
+    })
+}
+
+/// An event's kind, before its fields are read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ship,
+    PassComplete,
+    Other,
 }
 
 /// A journal entry's own field (`MESSAGE`, `__REALTIME_TIMESTAMP`): never prefixed.
@@ -339,11 +343,11 @@ fn stamp_of(map: &Map<String, Value>) -> Option<i64> {
 
 fn structured(map: &Map<String, Value>) -> ShipEvent {
     ShipEvent {
-        outcome: field(map, "outcome"),
-        status: field(map, "status_code").and_then(|s| leading_u16(&s)),
-        problem_type: field(map, "problem_type"),
-        episode_id: field(map, "episode_id"),
-        error: field(map, "error"),
+        outcome: field(map, names::OUTCOME),
+        status: field(map, names::STATUS_CODE).and_then(|s| leading_u16(&s)),
+        problem_type: field(map, names::PROBLEM_TYPE),
+        episode_id: field(map, names::EPISODE_ID),
+        error: field(map, names::ERROR),
     }
 }
 
@@ -353,6 +357,7 @@ fn from_object(map: &Map<String, Value>) -> Line {
         .any(|k| map.contains_key(*k));
     let mut at_us = stamp_of(map);
     let mut known = structured(map);
+    let mut kind = by_event(field(map, names::EVENT).as_deref());
     let mut message = own(map, "MESSAGE", "message").unwrap_or_default();
     // `--log-format json` under systemd: the journal's MESSAGE is the JSON line.
     if message.trim_start().starts_with('{')
@@ -360,26 +365,38 @@ fn from_object(map: &Map<String, Value>) -> Line {
     {
         at_us = at_us.or_else(|| stamp_of(&inner));
         known = known.or(structured(&inner));
+        kind = kind.or_else(|| by_event(field(&inner, names::EVENT).as_deref()));
         message = own(&inner, "MESSAGE", "message").unwrap_or_default();
     }
-    let has_outcome = known.outcome.is_some();
+    if known.outcome.is_some() {
+        kind = kind.or(Some(Kind::Ship));
+    }
     Line {
         at_us,
-        event: from_text(&message, known, has_outcome),
+        event: from_text(&message, known, kind),
         recognised,
     }
 }
 
-/// Reads a message's text, filling what `known` lacks. `is_ship` forces a ship
-/// event (a structured `OUTCOME` was present).
-fn from_text(message: &str, known: ShipEvent, is_ship: bool) -> Event {
-    let is_ship = is_ship || message.contains("ship_result") || kv(message, "outcome").is_some();
-    if !is_ship {
-        return if message.contains("pass_complete") {
-            Event::PassComplete
-        } else {
-            Event::Other
-        };
+/// Reads a message's text, filling what `known` lacks. `kind` is what the
+/// line's structured `event` (or `OUTCOME`) said; without it, the text's own
+/// `event=`, then (before the log schema) the words in it decide.
+fn from_text(message: &str, known: ShipEvent, kind: Option<Kind>) -> Event {
+    let kind = kind
+        .or_else(|| by_event(kv(message, names::EVENT).as_deref()))
+        .unwrap_or_else(|| {
+            if message.contains("ship_result") || kv(message, names::OUTCOME).is_some() {
+                Kind::Ship
+            } else if message.contains("pass_complete") {
+                Kind::PassComplete
+            } else {
+                Kind::Other
+            }
+        });
+    match kind {
+        Kind::Ship => {}
+        Kind::PassComplete => return Event::PassComplete,
+        Kind::Other => return Event::Other,
     }
     let word = |s: String| {
         let w: String = s
@@ -845,6 +862,7 @@ pub fn unreadable_row(reason: &str, fix: &str) -> Row {
 mod tests {
     use super::*;
     use JournalClass as J;
+    use episode_common::logging::{Level as LogLevel, Record, Value as LogValue};
 
     /// No cutoff; "now" is 2027-01-15T08:00:00Z, in UTC.
     const W: Window = Window {
@@ -1375,23 +1393,91 @@ mod tests {
         assert_eq!(journal_row(&s, &ctx(), &SCOPE).level(), Level::Green);
     }
 
+    /// A `ship_result` as the shipper's logging writes it (common::logging's
+    /// `Record`, through the shared vocabulary).
+    fn record(outcome: Outcome, status: u64, problem: Option<&str>) -> Record {
+        let mut fields = vec![
+            (names::EPISODE_ID, LogValue::Str("E1".into())),
+            (names::OUTCOME, LogValue::Str(outcome.as_str().into())),
+            (names::STATUS_CODE, LogValue::U64(status)),
+        ];
+        if let Some(p) = problem {
+            fields.push((names::PROBLEM_TYPE, LogValue::Str(p.into())));
+            fields.push((
+                names::ERROR,
+                LogValue::Str(format!("{status} {p}: too old")),
+            ));
+        }
+        fields.push((names::ATTEMPT, LogValue::U64(1)));
+        Record {
+            level: LogLevel::ERROR,
+            event: events::Event::ShipResult.as_str().to_owned(),
+            message: None,
+            fields,
+        }
+    }
+
     #[test]
-    fn journal_field_names_match_the_logging_setup() {
-        // common::logging builds the journald layer with_field_prefix(None), and
-        // the doctor reads exactly that (plus tracing-journald's default "F").
-        let logging = include_str!("../../../common/src/logging.rs");
-        let configured = match JOURNAL_FIELD_PREFIX {
-            None => ".with_field_prefix(None)".to_owned(),
-            Some(p) => format!(".with_field_prefix(Some({p:?}.into()))"),
+    fn every_format_the_shared_logging_writes_reads_as_the_same_ship_event() {
+        let record = record(Outcome::Fatal, 412, Some("out-of-window"));
+        let mut entry: Map<String, Value> = record
+            .journal_fields("episode-shipper")
+            .into_iter()
+            .map(|(k, v)| (k, Value::from(v)))
+            .collect();
+        entry.insert("__REALTIME_TIMESTAMP".into(), "5".into());
+        let journal = Value::Object(entry).to_string();
+        let text = record.text("2027-01-15T07:59:00.000001Z");
+        let json = record.json("2027-01-15T07:59:00.000001Z");
+        let want = ShipEvent {
+            outcome: Some("fatal".into()),
+            status: Some(412),
+            problem_type: Some("out-of-window".into()),
+            episode_id: Some("E1".into()),
+            error: Some("412 out-of-window: too old".into()),
         };
-        assert!(
-            logging.contains(&configured),
-            "common/src/logging.rs no longer says {configured}: update JOURNAL_FIELD_PREFIX"
+        for line in [&journal, &text, &json] {
+            let parsed = parse_line(line, &W).unwrap();
+            assert_eq!(parsed.event, Event::Ship(want.clone()), "{line}");
+            assert!(parsed.at_us.is_some(), "{line}");
+        }
+        // Another event carrying a status is not a ship, in any format.
+        let hold = Record {
+            event: events::Event::HoldStarted.as_str().to_owned(),
+            message: Some("shipping paused".into()),
+            fields: vec![(names::STATUS_CODE, LogValue::U64(401))],
+            ..record.clone()
+        };
+        let mut entry: Map<String, Value> = hold
+            .journal_fields("episode-shipper")
+            .into_iter()
+            .map(|(k, v)| (k, Value::from(v)))
+            .collect();
+        entry.insert("__REALTIME_TIMESTAMP".into(), "5".into());
+        for line in [
+            Value::Object(entry).to_string(),
+            hold.text("2027-01-15T07:59:00.000001Z"),
+            hold.json("2027-01-15T07:59:00.000001Z"),
+        ] {
+            assert_eq!(parse_line(&line, &W).unwrap().event, Event::Other, "{line}");
+        }
+        // pass_complete by its event.
+        let pass = Record {
+            event: events::Event::PassComplete.as_str().to_owned(),
+            message: None,
+            fields: vec![("pass_bytes", LogValue::U64(10))],
+            ..record
+        };
+        assert_eq!(
+            parse_line(&pass.json("2027-01-15T07:59:00.000001Z"), &W)
+                .unwrap()
+                .event,
+            Event::PassComplete
         );
-        // tracing-journald's name mangling of the shipper's field names.
-        assert_eq!(journal_name("status_code"), "STATUS_CODE");
-        assert_eq!(journal_name("log.target"), "LOG_TARGET");
-        assert_eq!(journal_name("_x-y"), "XY");
+    }
+
+    #[test]
+    fn lines_from_before_the_log_schema_are_still_read() {
         // Records with the default prefix read the same as unprefixed ones.
         let prefixed = serde_json::json!({
             "__REALTIME_TIMESTAMP": "5",

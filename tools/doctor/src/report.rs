@@ -173,6 +173,7 @@ struct JsonRow<'a> {
     check: &'a str,
     level: Level,
     finding: String,
+    findings: Vec<&'a str>,
     fix: Option<String>,
 }
 
@@ -199,7 +200,8 @@ impl Report {
         }
     }
 
-    /// `{"rows": [{"check", "level", "finding", "fix"}…], "worst": …}`.
+    /// `{"rows": [{"check", "level", "finding", "findings", "fix"}…], "worst": …}`:
+    /// `findings` worst first, `finding` the same joined with "; ".
     pub fn to_json(&self) -> String {
         let doc = JsonReport {
             rows: self
@@ -209,6 +211,7 @@ impl Report {
                     check: r.check.as_str(),
                     level: r.level(),
                     finding: r.finding_line(),
+                    findings: r.findings(),
                     fix: r.fix_line(),
                 })
                 .collect(),
@@ -324,6 +327,39 @@ mod tests {
     }
 
     #[test]
+    fn json_lists_a_rows_findings_worst_first_and_joins_them_in_finding() {
+        let journal = row(
+            Check::Journal,
+            &[
+                (Level::Green, "3 shipped"),
+                (Level::Red, "2 ship(s) rejected as out-of-window (412)"),
+                (Level::Yellow, "1 transient failure(s)"),
+            ],
+            &[],
+        );
+        let json: serde_json::Value = serde_json::from_str(
+            &Report {
+                rows: vec![journal],
+            }
+            .to_json(),
+        )
+        .unwrap();
+        let row = &json["rows"][0];
+        assert_eq!(
+            row["findings"],
+            serde_json::json!([
+                "2 ship(s) rejected as out-of-window (412)",
+                "1 transient failure(s)",
+                "3 shipped"
+            ])
+        );
+        assert_eq!(
+            row["finding"],
+            "2 ship(s) rejected as out-of-window (412); 1 transient failure(s); 3 shipped"
+        );
+    }
+
+    #[test]
     fn exit_code_and_worst_follow_the_rows() {
         let green = row(Check::Config, &[(Level::Green, "ok")], &[]);
         let yellow = row(
@@ -346,6 +382,15 @@ mod tests {
         assert_eq!(json["rows"][0]["fix"], serde_json::Value::Null);
         assert_eq!(json["rows"][1]["level"], "yellow");
         assert_eq!(json["rows"][2]["fix"], "f");
+        for row in json["rows"].as_array().unwrap() {
+            let findings: Vec<&str> = row["findings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|f| f.as_str().unwrap())
+                .collect();
+            assert_eq!(row["finding"], findings.join("; "), "{row}");
+        }
     }
 
     #[test]

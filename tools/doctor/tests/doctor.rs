@@ -300,6 +300,40 @@ fn an_empty_journal_is_green() {
 }
 
 #[test]
+fn a_journal_in_the_log_schema_is_classified_and_listed_per_class_worst_first() {
+    let env = Env::new(DEAD_URL);
+    let journal = env.journal_file(
+        "schema.jsonl",
+        &[
+            schema_ship_line("shipped", 201, "", "E1", MINUTE),
+            schema_ship_line("transient", 503, "unavailable", "E2", MINUTE),
+            schema_ship_line("fatal", 400, "missing-code-commit", "E3", MINUTE),
+            schema_ship_line("fatal", 412, "out-of-window", "E4", MINUTE),
+            // Before the upgrade: the old format in the same journal.
+            ship_line("fatal", 412, "out-of-window", "E5", MINUTE),
+        ],
+    );
+    let run = env.doctor_json(&["--journal-file", journal.to_str().unwrap()]);
+    assert_eq!(run.level("journal"), "red", "{}", run.show());
+    let findings = run.findings("journal");
+    assert_eq!(findings.len(), 4, "{findings:?}");
+    assert!(
+        findings[0].starts_with("2 ship(s) rejected as out-of-window (412)"),
+        "{findings:?}"
+    );
+    assert!(
+        findings[1].starts_with("1 ship(s) rejected as bad request (400 missing-code-commit ×1)"),
+        "{findings:?}"
+    );
+    assert!(
+        findings[2].starts_with("1 transient failure(s) (503 unavailable ×1)"),
+        "{findings:?}"
+    );
+    assert_eq!(findings[3], "1 shipped", "{findings:?}");
+    assert_eq!(run.finding("journal"), findings.join("; "));
+}
+
+#[test]
 fn journalctl_is_asked_for_the_unit_and_window_as_json() {
     let env = Env::new(DEAD_URL);
     let fixture = env.journal_file(
@@ -695,7 +729,19 @@ fn json_has_every_row_in_order_with_the_documented_keys() {
     let mut worst = 0;
     for row in rows {
         let keys: Vec<&String> = row.as_object().unwrap().keys().collect();
-        assert_eq!(keys, ["check", "finding", "fix", "level"], "{row}");
+        assert_eq!(
+            keys,
+            ["check", "finding", "findings", "fix", "level"],
+            "{row}"
+        );
+        let findings: Vec<&str> = row["findings"]
+            .as_array()
+            .unwrap_or_else(|| panic!("findings is a list: {row}"))
+            .iter()
+            .map(|f| f.as_str().unwrap())
+            .collect();
+        assert!(!findings.is_empty(), "{row}");
+        assert_eq!(row["finding"], findings.join("; "), "{row}");
         let level = row["level"].as_str().unwrap();
         worst = worst.max(rank(level).unwrap_or_else(|| panic!("level {level}")));
         assert!(!row["finding"].as_str().unwrap().is_empty(), "{row}");
@@ -869,9 +915,8 @@ fn an_older_unit_whose_check_fails_the_start_is_a_bad_config() {
 #[test]
 #[ignore = "run by support::shipper_log in a child process"]
 fn shipper_pass_child() {
-    let Some(config) = std::env::var_os(CHILD_CONFIG) else {
-        return;
-    };
+    let config = std::env::var_os(CHILD_CONFIG)
+        .expect("shipper_pass_child only runs as the child of support::shipper_log");
     let format = std::env::var(CHILD_LOG_FORMAT).unwrap_or_default();
     episode_common::logging::init(format.parse().unwrap(), "episode-shipper");
     let config = episode_shipper::config::Config::load(std::path::Path::new(&config)).unwrap();
@@ -1118,10 +1163,9 @@ fn over_http_an_expired_certificate_is_only_yellow() {
 
 #[test]
 fn the_table_is_coloured_on_a_terminal_unless_no_color() {
-    let Some(pty) = Pty::find() else {
-        eprintln!("skipped: neither `script` (util-linux) nor python3 is on this machine");
-        return;
-    };
+    let pty = Pty::find().expect(
+        "neither `script` nor python3 is here: install one with `apt-get install -y util-linux`",
+    );
     let env = Env::new(DEAD_URL);
     let exe = env!("CARGO_BIN_EXE_episode-doctor");
     let config = env.config.to_str().unwrap();
@@ -1133,7 +1177,7 @@ fn the_table_is_coloured_on_a_terminal_unless_no_color() {
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        let out = cmd.output().expect("run under a pty");
+        let out = die_with_parent(&mut cmd).output().expect("run under a pty");
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         let show = format!(
             "{cmd:?} exited {:?}\nstdout:\n{stdout:?}\nstderr:\n{}",
@@ -1152,4 +1196,68 @@ fn the_table_is_coloured_on_a_terminal_unless_no_color() {
     let (plain, show) = run(&[("NO_COLOR", "1")]);
     assert!(!plain.contains('\x1b'), "{show}");
     assert!(plain.contains("receiver      FAIL  unreachable"), "{show}");
+}
+
+// ---------------------------------------------------------------- the harness
+
+const HELPER: &str = "DOCTOR_TEST_HARNESS_HELPER";
+
+/// Whether `pid` is gone (or a zombie waiting for init to reap it).
+fn gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+#[test]
+fn a_child_of_the_harness_dies_when_the_test_process_is_killed() {
+    use std::io::BufRead as _;
+    let mut helper = std::process::Command::new(std::env::current_exe().unwrap());
+    helper
+        .args(["--exact", "harness_helper", "--ignored", "--nocapture"])
+        .env(HELPER, "1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut helper = die_with_parent(&mut helper).spawn().unwrap();
+    let mut lines = std::io::BufReader::new(helper.stdout.take().unwrap()).lines();
+    let pid: i32 = loop {
+        let line = lines
+            .next()
+            .expect("the helper printed no child pid")
+            .unwrap();
+        if let Some(pid) = line.strip_prefix("child pid ") {
+            break pid.trim().parse().unwrap();
+        }
+    };
+    assert!(!gone(pid), "the child runs while the helper does");
+    helper.kill().unwrap();
+    helper.wait().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !gone(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pid {pid} outlived the test process that started it"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Not a test of its own: the helper process of the test above, starting a child
+/// the way the harness starts the doctor.
+#[test]
+#[ignore = "run by a_child_of_the_harness_dies_when_the_test_process_is_killed"]
+fn harness_helper() {
+    assert!(
+        std::env::var_os(HELPER).is_some(),
+        "harness_helper only runs as the helper of a_child_of_the_harness_dies_when_the_test_process_is_killed"
+    );
+    let mut child = die_with_parent(std::process::Command::new("sleep").arg("30"))
+        .spawn()
+        .unwrap();
+    println!("child pid {}", child.id());
+    // Killed by the test before this returns; reaped otherwise.
+    child.wait().unwrap();
 }

@@ -70,6 +70,16 @@ impl Run {
         self.row(check)["finding"].as_str().unwrap_or("").to_owned()
     }
 
+    /// The row's `findings` list (`--json`).
+    pub fn findings(&self, check: &str) -> Vec<String> {
+        self.row(check)["findings"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no findings list in {}", self.show()))
+            .iter()
+            .map(|f| f.as_str().unwrap_or("").to_owned())
+            .collect()
+    }
+
     pub fn fix(&self, check: &str) -> String {
         self.row(check)["fix"].as_str().unwrap_or("").to_owned()
     }
@@ -159,6 +169,7 @@ impl Env {
         let exe = env!("CARGO_BIN_EXE_episode-doctor");
         let mut cmd = Command::new(exe);
         cmd.env_clear().env("PATH", &self.bin).args(args);
+        die_with_parent(&mut cmd);
         for (k, v) in vars {
             cmd.env(k, v);
         }
@@ -243,6 +254,34 @@ pub fn micros_ago(ago: Duration) -> String {
     (now.unix_timestamp_nanos() / 1000).to_string()
 }
 
+/// Makes the child of `cmd` get SIGKILL when the spawning thread (the test's)
+/// ends, so an interrupted test run leaves no process behind: `PR_SET_PDEATHSIG`
+/// between fork and exec.
+pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt as _;
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: runs in the forked child before exec; prctl(2), getppid(2) and
+    // _exit(2) are async-signal-safe and nothing is allocated.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        })
+    }
+}
+
 /// A native journal line of a `ship_result` event, `ago` in the past.
 pub fn ship_line(outcome: &str, status: u16, problem: &str, id: &str, ago: Duration) -> String {
     serde_json::json!({
@@ -259,6 +298,44 @@ pub fn ship_line(outcome: &str, status: u16, problem: &str, id: &str, ago: Durat
         "ATTEMPT": "1",
     })
     .to_string()
+}
+
+/// A native journal entry of a `ship_result` in the log schema, as
+/// `common::logging` sends it to journald (`EVENT`, `MESSAGE_ID`, no empty field),
+/// read back by `journalctl -o json`.
+pub fn schema_ship_line(
+    outcome: &str,
+    status: u64,
+    problem: &str,
+    id: &str,
+    ago: Duration,
+) -> String {
+    use episode_common::Event;
+    use episode_common::logging::{Level, Record, Value};
+    let mut fields = vec![
+        ("episode_id", Value::Str(id.into())),
+        ("outcome", Value::Str(outcome.into())),
+        ("status_code", Value::U64(status)),
+    ];
+    if !problem.is_empty() {
+        fields.push(("problem_type", Value::Str(problem.into())));
+        fields.push(("error", Value::Str(format!("{status} {problem}: rejected"))));
+    }
+    fields.push(("attempt", Value::U64(1)));
+    let record = Record {
+        level: Level::WARN,
+        event: Event::ShipResult.as_str().into(),
+        message: None,
+        fields,
+    };
+    let mut entry: serde_json::Map<String, serde_json::Value> = record
+        .journal_fields("episode-shipper")
+        .into_iter()
+        .map(|(k, v)| (k, v.into()))
+        .collect();
+    entry.insert("__REALTIME_TIMESTAMP".into(), micros_ago(ago).into());
+    entry.insert("_SYSTEMD_UNIT".into(), "episode-shipper.service".into());
+    serde_json::Value::Object(entry).to_string()
 }
 
 /// A journal line with only the message text (no structured fields).
@@ -415,6 +492,7 @@ impl Receiver {
                 let state: Arc<episode_receiver::AppState> = state;
                 episode_receiver::server::run(state, listener, None, async {
                     let _ = stop_rx.await;
+                    "the test ended"
                 })
                 .await;
             });
@@ -508,7 +586,7 @@ pub const CHILD_LOG_FORMAT: &str = "DOCTOR_TEST_SHIPPER_LOG_FORMAT";
 /// shipper's logging setup writes them to stderr.
 pub fn shipper_log(config: &Path, format: &str) -> Vec<String> {
     let exe = std::env::current_exe().expect("the test binary");
-    let out = Command::new(&exe)
+    let out = die_with_parent(&mut Command::new(&exe))
         .args(["--exact", "shipper_pass_child", "--ignored", "--nocapture"])
         .env_clear()
         .env(CHILD_CONFIG, config)
