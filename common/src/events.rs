@@ -306,6 +306,19 @@ pub mod field {
         "index",
         "store_root",
         "incoming_root",
+        // the hardening's events (issue 11)
+        "archive_bytes",
+        "archive_sha256",
+        "row_bytes",
+        "row_sha256",
+        "offset",
+        "changed",
+        "config",
+        "key",
+        "max_connections",
+        "open",
+        "n_checked",
+        "n_mismatched",
     ];
 }
 

@@ -168,7 +168,7 @@ async fn reload(shipper: &mut Shipper, path: &Path) {
                 tracing::info!(
                     event = %episode_common::Event::ConfigReloaded,
                     config = %path.display(),
-                    receiver = shipper.transport.url(),
+                    receiver_url = shipper.transport.url(),
                     "config reloaded; in effect from the next pass, credentials re-read"
                 );
             }

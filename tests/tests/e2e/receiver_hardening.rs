@@ -87,18 +87,19 @@ fn a_torn_index_line_that_is_cut_is_logged_at_warn_with_path_offset_and_length()
         cmd.env_remove("RUST_LOG");
     });
     assert_eq!(std::fs::metadata(&rcv.index_path).unwrap().len(), offset);
-    let log = rcv.process.stderr() + &rcv.process.stdout();
-    let line = log
-        .lines()
-        .find(|l| l.contains("index_tail_cut"))
-        .unwrap_or_else(|| panic!("no index_tail_cut line\n{}", rcv.process.report()));
-    assert!(line.contains("WARN"), "{line}");
-    assert!(
-        line.contains(&rcv.index_path.display().to_string()),
-        "{line}"
+    let stderr = rcv.process.stderr();
+    let cut = episode_e2e::logs::events(&stderr, episode_common::Event::IndexTailCut);
+    let [line] = cut.as_slice() else {
+        panic!("not one index_tail_cut line\n{}", rcv.process.report());
+    };
+    assert_eq!(line["level"], "WARN", "{line:?}");
+    assert_eq!(
+        line["path"].as_str(),
+        Some(rcv.index_path.display().to_string().as_str()),
+        "{line:?}"
     );
-    assert!(line.contains(&format!("offset={offset}")), "{line}");
-    assert!(line.contains(&format!("bytes={}", torn.len())), "{line}");
+    assert_eq!(line["offset"].as_u64(), Some(offset), "{line:?}");
+    assert_eq!(line["bytes"].as_u64(), Some(torn.len() as u64), "{line:?}");
 }
 
 fn mkfifo(path: &std::path::Path) {
