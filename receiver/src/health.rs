@@ -1,10 +1,6 @@
-//! The receiver's readiness verdict: can an upload be stored right now, and if not,
-//! why (the reason names `index` or `store`), and whether systemd's watchdog may be
-//! told the receiver lives.
-//!
-//! Pure: `verdict` and `should_ping` take plain readings (the caller gathers them:
-//! `AppState::readiness`) and decide nothing else. `/v1/health` answers from
-//! `verdict`; so does the ops listener's `/readyz`.
+//! The readiness verdict (can an upload be stored now; if not, why, naming `index`
+//! or `store`) and the watchdog rule. Pure: callers gather the readings
+//! (`AppState::readiness`); `/v1/health` and `/readyz` both answer from `verdict`.
 
 use std::time::Duration;
 

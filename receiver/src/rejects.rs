@@ -1,12 +1,6 @@
-//! Requests hyper cannot parse (two different `Content-Length`s, a negative one,
-//! too many or too large headers, a bad request line) still get problem+json.
-//!
-//! hyper answers those itself, before any handler runs, with an empty
-//! `content-length: 0` 4xx and then closes the connection; it offers no hook to
-//! shape that answer. `ProblemIo` sits between hyper and the socket (plain or TLS)
-//! and rewrites exactly such a response head — a 4xx head that is a whole write
-//! with `content-length: 0` — into the same head with a problem+json body. Every
-//! 4xx of our own handlers has a non-empty problem+json body, so none matches.
+//! hyper's own empty 4xx answers to requests it cannot parse (two Content-Lengths,
+//! too many headers, …) rewritten on the way out as problem+json: `ProblemIo`
+//! sits between hyper and the socket; our handlers' 4xx always carry a body.
 
 use std::io;
 use std::pin::Pin;
@@ -16,6 +10,10 @@ use episode_common::problem::{PROBLEM_CONTENT_TYPE, Problem, Slug};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// An IO stream whose writes of hyper's automatic 4xx answers get a problem body.
+/// hyper (1.x) answers a request it cannot parse itself, before any handler runs,
+/// with an empty `content-length: 0` 400/414/431 in one write, then closes; it has
+/// no hook to shape that answer. Such a write — a whole 4xx head with
+/// `content-length: 0` — is what this rewrites; nothing else is touched.
 pub struct ProblemIo<T> {
     inner: T,
     /// A rewritten answer being written, and how much of it is written.
