@@ -109,10 +109,17 @@ pub fn verdict(r: &Readings) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether to send WATCHDOG=1: only while the committer lives and is not stuck on
-/// one batch (a hung disk must get the receiver restarted, not kept alive).
-pub fn should_ping(committer_alive: bool, committer_busy_for: Option<Duration>) -> bool {
-    committer_alive && committer_busy_for.is_none_or(|b| b < STUCK_AFTER)
+/// Whether to send WATCHDOG=1 (systemd's `period`, pinged every half period): only
+/// while the committer lives and has not been on one batch for `STUCK_AFTER` or
+/// half the period, whichever is shorter (a hung disk must get the receiver
+/// restarted, not kept alive).
+pub fn should_ping(
+    committer_alive: bool,
+    committer_busy_for: Option<Duration>,
+    period: Duration,
+) -> bool {
+    let stuck_after = STUCK_AFTER.min(period / 2);
+    committer_alive && committer_busy_for.is_none_or(|b| b < stuck_after)
 }
 
 #[cfg(test)]
@@ -233,9 +240,14 @@ mod tests {
 
     #[test]
     fn the_watchdog_is_fed_only_by_a_live_committer_that_is_not_stuck() {
-        assert!(should_ping(true, None));
-        assert!(should_ping(true, Some(Duration::from_secs(1))));
-        assert!(!should_ping(true, Some(STUCK_AFTER)));
-        assert!(!should_ping(false, None));
+        let minute = Duration::from_secs(60);
+        assert!(should_ping(true, None, minute));
+        assert!(should_ping(true, Some(Duration::from_secs(1)), minute));
+        assert!(!should_ping(true, Some(STUCK_AFTER), minute));
+        assert!(!should_ping(false, None, minute));
+        // A short watchdog period makes "stuck" come sooner.
+        let two = Duration::from_secs(2);
+        assert!(should_ping(true, Some(Duration::from_millis(900)), two));
+        assert!(!should_ping(true, Some(Duration::from_secs(1)), two));
     }
 }

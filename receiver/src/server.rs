@@ -329,7 +329,7 @@ async fn watchdog_loop(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(period / 2) => {}
         }
-        if crate::health::should_ping(committer.is_alive(), committer.busy_for()) {
+        if crate::health::should_ping(committer.is_alive(), committer.busy_for(), period) {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             warned = false;
         } else if !warned {
