@@ -170,6 +170,32 @@ fn a_fifo_or_symlink_in_the_store_is_reported_never_opened_nor_served() {
 }
 
 #[test]
+fn a_host_directory_that_is_a_symlink_is_reported_and_never_written_through() {
+    let env = TestEnv::new("store-host-link");
+    let (cfg, paths, _) = store_one(&env);
+    let elsewhere = env.dir("elsewhere");
+    std::os::unix::fs::symlink(&elsewhere, paths.store_root.join("lab2")).unwrap();
+    let (code, stdout, stderr) = check(&env, &cfg, false);
+    assert_eq!(code, 1, "{stdout}\n{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.contains("PROBLEM") && l.contains("lab2")),
+        "{stdout}"
+    );
+    let rcv = env.spawn_receiver(&cfg);
+    let put = rcv.put(
+        &rcv.client("lab2"),
+        "lab2",
+        "01THROUGH",
+        b"must not land elsewhere",
+    );
+    assert_ne!(put.status / 100, 2, "{put:#?}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+    assert_eq!(rcv.index_rows().len(), 1);
+}
+
+#[test]
 fn check_and_run_agree_on_a_directory_named_like_an_archive() {
     let env = TestEnv::new("store-dir");
     let (cfg, paths, _) = store_one(&env);
