@@ -44,6 +44,11 @@ impl Conn {
     pub async fn closed(&self) {
         self.close.cancelled().await;
     }
+
+    /// True while a request is in flight on it.
+    pub fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0
+    }
 }
 
 /// Marks its connection busy while it lives (one per request in flight).

@@ -97,10 +97,16 @@ async fn accept_loop(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let conn = registration.conn.clone();
+            let serve = listener.serve_connection(stream, remote, watcher, &registration);
+            tokio::pin!(serve);
             tokio::select! {
-                // Closed to make room while idle (see `connections`).
-                () = conn.closed() => tracing::debug!(%remote, "idle connection closed under pressure"),
-                () = listener.serve_connection(stream, remote, watcher, &registration) => {}
+                () = &mut serve => {}
+                // Closed to make room while idle (see `connections`); a request
+                // that arrived in between is served, never cut off.
+                () = conn.closed() => match conn.is_busy() {
+                    true => serve.await,
+                    false => tracing::debug!(%remote, "idle connection closed under pressure"),
+                },
             }
         });
     }
