@@ -82,6 +82,24 @@ impl<T: AsyncRead + Unpin> AsyncRead for ProblemIo<T> {
     }
 }
 
+impl<T: AsyncWrite + Unpin> ProblemIo<T> {
+    /// Writes the rewritten answer in `pending`; once all of it is out, reports
+    /// the `len` bytes hyper handed over as written.
+    fn poll_pending(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        let (bytes, written) = self.pending.as_mut().expect("a rewritten answer");
+        while *written < bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.pending = None;
+        Poll::Ready(Ok(len))
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -101,17 +119,34 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemIo<T> {
             }
         }
         // hyper calls again with the same buffer until it is reported written.
-        let (bytes, written) = this.pending.as_mut().expect("set above");
-        while *written < bytes.len() {
-            match Pin::new(&mut this.inner).poll_write(cx, &bytes[*written..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => *written += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+        this.poll_pending(cx, buf.len())
+    }
+
+    /// hyper writes vectored when the socket can (its head and body as separate
+    /// slices); its automatic answer is then a single slice, the whole head.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.pending.is_none() {
+            let mut slices = bufs.iter().filter(|b| !b.is_empty());
+            let rewritten = match (slices.next(), slices.next()) {
+                (Some(only), None) if only.starts_with(b"HTTP/1.1 4") => rewrite(only),
+                _ => None,
+            };
+            match rewritten {
+                Some(rewritten) => this.pending = Some((rewritten, 0)),
+                None => return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
             }
         }
-        this.pending = None;
-        Poll::Ready(Ok(buf.len()))
+        let len = bufs.iter().map(|b| b.len()).sum();
+        this.poll_pending(cx, len)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
