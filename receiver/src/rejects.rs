@@ -202,4 +202,30 @@ mod tests {
             );
         }
     }
+
+    #[tokio::test]
+    async fn a_lone_head_slice_is_rewritten_and_other_writes_pass_through() {
+        use tokio::io::AsyncWriteExt as _;
+        let mut io = ProblemIo::new(Vec::new());
+        let head = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let n = io.write_vectored(&[io::IoSlice::new(head)]).await.unwrap();
+        assert_eq!(n, head.len(), "hyper is told its bytes were written");
+        let ours = b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n";
+        io.write_vectored(&[io::IoSlice::new(ours), io::IoSlice::new(b"{}")])
+            .await
+            .unwrap();
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let out = String::from_utf8(io.inner).unwrap();
+        let (rewritten, rest) = out.split_once("HTTP/1.1 404").unwrap();
+        assert!(
+            rewritten.contains("\"type\":\"bad-request\""),
+            "{rewritten}"
+        );
+        assert_eq!(
+            rest,
+            " Not Found\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+        );
+    }
 }
