@@ -211,9 +211,11 @@ mod tests {
         let n = io.write_vectored(&[io::IoSlice::new(head)]).await.unwrap();
         assert_eq!(n, head.len(), "hyper is told its bytes were written");
         let ours = b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n";
-        io.write_vectored(&[io::IoSlice::new(ours), io::IoSlice::new(b"{}")])
+        let n = io
+            .write_vectored(&[io::IoSlice::new(ours), io::IoSlice::new(b"{}")])
             .await
             .unwrap();
+        assert_eq!(n, ours.len() + 2);
         io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
             .await
             .unwrap();
