@@ -36,10 +36,7 @@ pub fn run(
         let _ = writeln!(out, "{line}");
     };
     Credentials::load(config).map_err(|e| format!("config {}: {e}", config_path.display()))?;
-    config
-        .check_same_filesystem(config_path)
-        .and_then(|()| config.check_writable(config_path))
-        .map_err(|e| e.to_string())?;
+    config.check_paths(config_path).map_err(|e| e.to_string())?;
     w(out, format!("config {}: ok", config_path.display()));
     let scheme = match &config.tls {
         Some(t) if t.client_ca.is_some() => "https with client certificates required",

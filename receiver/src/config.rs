@@ -1,9 +1,10 @@
 //! The receiver's configuration file (receiver.md, "Config").
 //!
 //! Owns the schema (unknown keys are errors), the defaults, and the checks that can
-//! be made without serving: the same-filesystem rule for `incoming_root` and
-//! `store_root` (read-only for `check`; proven with a probe rename by `run`), and
-//! that the TLS and token files are readable. Every error names
+//! be made without serving: the paths writable and the same-filesystem rule for
+//! `incoming_root` and `store_root` (`check_paths`, shared by `check` and `run`;
+//! `run` also proves it with a probe rename), and that the TLS and token files are
+//! readable. Every error names
 //! the file and the key at fault; `main` turns them into exit code 78.
 
 use std::net::SocketAddr;
@@ -217,6 +218,7 @@ impl Config {
     /// no archive or host directory can have, and is removed at once.
     pub fn prepare_dirs(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |key: &str, msg: String| ConfigError::new(path, format!("{key}: {msg}"));
+        self.check_paths(path)?;
         for (key, dir) in [
             ("store_root", &self.store_root),
             ("incoming_root", &self.incoming_root),
@@ -264,7 +266,15 @@ impl Config {
         }
     }
 
-    /// Read-only, shared by `check` and `run`: `store_root`, `incoming_root` and the
+    /// The read-only checks of the paths that `check` and `run` share, so they
+    /// cannot disagree: every path writable (`check_writable`) and `incoming_root`
+    /// on `store_root`'s filesystem (`check_same_filesystem`).
+    pub fn check_paths(&self, path: &Path) -> Result<(), ConfigError> {
+        self.check_writable(path)?;
+        self.check_same_filesystem(path)
+    }
+
+    /// Read-only: `store_root`, `incoming_root` and the
     /// directory of `index_path` (or, not created yet, their nearest existing
     /// ancestor) can be written, so a read-only filesystem fails both the same way.
     pub fn check_writable(&self, path: &Path) -> Result<(), ConfigError> {

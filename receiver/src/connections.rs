@@ -1,11 +1,6 @@
-//! Open connections: the `max_connections` cap, a per-address limit, and who is
-//! closed under pressure so that idle sockets cannot starve real clients.
-//!
-//! Above three quarters of the cap, each new connection first closes the connection
-//! that has been idle longest — idle meaning its TLS handshake has not finished
-//! or it has no request in flight (between keep-alive requests). A connection with
-//! a request in flight is never closed here. One address holds at most
-//! `per_address_limit(max_connections)` connections; more are closed at accept.
+//! Open connections: the `max_connections` cap, a per-address limit, and closing
+//! the connection idle longest (handshake unfinished, or no request in flight)
+//! under pressure; a connection with a request in flight is never closed here.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -48,6 +43,11 @@ impl Conn {
     /// Resolves when the table closes this connection to make room.
     pub async fn closed(&self) {
         self.close.cancelled().await;
+    }
+
+    /// True while a request is in flight on it.
+    pub fn is_busy(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) > 0
     }
 }
 

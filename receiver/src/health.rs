@@ -1,10 +1,6 @@
-//! The receiver's readiness verdict: can an upload be stored right now, and if not,
-//! why (the reason names `index` or `store`), and whether systemd's watchdog may be
-//! told the receiver lives.
-//!
-//! Pure: `verdict` and `should_ping` take plain readings (the caller gathers them:
-//! `AppState::readiness`) and decide nothing else. `/v1/health` answers from
-//! `verdict`; so does the ops listener's `/readyz`.
+//! The readiness verdict (can an upload be stored now; if not, why, naming `index`
+//! or `store`) and the watchdog rule. Pure: callers gather the readings
+//! (`AppState::readiness`); `/v1/health` and `/readyz` both answer from `verdict`.
 
 use std::time::Duration;
 
@@ -113,10 +109,17 @@ pub fn verdict(r: &Readings) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether to send WATCHDOG=1: only while the committer lives and is not stuck on
-/// one batch (a hung disk must get the receiver restarted, not kept alive).
-pub fn should_ping(committer_alive: bool, committer_busy_for: Option<Duration>) -> bool {
-    committer_alive && committer_busy_for.is_none_or(|b| b < STUCK_AFTER)
+/// Whether to send WATCHDOG=1 (systemd's `period`, pinged every half period): only
+/// while the committer lives and has not been on one batch for `STUCK_AFTER` or
+/// half the period, whichever is shorter (a hung disk must get the receiver
+/// restarted, not kept alive).
+pub fn should_ping(
+    committer_alive: bool,
+    committer_busy_for: Option<Duration>,
+    period: Duration,
+) -> bool {
+    let stuck_after = STUCK_AFTER.min(period / 2);
+    committer_alive && committer_busy_for.is_none_or(|b| b < stuck_after)
 }
 
 #[cfg(test)]
@@ -237,9 +240,14 @@ mod tests {
 
     #[test]
     fn the_watchdog_is_fed_only_by_a_live_committer_that_is_not_stuck() {
-        assert!(should_ping(true, None));
-        assert!(should_ping(true, Some(Duration::from_secs(1))));
-        assert!(!should_ping(true, Some(STUCK_AFTER)));
-        assert!(!should_ping(false, None));
+        let minute = Duration::from_secs(60);
+        assert!(should_ping(true, None, minute));
+        assert!(should_ping(true, Some(Duration::from_secs(1)), minute));
+        assert!(!should_ping(true, Some(STUCK_AFTER), minute));
+        assert!(!should_ping(false, None, minute));
+        // A short watchdog period makes "stuck" come sooner.
+        let two = Duration::from_secs(2);
+        assert!(should_ping(true, Some(Duration::from_millis(900)), two));
+        assert!(!should_ping(true, Some(Duration::from_secs(1)), two));
     }
 }

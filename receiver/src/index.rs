@@ -1284,7 +1284,16 @@ impl CommitLoop {
                         return Err(e);
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                // Once per host: never write through a symlink (or into a file).
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if !std::fs::symlink_metadata(&host_dir)?.is_dir() {
+                        tracing::error!(event = %episode_common::Event::StoreEntryNotRegular, path = %host_dir.display(), "a host directory in the store is a symlink or not a directory; nothing is written through it");
+                        return Err(io::Error::other(format!(
+                            "{} is not a directory",
+                            host_dir.display()
+                        )));
+                    }
+                }
                 Err(e) => return Err(e),
             }
             self.host_dirs.insert(host_id.clone());

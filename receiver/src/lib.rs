@@ -234,8 +234,7 @@ pub fn open(
         _ => StartError::Runtime(format!("opening {}: {e}", config.index_path.display())),
     })?;
     config
-        .check_writable(config_path)
-        .and_then(|()| config.prepare_dirs(config_path))
+        .prepare_dirs(config_path)
         .map_err(|e| StartError::Config(e.to_string()))?;
     let credentials = Credentials::load(&config)
         .map_err(|e| StartError::Config(format!("config {}: {e}", config_path.display())))?;

@@ -82,8 +82,11 @@ pub fn list_store(store_root: &Path) -> io::Result<StoreListing> {
     let mut hosts = Vec::new();
     for host_entry in read_dir {
         let host_entry = host_entry?;
+        let kind = host_entry.file_type()?;
         match host_entry.file_name().to_str().map(HostId::new) {
-            Some(Ok(h)) if host_entry.file_type()?.is_dir() => hosts.push((h, host_entry.path())),
+            Some(Ok(h)) if kind.is_dir() => hosts.push((h, host_entry.path())),
+            // A host directory that is a symlink is never listed nor written through.
+            Some(Ok(_)) if kind.is_symlink() => listing.not_regular.push(host_entry.path()),
             _ => listing.strays.push(host_entry.path()),
         }
     }

@@ -1,12 +1,6 @@
-//! Requests hyper cannot parse (two different `Content-Length`s, a negative one,
-//! too many or too large headers, a bad request line) still get problem+json.
-//!
-//! hyper answers those itself, before any handler runs, with an empty
-//! `content-length: 0` 4xx and then closes the connection; it offers no hook to
-//! shape that answer. `ProblemIo` sits between hyper and the socket (plain or TLS)
-//! and rewrites exactly such a response head — a 4xx head that is a whole write
-//! with `content-length: 0` — into the same head with a problem+json body. Every
-//! 4xx of our own handlers has a non-empty problem+json body, so none matches.
+//! hyper's own empty 4xx answers to requests it cannot parse (two Content-Lengths,
+//! too many headers, …) rewritten on the way out as problem+json: `ProblemIo`
+//! sits between hyper and the socket; our handlers' 4xx always carry a body.
 
 use std::io;
 use std::pin::Pin;
@@ -16,6 +10,10 @@ use episode_common::problem::{PROBLEM_CONTENT_TYPE, Problem, Slug};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// An IO stream whose writes of hyper's automatic 4xx answers get a problem body.
+/// hyper (1.x) answers a request it cannot parse itself, before any handler runs,
+/// with an empty `content-length: 0` 400/414/431 in one write, then closes; it has
+/// no hook to shape that answer. Such a write — a whole 4xx head with
+/// `content-length: 0` — is what this rewrites; nothing else is touched.
 pub struct ProblemIo<T> {
     inner: T,
     /// A rewritten answer being written, and how much of it is written.
@@ -84,6 +82,24 @@ impl<T: AsyncRead + Unpin> AsyncRead for ProblemIo<T> {
     }
 }
 
+impl<T: AsyncWrite + Unpin> ProblemIo<T> {
+    /// Writes the rewritten answer in `pending`; once all of it is out, reports
+    /// the `len` bytes hyper handed over as written.
+    fn poll_pending(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        let (bytes, written) = self.pending.as_mut().expect("a rewritten answer");
+        while *written < bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        self.pending = None;
+        Poll::Ready(Ok(len))
+    }
+}
+
 impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemIo<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
@@ -103,17 +119,34 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for ProblemIo<T> {
             }
         }
         // hyper calls again with the same buffer until it is reported written.
-        let (bytes, written) = this.pending.as_mut().expect("set above");
-        while *written < bytes.len() {
-            match Pin::new(&mut this.inner).poll_write(cx, &bytes[*written..]) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-                Poll::Ready(Ok(n)) => *written += n,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+        this.poll_pending(cx, buf.len())
+    }
+
+    /// hyper writes vectored when the socket can (its head and body as separate
+    /// slices); its automatic answer is then a single slice, the whole head.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = &mut *self;
+        if this.pending.is_none() {
+            let mut slices = bufs.iter().filter(|b| !b.is_empty());
+            let rewritten = match (slices.next(), slices.next()) {
+                (Some(only), None) if only.starts_with(b"HTTP/1.1 4") => rewrite(only),
+                _ => None,
+            };
+            match rewritten {
+                Some(rewritten) => this.pending = Some((rewritten, 0)),
+                None => return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs),
             }
         }
-        this.pending = None;
-        Poll::Ready(Ok(buf.len()))
+        let len = bufs.iter().map(|b| b.len()).sum();
+        this.poll_pending(cx, len)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -168,5 +201,33 @@ mod tests {
                 String::from_utf8_lossy(untouched)
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_lone_head_slice_is_rewritten_and_other_writes_pass_through() {
+        use tokio::io::AsyncWriteExt as _;
+        let mut io = ProblemIo::new(Vec::new());
+        let head = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        let n = io.write_vectored(&[io::IoSlice::new(head)]).await.unwrap();
+        assert_eq!(n, head.len(), "hyper is told its bytes were written");
+        let ours = b"HTTP/1.1 404 Not Found\r\ncontent-length: 2\r\n\r\n";
+        let n = io
+            .write_vectored(&[io::IoSlice::new(ours), io::IoSlice::new(b"{}")])
+            .await
+            .unwrap();
+        assert_eq!(n, ours.len() + 2);
+        io.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .unwrap();
+        let out = String::from_utf8(io.inner).unwrap();
+        let (rewritten, rest) = out.split_once("HTTP/1.1 404").unwrap();
+        assert!(
+            rewritten.contains("\"type\":\"bad-request\""),
+            "{rewritten}"
+        );
+        assert_eq!(
+            rest,
+            " Not Found\r\ncontent-length: 2\r\n\r\n{}HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"
+        );
     }
 }

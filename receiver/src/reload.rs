@@ -1,14 +1,6 @@
-//! SIGHUP: the config file is read again; its reloadable keys take effect for new
-//! requests and connections, and the credential files it names are read again.
-//!
-//! Reloadable: the limits (`max_episode_bytes`, `free_space_reserve`,
-//! `max_concurrent_uploads`, `max_uploads_per_host`), the timeouts
-//! (`body_idle_timeout`, `header_read_timeout`, `handshake_timeout`,
-//! `shutdown_grace`), `[window]`, `require_code_commit`, and the files of `[tls]`
-//! and `[auth]`. Not: `listen`, `metrics_listen`, `store_root`, `incoming_root`,
-//! `index_path`, `max_connections`, and whether `[tls]` is there at all. A new
-//! config that is invalid or changes one of those is refused as a whole
-//! (`config_reload_refused`, naming the key) and the running one stays.
+//! SIGHUP: the config file read again; the reloadable keys take effect for new
+//! requests and connections, and a config that is invalid or changes a fixed key
+//! (`listen`, the paths, `max_connections`, `[tls]` present) is refused whole.
 
 use crate::AppState;
 use crate::config::Config;

@@ -97,10 +97,16 @@ async fn accept_loop(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let conn = registration.conn.clone();
+            let serve = listener.serve_connection(stream, remote, watcher, &registration);
+            tokio::pin!(serve);
             tokio::select! {
-                // Closed to make room while idle (see `connections`).
-                () = conn.closed() => tracing::debug!(event = %episode_common::Event::ConnectionPressure, %remote, "idle connection closed under pressure"),
-                () = listener.serve_connection(stream, remote, watcher, &registration) => {}
+                () = &mut serve => {}
+                // Closed to make room while idle (see `connections`); a request
+                // that arrived in between is served, never cut off.
+                () = conn.closed() => match conn.is_busy() {
+                    true => serve.await,
+                    false => tracing::debug!(event = %episode_common::Event::ConnectionPressure, %remote, "idle connection closed under pressure"),
+                },
             }
         });
     }
@@ -330,7 +336,7 @@ async fn watchdog_loop(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(period / 2) => {}
         }
-        if crate::health::should_ping(committer.is_alive(), committer.busy_for()) {
+        if crate::health::should_ping(committer.is_alive(), committer.busy_for(), period) {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
             warned = false;
         } else if !warned {
