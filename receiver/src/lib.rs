@@ -12,10 +12,12 @@
 
 pub mod admission;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod index;
 pub mod metrics;
+pub mod query;
 pub mod reconcile;
 pub mod routes;
 pub mod server;
