@@ -224,9 +224,7 @@ pub fn prune(
         if name.starts_with('.') {
             continue;
         }
-        let old = layout::mtime_age_secs(&path, now)
-            .is_some_and(|age| age > u64::from(keep_days) * 86_400);
-        if old {
+        if expired(&path, keep_days, now) {
             let trash = dir.join(format!("{TRASH_PREFIX}{name}"));
             std::fs::rename(&path, &trash)?;
             fsx::fsync_dir(dir)?;
@@ -235,6 +233,28 @@ pub fn prune(
         }
     }
     Ok(removed)
+}
+
+/// Whether `prune` removes this entry: older than `keep_days` by its mtime.
+fn expired(path: &Path, keep_days: u32, now: SystemTime) -> bool {
+    keep_days > 0
+        && layout::mtime_age_secs(path, now).is_some_and(|age| age > u64::from(keep_days) * 86_400)
+}
+
+/// What `prune` would remove from `dir` now, changing nothing: (name, age in
+/// seconds) per entry, by name.
+pub fn plan_prune(dir: &Path, keep_days: u32, now: SystemTime) -> io::Result<Vec<(String, u64)>> {
+    if keep_days == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (name, path) in layout::entries(dir)? {
+        if !name.starts_with('.') && expired(&path, keep_days, now) {
+            out.push((name, layout::mtime_age_secs(&path, now).unwrap_or(0)));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// `remove_dir_all` that calls `step` per entry removed; symlinks are removed, never
@@ -272,6 +292,25 @@ pub fn requeue(
     selector: &Selector,
     now: SystemTime,
 ) -> io::Result<(Vec<String>, Vec<String>)> {
+    requeue_or_plan(root, selector, now, false)
+}
+
+/// What `requeue` would do now, changing nothing: (episode ids it would move back,
+/// problems it would report).
+pub fn plan_requeue(
+    root: &DataRoot,
+    selector: &Selector,
+    now: SystemTime,
+) -> io::Result<(Vec<String>, Vec<String>)> {
+    requeue_or_plan(root, selector, now, true)
+}
+
+fn requeue_or_plan(
+    root: &DataRoot,
+    selector: &Selector,
+    now: SystemTime,
+    dry_run: bool,
+) -> io::Result<(Vec<String>, Vec<String>)> {
     let entries = list(root, now)?;
     let mut requeued = Vec::new();
     let mut problems = Vec::new();
@@ -308,6 +347,10 @@ pub fn requeue(
                 "quarantine/{}: not requeued, episodes/{id} already exists (ship or move that one first)",
                 entry.name
             ));
+            continue;
+        }
+        if dry_run {
+            requeued.push(id.to_string());
             continue;
         }
         let reason_file = entry.path.join(REASON_FILE);
