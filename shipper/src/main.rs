@@ -218,13 +218,21 @@ fn cleanup(config: &Config, dry_run: bool, json: bool) -> ExitCode {
     let _lock = if dry_run {
         None
     } else {
+        if let Err(e) = root.ensure() {
+            eprintln!("episode-shipper: cleanup: data_root {}: {e}", root.root.display());
+            return exit(EXIT_FAILURE);
+        }
         match episode_shipper::shipper::lock(&root) {
             Ok(lock) => Some(lock),
-            Err(e) => {
+            Err(e @ episode_shipper::shipper::OpenError::Locked { .. }) => {
                 eprintln!(
                     "episode-shipper: cleanup: {e}; the daemon removes these itself every \
                      quarantine.cleanup_interval (--dry-run lists them while it runs)"
                 );
+                return exit(EXIT_FAILURE);
+            }
+            Err(e) => {
+                eprintln!("episode-shipper: cleanup: {e}");
                 return exit(EXIT_FAILURE);
             }
         }

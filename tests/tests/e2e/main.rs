@@ -1,6 +1,7 @@
 //! The end-to-end test binary: one module per area, each driving real binaries
 //! through the `episode_e2e` harness.
 
+mod cli;
 mod crash;
 mod receiver;
 mod shipper;
