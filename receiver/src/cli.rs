@@ -18,13 +18,22 @@ use crate::config;
     long_about = "The central collector of episode archives: verifies each upload's sha256 while \
                   streaming it, stores it once, durably, under <store_root>/<host>/<episode>.tar.zst \
                   and indexes it in a JSONL file. Runs under systemd as episode-receiver.service.",
-    after_long_help = "FILES:\n  /etc/episode-receiver/receiver.toml   the config (commented example \
-                       installed by the package)\n  /var/lib/episode-receiver/            store, incoming \
-                       and index.jsonl\n\nEXIT STATUS:\n  0 ok, 1 runtime failure (or check found \
-                       problems), 78 bad configuration (the message names the file and key).\n\n\
-                       EXAMPLES:\n  episode-receiver check\n  episode-receiver index --host lab1 \
-                       --since 24h\n  systemctl status episode-receiver\n\nSEE ALSO:\n  \
-                       episode-shipper(1), episode-doctor(1), systemd.service(5)"
+    after_long_help = concat!(
+        "GETTING STARTED:\n",
+        "  1. Edit /etc/episode-receiver/receiver.toml: listen, and in [tls]\n",
+        "     cert, key, client_ca (the CA of the shippers' certificates).\n",
+        "  2. episode-receiver check     the config, the store against the index\n",
+        "  3. systemctl enable --now episode-receiver\n",
+        "  4. episode-receiver index --host lab1 --since 24h\n",
+        "\nFILES:\n",
+        "  /etc/episode-receiver/receiver.toml  the config (a commented example)\n",
+        "  /var/lib/episode-receiver/           store/, incoming/, index.jsonl\n",
+        "\nEXIT STATUS:\n",
+        "  0 ok, 1 runtime failure (or check found problems), 78 bad\n",
+        "  configuration (the message names the file and the key).\n",
+        "\nSEE ALSO:\n",
+        "  episode-shipper(1), episode-doctor(1), journalctl -u episode-receiver"
+    )
 )]
 pub struct Cli {
     /// Config file.

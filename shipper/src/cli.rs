@@ -19,17 +19,25 @@ use crate::config;
                   the shipper packs it (deterministic tar + zstd), PUTs it over mTLS with its \
                   sha256 and, by the answer, moves it to shipped/ or quarantine/, or holds or \
                   backs off. Runs under systemd as episode-shipper.service.",
-    after_long_help = "GETTING STARTED:\n  1. Edit /etc/episode-shipper/shipper.toml: host_id, \
-                       [receiver] url, ca_bundle, client_cert, client_key.\n  2. episode-shipper \
-                       check     (the config and data root, read-only)\n  3. episode-shipper ping      \
-                       (the receiver, with our credentials)\n  4. systemctl enable --now \
-                       episode-shipper\n  5. episode-shipper status    (backlog, quarantine, hold); \
-                       episode-doctor when in doubt\n\nFILES:\n  /etc/episode-shipper/shipper.toml   \
-                       the config (commented example installed by the package)\n  \
-                       /var/lib/episode-shipper/           data_root: episodes/, outbox/, shipped/, \
-                       quarantine/, state/\n\nEXIT STATUS:\n  0 ok, 1 runtime failure, 78 bad \
-                       configuration (the message names the file and key).\n\nSEE ALSO:\n  \
-                       episode-doctor(1), episode-receiver(1), systemd.service(5)"
+    after_long_help = concat!(
+        "GETTING STARTED:\n",
+        "  1. Edit /etc/episode-shipper/shipper.toml: host_id, and in\n",
+        "     [receiver] url, ca_bundle, client_cert, client_key.\n",
+        "  2. episode-shipper check      the config and data root\n",
+        "  3. episode-shipper ping       the receiver, with our credentials\n",
+        "  4. systemctl enable --now episode-shipper\n",
+        "  5. episode-shipper status     backlog, quarantine, hold\n",
+        "     episode-doctor             what is wrong, and the fix\n",
+        "\nFILES:\n",
+        "  /etc/episode-shipper/shipper.toml  the config (a commented example)\n",
+        "  /var/lib/episode-shipper/          data_root: episodes/, outbox/,\n",
+        "                                     shipped/, quarantine/, state/\n",
+        "\nEXIT STATUS:\n",
+        "  0 ok, 1 runtime failure, 78 bad configuration (the message names\n",
+        "  the file and the key).\n",
+        "\nSEE ALSO:\n",
+        "  episode-doctor(1), episode-receiver(1), journalctl -u episode-shipper"
+    )
 )]
 pub struct Cli {
     /// Config file.

@@ -219,7 +219,10 @@ fn cleanup(config: &Config, dry_run: bool, json: bool) -> ExitCode {
         None
     } else {
         if let Err(e) = root.ensure() {
-            eprintln!("episode-shipper: cleanup: data_root {}: {e}", root.root.display());
+            eprintln!(
+                "episode-shipper: cleanup: data_root {}: {e}",
+                root.root.display()
+            );
             return exit(EXIT_FAILURE);
         }
         match episode_shipper::shipper::lock(&root) {
