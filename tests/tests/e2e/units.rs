@@ -29,7 +29,7 @@ fn the_units_pass_systemd_analyze_verify() {
     for name in ["episode-shipper", "episode-receiver"] {
         // Verify against the binaries just built (verify checks ExecStart exists).
         let text = unit(&format!("{name}.service")).replace(
-            &format!("/usr/local/bin/{name}"),
+            &format!("/usr/bin/{name}"),
             bin(name).to_str().unwrap(),
         );
         std::fs::write(dir.join(format!("{name}.service")), text).unwrap();
