@@ -3,6 +3,7 @@
 
 mod cli;
 mod crash;
+mod package;
 mod receiver;
 mod shipper;
 mod units;
