@@ -272,11 +272,30 @@ fn the_packages_install_upgrade_and_remove_in_a_scratch_root() {
         .map(|e| e.unwrap().path())
         .collect();
     pages.sort();
+    let mut generated: Vec<String> = std::fs::read_dir(workspace().join("packaging/generated/man"))
+        .unwrap()
+        .map(|e| format!("{}.gz", e.unwrap().file_name().to_str().unwrap()))
+        .collect();
+    generated.sort();
+    let installed: Vec<String> = pages
+        .iter()
+        .map(|p| p.file_name().unwrap().to_str().unwrap().to_owned())
+        .collect();
     assert_eq!(
-        pages.len(),
-        13,
-        "a page per program and subcommand: {pages:?}"
+        installed, generated,
+        "every generated page is installed, compressed"
     );
+    for page in [
+        "episode-shipper.1.gz",
+        "episode-shipper-requeue.1.gz",
+        "episode-doctor.1.gz",
+        "episode-receiver-index.1.gz",
+    ] {
+        assert!(
+            installed.iter().any(|p| p == page),
+            "{page} missing: {installed:?}"
+        );
+    }
     for page in &pages {
         let out = ok(
             "man -l",

@@ -22,6 +22,15 @@ fn main() -> anyhow::Result<()> {
         episode_receiver::cli::Cli::command(),
         episode_doctor::cli::Cli::command(),
     ];
+    // Start clean: a page of a subcommand that is gone must not be packaged.
+    for dir in ["man", "completions"] {
+        match std::fs::remove_dir_all(out.join(dir)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("clearing {}", out.join(dir).display()));
+            }
+            _ => {}
+        }
+    }
     let man = out.join("man");
     std::fs::create_dir_all(&man).with_context(|| format!("creating {}", man.display()))?;
     for command in &commands {
