@@ -245,7 +245,6 @@ fn cleanup(config: &Config, dry_run: bool, json: bool) -> ExitCode {
     for (name, dir, keep_days) in places {
         let result = if dry_run {
             quarantine::plan_prune(dir, keep_days, now)
-                .map(|found| found.into_iter().map(|(entry, _)| entry).collect())
         } else {
             quarantine::prune(dir, keep_days, now, &|| {})
         };

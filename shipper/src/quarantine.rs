@@ -241,19 +241,18 @@ fn expired(path: &Path, keep_days: u32, now: SystemTime) -> bool {
         && layout::mtime_age_secs(path, now).is_some_and(|age| age > u64::from(keep_days) * 86_400)
 }
 
-/// What `prune` would remove from `dir` now, changing nothing: (name, age in
-/// seconds) per entry, by name.
-pub fn plan_prune(dir: &Path, keep_days: u32, now: SystemTime) -> io::Result<Vec<(String, u64)>> {
+/// What `prune` would remove from `dir` now, changing nothing: the entries' names,
+/// sorted.
+pub fn plan_prune(dir: &Path, keep_days: u32, now: SystemTime) -> io::Result<Vec<String>> {
     if keep_days == 0 {
         return Ok(Vec::new());
     }
     let mut out = Vec::new();
     for (name, path) in layout::entries(dir)? {
         if !name.starts_with('.') && expired(&path, keep_days, now) {
-            out.push((name, layout::mtime_age_secs(&path, now).unwrap_or(0)));
+            out.push(name);
         }
     }
-    out.sort();
     Ok(out)
 }
 
