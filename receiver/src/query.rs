@@ -27,6 +27,15 @@ pub struct Query {
     pub limit: Option<usize>,
 }
 
+impl Query {
+    /// Whether an entry of `host_id` is one the query asks for (the limit aside).
+    pub fn matches(&self, host_id: &HostId, entry: &Entry) -> bool {
+        self.host_id.as_ref().is_none_or(|h| h == host_id)
+            && self.since.is_none_or(|t| entry.received_at >= t)
+            && self.until.is_none_or(|t| entry.received_at < t)
+    }
+}
+
 /// One stored episode as the query prints it: the index row's fields the index
 /// keeps in memory (`started_at` and `client` stay in the file).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -50,11 +59,7 @@ pub fn select(
 ) -> Vec<Hit> {
     let mut hits: Vec<Hit> = entries
         .into_iter()
-        .filter(|(host_id, _, entry)| {
-            query.host_id.as_ref().is_none_or(|h| h == host_id)
-                && query.since.is_none_or(|t| entry.received_at >= t)
-                && query.until.is_none_or(|t| entry.received_at < t)
-        })
+        .filter(|(host_id, _, entry)| query.matches(host_id, entry))
         .map(|(host_id, episode_id, entry)| Hit {
             received_at: entry.received_at_rfc3339(),
             received_unix: entry.received_at,
@@ -128,8 +133,11 @@ impl Source {
                     io::Error::new(e.kind(), format!("index {}: {e}", path.display()))
                 })?;
                 let mut entries = Vec::new();
+                // Only the matches are copied out of a possibly large index.
                 idx.visit(query.host_id.as_ref(), |host_id, episode_id, entry| {
-                    entries.push((host_id.clone(), episode_id.clone(), entry.clone()));
+                    if query.matches(host_id, entry) {
+                        entries.push((host_id.clone(), episode_id.clone(), entry.clone()));
+                    }
                 });
                 Ok(Answer {
                     hits: select(entries, query),
