@@ -127,16 +127,13 @@ fn index(source: &Source, args: &IndexArgs) -> ExitCode {
                     "episode-receiver: index line {line} is not a valid row, skipped: {error}"
                 );
             }
-            let text = if args.json {
-                query::to_json_lines(&answer.hits)
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            let written = if args.json {
+                query::write_json_lines(&answer.hits, &mut stdout)
             } else {
-                query::to_table(&answer.hits)
+                query::write_table(&answer.hits, &mut stdout)
             };
-            let mut stdout = std::io::stdout().lock();
-            match stdout
-                .write_all(text.as_bytes())
-                .and_then(|()| stdout.flush())
-            {
+            match written.and_then(|()| stdout.flush()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
                 Err(e) => {

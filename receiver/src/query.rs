@@ -51,16 +51,9 @@ pub struct Hit {
     pub received_unix: i64,
 }
 
-/// The matching entries, oldest first (then by host and id); with a limit, the most
-/// recent `limit` of them.
-pub fn select(
-    entries: impl IntoIterator<Item = (HostId, EpisodeId, Entry)>,
-    query: &Query,
-) -> Vec<Hit> {
-    let mut hits: Vec<Hit> = entries
-        .into_iter()
-        .filter(|(host_id, _, entry)| query.matches(host_id, entry))
-        .map(|(host_id, episode_id, entry)| Hit {
+impl Hit {
+    pub fn new(host_id: HostId, episode_id: EpisodeId, entry: &Entry) -> Self {
+        Hit {
             received_at: entry.received_at_rfc3339(),
             received_unix: entry.received_at,
             host_id,
@@ -69,8 +62,26 @@ pub fn select(
             tar_sha256: entry.tar_sha256,
             bytes: entry.bytes,
             code_commit: entry.code_commit.as_deref().map(str::to_owned),
-        })
+        }
+    }
+}
+
+/// The matching entries, oldest first (then by host and id); with a limit, the most
+/// recent `limit` of them.
+pub fn select(
+    entries: impl IntoIterator<Item = (HostId, EpisodeId, Entry)>,
+    query: &Query,
+) -> Vec<Hit> {
+    let hits = entries
+        .into_iter()
+        .filter(|(host_id, _, entry)| query.matches(host_id, entry))
+        .map(|(host_id, episode_id, entry)| Hit::new(host_id, episode_id, &entry))
         .collect();
+    order_and_limit(hits, query.limit)
+}
+
+/// Oldest first (then by host and id); with a limit, the most recent `limit`.
+fn order_and_limit(mut hits: Vec<Hit>, limit: Option<usize>) -> Vec<Hit> {
     hits.sort_by(|a, b| {
         (a.received_unix, &a.host_id, &a.episode_id).cmp(&(
             b.received_unix,
@@ -78,7 +89,7 @@ pub fn select(
             &b.episode_id,
         ))
     });
-    if let Some(limit) = query.limit {
+    if let Some(limit) = limit {
         hits.drain(..hits.len().saturating_sub(limit));
     }
     hits
@@ -132,15 +143,15 @@ impl Source {
                 let (idx, report) = index::load(path).map_err(|e| {
                     io::Error::new(e.kind(), format!("index {}: {e}", path.display()))
                 })?;
-                let mut entries = Vec::new();
                 // Only the matches are copied out of a possibly large index.
+                let mut hits = Vec::new();
                 idx.visit(query.host_id.as_ref(), |host_id, episode_id, entry| {
                     if query.matches(host_id, entry) {
-                        entries.push((host_id.clone(), episode_id.clone(), entry.clone()));
+                        hits.push(Hit::new(host_id.clone(), episode_id.clone(), entry));
                     }
                 });
                 Ok(Answer {
-                    hits: select(entries, query),
+                    hits: order_and_limit(hits, query.limit),
                     bad_lines: report.bad_lines,
                 })
             }
@@ -148,19 +159,19 @@ impl Source {
     }
 }
 
-/// JSON lines: one object per hit.
-pub fn to_json_lines(hits: &[Hit]) -> String {
-    let mut out = String::new();
+/// JSON lines: one object per hit, written as they are made (a whole index may be
+/// asked for).
+pub fn write_json_lines(hits: &[Hit], out: &mut impl io::Write) -> io::Result<()> {
     for hit in hits {
-        out.push_str(&serde_json::to_string(hit).expect("serializable"));
-        out.push('\n');
+        serde_json::to_writer(&mut *out, hit)?;
+        out.write_all(b"\n")?;
     }
-    out
+    Ok(())
 }
 
 /// A table with a header, then a count.
-pub fn to_table(hits: &[Hit]) -> String {
-    let header = [
+pub fn write_table(hits: &[Hit], out: &mut impl io::Write) -> io::Result<()> {
+    const HEADER: [&str; 6] = [
         "RECEIVED_AT",
         "HOST",
         "EPISODE",
@@ -168,46 +179,37 @@ pub fn to_table(hits: &[Hit]) -> String {
         "CODE_COMMIT",
         "SHA256",
     ];
-    let rows: Vec<[String; 6]> = hits
-        .iter()
-        .map(|h| {
-            [
-                h.received_at.clone(),
-                h.host_id.to_string(),
-                h.episode_id.to_string(),
-                h.bytes.to_string(),
-                h.code_commit.clone().unwrap_or_else(|| "-".into()),
-                h.sha256.to_hex(),
-            ]
-        })
-        .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
+    let cells = |h: &Hit| {
+        [
+            h.received_at.clone(),
+            h.host_id.to_string(),
+            h.episode_id.to_string(),
+            h.bytes.to_string(),
+            h.code_commit.clone().unwrap_or_else(|| "-".into()),
+            h.sha256.to_hex(),
+        ]
+    };
+    let mut widths = HEADER.map(str::len);
+    for hit in hits {
+        for (w, cell) in widths.iter_mut().zip(cells(hit)) {
             *w = (*w).max(cell.len());
         }
     }
-    let mut out = String::new();
-    let mut line = |cells: &[&str]| {
+    let line = |out: &mut dyn io::Write, cells: [&str; 6]| {
         let mut text = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == cells.len() {
-                text.push_str(cell);
-            } else {
-                text.push_str(&format!("{cell:<w$}  "));
-            }
+        for (cell, w) in cells.iter().zip(widths) {
+            text.push_str(&format!("{cell:<w$}  "));
         }
-        out.push_str(text.trim_end());
-        out.push('\n');
+        writeln!(out, "{}", text.trim_end())
     };
-    if !rows.is_empty() {
-        line(&header);
-        for row in &rows {
-            line(&row.each_ref().map(String::as_str));
+    if !hits.is_empty() {
+        line(out, HEADER)?;
+        for hit in hits {
+            let row = cells(hit);
+            line(out, row.each_ref().map(String::as_str))?;
         }
     }
-    out.push_str(&format!("{} episode(s)\n", hits.len()));
-    out
+    writeln!(out, "{} episode(s)", hits.len())
 }
 
 #[cfg(test)]
@@ -330,7 +332,9 @@ mod tests {
                 ..Query::default()
             },
         );
-        let v: serde_json::Value = serde_json::from_str(to_json_lines(&hits).trim()).unwrap();
+        let mut json = Vec::new();
+        write_json_lines(&hits, &mut json).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&json).unwrap();
         assert_eq!(v["host_id"], "lab2");
         assert_eq!(v["episode_id"], "e3");
         assert_eq!(v["received_at"], "1970-01-01T00:05:00Z");
@@ -338,7 +342,9 @@ mod tests {
         assert_eq!(v["tar_sha256"], serde_json::Value::Null);
         assert_eq!(v["code_commit"], "abc");
         assert!(v.get("received_unix").is_none());
-        let table = to_table(&hits);
+        let mut table = Vec::new();
+        write_table(&hits, &mut table).unwrap();
+        let table = String::from_utf8(table).unwrap();
         assert!(table.starts_with("RECEIVED_AT"), "{table}");
         assert!(table.ends_with("1 episode(s)\n"), "{table}");
     }
