@@ -15,6 +15,7 @@ pub mod fsx;
 pub mod id;
 pub mod logging;
 pub mod problem;
+pub mod report;
 pub mod tls;
 pub mod wire;
 

@@ -129,6 +129,21 @@ impl Index {
             .collect()
     }
 
+    /// Calls `f` on every entry, or on one host's only; for read-only queries
+    /// (`query`), never on a request's path.
+    pub fn visit(&self, host_id: Option<&HostId>, mut f: impl FnMut(&HostId, &EpisodeId, &Entry)) {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let hosts: Box<dyn Iterator<Item = _>> = match host_id {
+            Some(h) => Box::new(map.get_key_value(h).into_iter()),
+            None => Box::new(map.iter()),
+        };
+        for (host_id, episodes) in hosts {
+            for (episode_id, entry) in episodes {
+                f(host_id, episode_id, entry);
+            }
+        }
+    }
+
     fn intern(&self, commit: Option<&str>) -> Option<Arc<str>> {
         let commit = commit?;
         let mut set = self.commits.lock().unwrap_or_else(|e| e.into_inner());

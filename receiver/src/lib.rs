@@ -12,12 +12,14 @@
 
 pub mod admission;
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod credentials;
 pub mod health;
 pub mod index;
 pub mod metrics;
+pub mod query;
 pub mod reconcile;
 pub mod rejects;
 pub mod reload;

@@ -1,4 +1,4 @@
-//! `episode-receiver [--config F] [--listen ADDR] [run|check]`.
+//! `episode-receiver [--config F] [--listen ADDR] [run|check|index]`.
 //!
 //! Thin: parses the command line, loads the config (exit 78 with the key named when
 //! it is wrong), prepares the store, prints `listening on <url>` as the first stdout
@@ -10,43 +10,13 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use episode_common::logging::{self, LogFormat};
+use clap::Parser as _;
+use episode_common::logging;
 use episode_common::{EXIT_CONFIG, EXIT_FAILURE, Event};
-use episode_receiver::config::{self, Config};
+use episode_receiver::cli::{Cli, Command, IndexArgs};
+use episode_receiver::config::Config;
+use episode_receiver::query::{self, Query, Source};
 use episode_receiver::{StartError, check, server};
-
-#[derive(Parser)]
-#[command(
-    name = "episode-receiver",
-    version,
-    about = "The central collector of episode archives"
-)]
-struct Cli {
-    /// Config file.
-    #[arg(long, global = true, default_value = config::DEFAULT_PATH, env = "EPISODE_RECEIVER_CONFIG")]
-    config: PathBuf,
-    /// Listen address, overriding `listen` in the config (port 0 picks a free one).
-    #[arg(long, global = true)]
-    listen: Option<SocketAddr>,
-    /// auto (journal under systemd, text otherwise), text or json.
-    #[arg(long, global = true, default_value = "auto")]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Serve (the default).
-    Run,
-    /// Validate the config and report store/index consistency, read-only.
-    Check {
-        /// Also read every archive and compare its sha256 with its row.
-        #[arg(long)]
-        all: bool,
-    },
-}
 
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(code as u8)
@@ -55,28 +25,51 @@ fn exit(code: i32) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, "episode-receiver");
+    // A copy of an index is read without a config.
+    if let Some(Command::Index(args)) = &cli.command
+        && let Some(path) = &args.index
+    {
+        return index(&Source::Jsonl(path.clone()), args);
+    }
+    let json = matches!(cli.command, Some(Command::Check { json: true, .. }));
     let mut config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("episode-receiver: {e}");
+            if json {
+                let error = e.to_string();
+                println!(
+                    "{}",
+                    episode_common::report::check_json(false, "", Some(&error))
+                );
+            }
             return exit(EXIT_CONFIG);
         }
     };
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check { all } => {
+        Command::Check { all, json } => {
             if let Some(listen) = cli.listen {
                 config.listen = listen;
             }
-            let mut stdout = std::io::stdout().lock();
-            match check::run(&config, &cli.config, all, &mut stdout) {
-                Ok(check::Verdict::Ok) => ExitCode::SUCCESS,
-                Ok(check::Verdict::Problems) => exit(EXIT_FAILURE),
-                Err(e) => {
-                    eprintln!("episode-receiver: {e}");
-                    exit(EXIT_CONFIG)
-                }
+            let mut text = Vec::new();
+            let verdict = check::run(&config, &cli.config, all, &mut text);
+            let text = String::from_utf8_lossy(&text);
+            let (ok, error, code) = match &verdict {
+                Ok(check::Verdict::Ok) => (true, None, ExitCode::SUCCESS),
+                Ok(check::Verdict::Problems) => (false, None, exit(EXIT_FAILURE)),
+                Err(e) => (false, Some(e.as_str()), exit(EXIT_CONFIG)),
+            };
+            if json {
+                println!("{}", episode_common::report::check_json(ok, &text, error));
+            } else {
+                print!("{text}");
             }
+            if let Some(e) = error {
+                eprintln!("episode-receiver: {e}");
+            }
+            code
         }
+        Command::Index(args) => index(&Source::Jsonl(config.index_path.clone()), &args),
         Command::Run => {
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -92,6 +85,70 @@ fn main() -> ExitCode {
             // file again does not see it as a change of `listen`.
             let listen = cli.listen.unwrap_or(config.listen);
             runtime.block_on(serve(config, cli.config, listen))
+        }
+    }
+}
+
+/// `index`: the query's rows as a table or JSON lines. Exit 78 for a bad argument
+/// (named), 1 when the index cannot be read.
+fn index(source: &Source, args: &IndexArgs) -> ExitCode {
+    let now = time::OffsetDateTime::now_utc();
+    let when = |flag: &str, text: &Option<String>| match text {
+        None => Ok(None),
+        Some(t) => query::parse_when(t, now)
+            .map(Some)
+            .map_err(|e| format!("--{flag}: {e}")),
+    };
+    let host_id = match args
+        .host
+        .as_deref()
+        .map(episode_common::HostId::new)
+        .transpose()
+    {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("episode-receiver: --host: {e}");
+            return exit(EXIT_CONFIG);
+        }
+    };
+    let (since, until) = match (when("since", &args.since), when("until", &args.until)) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("episode-receiver: {e}");
+            return exit(EXIT_CONFIG);
+        }
+    };
+    let query = Query {
+        host_id,
+        since,
+        until,
+        limit: args.limit,
+    };
+    match source.query(&query) {
+        Ok(answer) => {
+            for (line, error) in &answer.bad_lines {
+                eprintln!(
+                    "episode-receiver: index line {line} is not a valid row, skipped: {error}"
+                );
+            }
+            let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+            let written = if args.json {
+                query::write_json_lines(&answer.hits, &mut stdout)
+            } else {
+                query::write_table(&answer.hits, &mut stdout)
+            };
+            match written.and_then(|()| stdout.flush()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("episode-receiver: writing to stdout: {e}");
+                    exit(EXIT_FAILURE)
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("episode-receiver: {e}");
+            exit(EXIT_FAILURE)
         }
     }
 }

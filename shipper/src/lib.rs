@@ -13,6 +13,7 @@
 //! confirmed it holds the same bytes.
 
 pub mod check;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod layout;

@@ -1,69 +1,20 @@
-//! `episode-shipper [--config F] [run|once|ping|status|check|requeue]`.
+//! `episode-shipper [--config F] [run|once|ping|status|check|requeue|cleanup]`.
 //!
 //! Thin: parses the command line, loads the config (exit 78 naming the file and key
 //! when it is wrong), sets up logging and the runtime, and calls the library.
 //! Exit codes: 0 ok, 1 runtime failure, 78 bad configuration.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, Parser, Subcommand};
-use episode_common::logging::{self, LogFormat};
+use clap::Parser as _;
+use episode_common::logging;
 use episode_common::{EXIT_CONFIG, EXIT_FAILURE};
-use episode_shipper::config::{self, Config};
+use episode_shipper::cli::{Cli, Command, RequeueArgs};
+use episode_shipper::config::Config;
 use episode_shipper::quarantine::{self, Selector};
 use episode_shipper::transport::Transport;
 use episode_shipper::{check, daemon, layout, status};
-
-#[derive(Parser)]
-#[command(
-    name = "episode-shipper",
-    version,
-    about = "Ships finished episodes to the collector, each exactly once"
-)]
-struct Cli {
-    /// Config file.
-    #[arg(long, global = true, default_value = config::DEFAULT_PATH, env = "EPISODE_SHIPPER_CONFIG")]
-    config: PathBuf,
-    /// auto (journal under systemd, text otherwise), text or json.
-    #[arg(long, global = true, default_value = "auto")]
-    log_format: LogFormat,
-    #[command(subcommand)]
-    command: Option<Command>,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// The daemon loop (the default).
-    Run,
-    /// One pass; prints its result as one JSON object.
-    Once,
-    /// GET /v1/health on the receiver; exit 0 only on 200.
-    Ping,
-    /// Backlog, conflicts, quarantine, hold state, last success.
-    Status {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Validate the config and on-disk state, read-only.
-    Check,
-    /// Move quarantined episodes back to episodes/.
-    Requeue(RequeueArgs),
-}
-
-#[derive(Args)]
-#[group(required = true, multiple = false)]
-struct RequeueArgs {
-    /// Episode ids.
-    ids: Vec<String>,
-    /// Every quarantined episode.
-    #[arg(long)]
-    all: bool,
-    /// Those quarantined with this HTTP status (e.g. 412).
-    #[arg(long)]
-    status: Option<u16>,
-}
 
 fn exit(code: i32) -> ExitCode {
     ExitCode::from(code as u8)
@@ -79,10 +30,18 @@ fn runtime() -> tokio::runtime::Runtime {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format, "episode-shipper");
+    let json = matches!(cli.command, Some(Command::Check { json: true }));
     let config = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("episode-shipper: {e}");
+            if json {
+                let error = e.to_string();
+                println!(
+                    "{}",
+                    episode_common::report::check_json(false, "", Some(&error))
+                );
+            }
             return exit(EXIT_CONFIG);
         }
     };
@@ -135,17 +94,29 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Check => {
-            let mut stdout = std::io::stdout().lock();
-            match check::run(&config, &cli.config, &mut stdout) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
+        Command::Check { json } => {
+            let mut text = Vec::new();
+            let verdict = check::run(&config, &cli.config, &mut text);
+            let text = String::from_utf8_lossy(&text);
+            let error = verdict.as_ref().err().map(ToString::to_string);
+            if json {
+                println!(
+                    "{}",
+                    episode_common::report::check_json(verdict.is_ok(), &text, error.as_deref())
+                );
+            } else {
+                print!("{text}");
+            }
+            match error {
+                None => ExitCode::SUCCESS,
+                Some(e) => {
                     eprintln!("episode-shipper: {e}");
                     exit(EXIT_CONFIG)
                 }
             }
         }
         Command::Requeue(args) => requeue(&config, args),
+        Command::Cleanup { dry_run, json } => cleanup(&config, dry_run, json),
     }
 }
 
@@ -191,30 +162,50 @@ fn ping(config: &Config) -> ExitCode {
 }
 
 fn requeue(config: &Config, args: RequeueArgs) -> ExitCode {
-    let selector = if args.all {
+    let which = args.which;
+    let selector = if which.all {
         Selector::All
-    } else if let Some(code) = args.status {
+    } else if let Some(code) = which.status {
         Selector::Status(code)
     } else {
-        Selector::Ids(args.ids)
+        Selector::Ids(which.ids)
     };
     let root = layout::DataRoot::new(&config.data_root);
-    match quarantine::requeue(&root, &selector, std::time::SystemTime::now()) {
+    let now = std::time::SystemTime::now();
+    let result = if args.dry_run {
+        quarantine::plan_requeue(&root, &selector, now)
+    } else {
+        quarantine::requeue(&root, &selector, now)
+    };
+    match result {
         Ok((requeued, mut problems)) => {
             // Their retry state goes too: a requeued episode starts afresh.
-            if !requeued.is_empty()
+            if !args.dry_run
+                && !requeued.is_empty()
                 && let Err(e) = episode_shipper::state::forget_on_disk(&root.state, &requeued)
             {
                 problems.push(format!("requeued, but their retry state stays: {e}"));
             }
-            for id in &requeued {
-                println!("requeued {id}");
-            }
-            if requeued.is_empty() && problems.is_empty() {
-                println!("nothing in quarantine matched");
-            }
-            for p in &problems {
-                eprintln!("episode-shipper: {p}");
+            if args.json {
+                let out = serde_json::json!({
+                    "dry_run": args.dry_run, "requeued": requeued, "problems": problems,
+                });
+                println!("{out}");
+            } else {
+                let verb = if args.dry_run {
+                    "would requeue"
+                } else {
+                    "requeued"
+                };
+                for id in &requeued {
+                    println!("{verb} {id}");
+                }
+                if requeued.is_empty() && problems.is_empty() {
+                    println!("nothing in quarantine matched");
+                }
+                for p in &problems {
+                    eprintln!("episode-shipper: {p}");
+                }
             }
             if problems.is_empty() {
                 ExitCode::SUCCESS
@@ -226,5 +217,79 @@ fn requeue(config: &Config, args: RequeueArgs) -> ExitCode {
             eprintln!("episode-shipper: requeue: {e}");
             exit(EXIT_FAILURE)
         }
+    }
+}
+
+/// `cleanup`: the retention rule of a pass (quarantine.keep_days, shipped.keep_days)
+/// applied now, under the data root's lock; `--dry-run` lists instead, lock-free.
+fn cleanup(config: &Config, dry_run: bool, json: bool) -> ExitCode {
+    let root = layout::DataRoot::new(&config.data_root);
+    let now = std::time::SystemTime::now();
+    let places = [
+        ("quarantine", &root.quarantine, config.quarantine.keep_days),
+        ("shipped", &root.shipped, config.shipped.keep_days),
+    ];
+    let _lock = if dry_run {
+        None
+    } else {
+        if let Err(e) = root.ensure() {
+            eprintln!(
+                "episode-shipper: cleanup: data_root {}: {e}",
+                root.root.display()
+            );
+            return exit(EXIT_FAILURE);
+        }
+        match episode_shipper::shipper::lock(&root) {
+            Ok(lock) => Some(lock),
+            Err(e @ episode_shipper::shipper::OpenError::Locked { .. }) => {
+                eprintln!(
+                    "episode-shipper: cleanup: {e}; the daemon removes these itself every \
+                     quarantine.cleanup_interval (--dry-run lists them while it runs)"
+                );
+                return exit(EXIT_FAILURE);
+            }
+            Err(e) => {
+                eprintln!("episode-shipper: cleanup: {e}");
+                return exit(EXIT_FAILURE);
+            }
+        }
+    };
+    let mut out = serde_json::json!({ "dry_run": dry_run });
+    let mut failed = false;
+    for (name, dir, keep_days) in places {
+        let result = if dry_run {
+            quarantine::plan_prune(dir, keep_days, now)
+        } else {
+            quarantine::prune(dir, keep_days, now, &|| {})
+        };
+        let removed = match result {
+            Ok(r) => r,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                eprintln!("episode-shipper: cleanup {}: {e}", dir.display());
+                failed = true;
+                Vec::new()
+            }
+        };
+        if !json {
+            let verb = if dry_run { "would remove" } else { "removed" };
+            for entry in &removed {
+                println!("{verb} {name}/{entry}");
+            }
+            let rule = match keep_days {
+                0 => format!("{name}.keep_days = 0 keeps them forever"),
+                days => format!("older than {name}.keep_days = {days}"),
+            };
+            println!("{name}: {} {verb} ({rule})", removed.len());
+        }
+        out[name] = removed.into();
+    }
+    if json {
+        println!("{out}");
+    }
+    if failed {
+        exit(EXIT_FAILURE)
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -249,9 +249,7 @@ pub fn prune(
         if name.starts_with('.') {
             continue;
         }
-        let old = layout::mtime_age_secs(&path, now)
-            .is_some_and(|age| age > u64::from(keep_days) * 86_400);
-        if old {
+        if expired(&path, keep_days, now) {
             let trash = dir.join(format!("{TRASH_PREFIX}{name}"));
             std::fs::rename(&path, &trash)?;
             fsx::fsync_dir(dir)?;
@@ -260,6 +258,27 @@ pub fn prune(
         }
     }
     Ok(removed)
+}
+
+/// Whether `prune` removes this entry: older than `keep_days` by its mtime.
+fn expired(path: &Path, keep_days: u32, now: SystemTime) -> bool {
+    keep_days > 0
+        && layout::mtime_age_secs(path, now).is_some_and(|age| age > u64::from(keep_days) * 86_400)
+}
+
+/// What `prune` would remove from `dir` now, changing nothing: the entries' names,
+/// sorted.
+pub fn plan_prune(dir: &Path, keep_days: u32, now: SystemTime) -> io::Result<Vec<String>> {
+    if keep_days == 0 {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for (name, path) in layout::entries(dir)? {
+        if !name.starts_with('.') && expired(&path, keep_days, now) {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 /// `remove_dir_all` that calls `step` per entry removed; symlinks are removed, never
@@ -299,7 +318,31 @@ pub fn requeue(
     selector: &Selector,
     now: SystemTime,
 ) -> io::Result<(Vec<String>, Vec<String>)> {
-    let (mut requeued, mut problems) = recover_requeues(root)?;
+    requeue_or_plan(root, selector, now, false)
+}
+
+/// What `requeue` would do now, changing nothing: (episode ids it would move back,
+/// problems it would report).
+pub fn plan_requeue(
+    root: &DataRoot,
+    selector: &Selector,
+    now: SystemTime,
+) -> io::Result<(Vec<String>, Vec<String>)> {
+    requeue_or_plan(root, selector, now, true)
+}
+
+fn requeue_or_plan(
+    root: &DataRoot,
+    selector: &Selector,
+    now: SystemTime,
+    dry_run: bool,
+) -> io::Result<(Vec<String>, Vec<String>)> {
+    // A real run first finishes requeues a crash cut short; a dry run changes nothing.
+    let (mut requeued, mut problems) = if dry_run {
+        (Vec::new(), Vec::new())
+    } else {
+        recover_requeues(root)?
+    };
     let entries = list(root, now)?;
     let chosen: Vec<&Entry> = match selector {
         Selector::All => entries.iter().collect(),
@@ -334,6 +377,10 @@ pub fn requeue(
                 "quarantine/{}: not requeued, episodes/{id} already exists (ship or move that one first)",
                 entry.name
             ));
+            continue;
+        }
+        if dry_run {
+            requeued.push(id.to_string());
             continue;
         }
         let pending = requeue_pending_dir(root);

@@ -127,8 +127,8 @@ fn unit_random() -> f64 {
     rand::random::<f64>()
 }
 
-/// Takes the data root's single-instance lock.
-fn lock(root: &DataRoot) -> Result<File, OpenError> {
+/// Takes the data root's single-instance lock (held by the daemon while it runs).
+pub fn lock(root: &DataRoot) -> Result<File, OpenError> {
     use std::io::Write as _;
     let path = root.lock_file();
     let mut file = File::options()

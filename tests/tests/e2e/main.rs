@@ -1,8 +1,10 @@
 //! The end-to-end test binary: one module per area, each driving real binaries
 //! through the `episode_e2e` harness.
 
+mod cli;
 mod crash;
 mod harness;
+mod package;
 mod receiver;
 mod receiver_hardening;
 mod shipper;

@@ -28,10 +28,8 @@ fn the_units_pass_systemd_analyze_verify() {
     let dir = env.dir("units");
     for name in ["episode-shipper", "episode-receiver"] {
         // Verify against the binaries just built (verify checks ExecStart exists).
-        let text = unit(&format!("{name}.service")).replace(
-            &format!("/usr/local/bin/{name}"),
-            bin(name).to_str().unwrap(),
-        );
+        let text = unit(&format!("{name}.service"))
+            .replace(&format!("/usr/bin/{name}"), bin(name).to_str().unwrap());
         std::fs::write(dir.join(format!("{name}.service")), text).unwrap();
     }
     let out = Command::new("systemd-analyze")

@@ -13,6 +13,7 @@
 //! writes anything.
 
 pub mod certs;
+pub mod cli;
 pub mod config;
 pub mod data;
 pub mod doctor;

@@ -5,44 +5,16 @@
 //! itself could not run (bad arguments, no runtime). Holds no checks itself.
 
 use std::io::{IsTerminal as _, Write as _};
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::Parser;
+use clap::Parser as _;
+use episode_doctor::cli::Cli;
 use episode_doctor::doctor::{Options, diagnose};
 use episode_doctor::report::use_colour;
-use episode_doctor::since;
 
 /// Exit code when the doctor itself could not run.
 const EXIT_DOCTOR: u8 = 2;
-
-#[derive(Parser)]
-#[command(
-    name = "episode-doctor",
-    version,
-    about = "What is wrong with the episode shipper on this host, and the command that fixes it",
-    after_help = "Exit status: 0 no row is red, 1 a row is red, 2 the doctor could not run."
-)]
-struct Cli {
-    /// The shipper's config file.
-    #[arg(long, default_value = episode_shipper::config::DEFAULT_PATH, env = "EPISODE_SHIPPER_CONFIG")]
-    config: PathBuf,
-    /// Print {"rows": [{"check", "level", "finding", "fix"}…], "worst"} instead of a table.
-    #[arg(long)]
-    json: bool,
-    /// How far back to read the journal: "10min", "30s", "1h", "2d", "1h30m".
-    #[arg(long, default_value = "10min", value_parser = since::parse)]
-    since: Duration,
-    /// The shipper's systemd unit.
-    #[arg(long, default_value = episode_doctor::fixes::DEFAULT_UNIT)]
-    unit: String,
-    /// Read journal JSON lines (as from `journalctl -o json`), or the shipper's own text or JSON log
-    /// lines, from this file instead of journalctl.
-    #[arg(long)]
-    journal_file: Option<PathBuf>,
-}
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let report = diagnose(&Options {
