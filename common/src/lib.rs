@@ -10,6 +10,7 @@
 pub mod classify;
 pub mod config;
 pub mod digest;
+pub mod exposition;
 pub mod fsx;
 pub mod id;
 pub mod logging;

@@ -28,6 +28,7 @@ use episode_common::fsx;
 use episode_common::wire::{IndexRow, format_rfc3339};
 use episode_common::{EpisodeId, HostId, Sha256};
 
+use crate::fleet;
 use crate::upload::Spool;
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -65,6 +66,8 @@ pub struct Index {
     /// Interned commit ids: a host records thousands of episodes with a few commits.
     commits: Mutex<HashSet<Arc<str>>>,
     rows: AtomicU64,
+    /// Per-host aggregates for the fleet page, updated with the map.
+    stats: Mutex<fleet::Stats>,
 }
 
 impl Index {
@@ -113,12 +116,29 @@ impl Index {
     /// Sets the entry of a key; returns false when it replaced one (a later row for
     /// the same key: an archive that was lost and uploaded again).
     fn insert(&self, host_id: HostId, episode_id: EpisodeId, entry: Entry) -> bool {
+        let (received_at, bytes) = (entry.received_at, entry.bytes);
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let fresh = insert_into(&mut map, host_id, episode_id, entry).is_none();
+        let old = map
+            .get(host_id.as_str())
+            .and_then(|episodes| episodes.get(episode_id.as_str()))
+            .map(|e| (e.received_at, e.bytes));
+        let fresh = insert_into(&mut map, host_id.clone(), episode_id, entry).is_none();
+        drop(map);
         if fresh {
             self.rows.fetch_add(1, Ordering::Relaxed);
         }
+        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+        let host = stats.entry(host_id).or_default();
+        if let Some((received_at, bytes)) = old {
+            host.remove(received_at, bytes);
+        }
+        host.add(received_at, bytes);
         fresh
+    }
+
+    /// Runs `f` over the per-host aggregates (a lock held briefly; no map scan).
+    pub fn with_stats<T>(&self, f: impl FnOnce(&fleet::Stats) -> T) -> T {
+        f(&self.stats.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn entry_of(&self, row: &IndexRow) -> Entry {
@@ -553,6 +573,22 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
             break;
         }
     }
+    // The fleet's aggregates, from the final rows (each shard on its own core).
+    let shard_stats: Vec<fleet::Stats> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shards
+            .iter()
+            .map(|(map, _)| scope.spawn(move || aggregate(map)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("index aggregation panicked"))
+            .collect()
+    });
+    index
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(shard_stats.into_iter().flatten());
     let mut map = index.map.write().unwrap_or_else(|e| e.into_inner());
     for (shard, duplicates) in shards {
         map.extend(shard);
@@ -563,6 +599,19 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
     index.rows.store(rows, Ordering::Relaxed);
     report.rows = rows;
     Ok((index, report))
+}
+
+/// Per-host aggregates of a map (hosts are disjoint between shards).
+fn aggregate(map: &Map) -> fleet::Stats {
+    map.iter()
+        .map(|(host_id, episodes)| {
+            let mut stats = fleet::HostStats::default();
+            for entry in episodes.values() {
+                stats.add(entry.received_at, entry.bytes);
+            }
+            (host_id.clone(), stats)
+        })
+        .collect()
 }
 
 /// Makes a torn tail safe to append after: completes a parseable last row with its

@@ -14,8 +14,11 @@ pub mod admission;
 pub mod check;
 pub mod config;
 pub mod credentials;
+pub mod fleet;
+pub mod fleet_page;
 pub mod index;
 pub mod metrics;
+pub mod ops;
 pub mod reconcile;
 pub mod routes;
 pub mod server;
@@ -50,6 +53,12 @@ pub struct AppState {
     pub limits: Limits,
     /// Where uploads are spooled, and whether unnamed (`O_TMPFILE`) spools work there.
     pub spool: upload::SpoolDir,
+    /// The ops listener's bearer token (`ops_token_file`), read at start.
+    pub ops_token: Option<String>,
+    /// Unix seconds at start.
+    pub started_at: i64,
+    /// Each host's answers since start (the fleet page's `rejecting`).
+    answers: std::sync::Mutex<std::collections::HashMap<HostId, fleet::Answers>>,
     draining: AtomicBool,
     temp_seq: AtomicU64,
     /// Free bytes on the store's filesystem, as last read, and when (ms since `epoch`).
@@ -59,6 +68,9 @@ pub struct AppState {
     /// The single-instance lock (an `flock` on the index file), held while this lives.
     _instance_lock: std::fs::File,
 }
+
+/// Hosts whose answers are remembered, at most.
+const MAX_ANSWER_HOSTS: usize = 10_000;
 
 /// How long a reading of the store's free space is used before it is read again.
 const FREE_SPACE_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(250);
@@ -85,6 +97,49 @@ impl AppState {
         self.free_read_ms
             .store(self.epoch.elapsed().as_millis() as u64, Ordering::Relaxed);
         Ok(free)
+    }
+
+    /// Records a PUT's answer for the host it was about: the client certificate's
+    /// identity, else the host in the path.
+    pub fn record_answer(&self, parts: &http::request::Parts, response: &axum::response::Response) {
+        if fleet::is_rejection(response.status().as_u16()).is_none() {
+            return;
+        }
+        let peer = parts
+            .extensions
+            .get::<admission::PeerIdentity>()
+            .and_then(|p| p.primary.as_deref());
+        let path_host = parts
+            .uri
+            .path()
+            .strip_prefix("/v1/episodes/")
+            .and_then(|rest| rest.split('/').next());
+        let Some(host_id) = peer.or(path_host).and_then(|h| HostId::new(h).ok()) else {
+            return;
+        };
+        let problem_type = response
+            .extensions()
+            .get::<metrics::ProblemType>()
+            .map(|p| p.0);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: ids nobody stored under (without mTLS anyone may name any host)
+        // cannot grow it without end.
+        if answers.len() >= MAX_ANSWER_HOSTS && !answers.contains_key(&host_id) {
+            return;
+        }
+        answers
+            .entry(host_id)
+            .or_default()
+            .record(now, response.status().as_u16(), problem_type);
+    }
+
+    /// The fleet at `now` (aggregates and answers; no scan of the index).
+    pub fn fleet_view(&self, now: i64) -> fleet::FleetView {
+        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        let stale_after = self.config.fleet.stale_after.dur.get().as_secs() as i64;
+        self.index
+            .with_stats(|stats| fleet::view(stats, &answers, now, stale_after))
     }
 
     pub fn start_draining(&self) {
@@ -218,7 +273,31 @@ pub fn open(
         dir: config.incoming_root.clone(),
         unnamed,
     };
+    let ops_token = match &config.ops_token_file {
+        None => None,
+        Some(path) => {
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                StartError::Config(format!(
+                    "config {}: ops_token_file: cannot read {}: {e}",
+                    config_path.display(),
+                    path.display()
+                ))
+            })?;
+            let token = token.trim().to_owned();
+            if token.is_empty() {
+                return Err(StartError::Config(format!(
+                    "config {}: ops_token_file: {} is empty",
+                    config_path.display(),
+                    path.display()
+                )));
+            }
+            Some(token)
+        }
+    };
     let state = AppState {
+        ops_token,
+        started_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        answers: Default::default(),
         slots: Slots::new(config.max_concurrent_uploads, config.max_uploads_per_host),
         spool,
         config,

@@ -10,7 +10,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -110,10 +109,7 @@ impl Listener {
                         (Either::Left(tls), peer)
                     }
                     Ok(Err(e)) => {
-                        self.state
-                            .metrics
-                            .handshake_failures
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.state.metrics.handshake_failures.inc();
                         let reason = e
                             .get_ref()
                             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -122,10 +118,7 @@ impl Listener {
                         return;
                     }
                     Err(_) => {
-                        self.state
-                            .metrics
-                            .handshake_failures
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.state.metrics.handshake_failures.inc();
                         tracing::warn!(%remote, timeout = %config.handshake_timeout, "tls_handshake_timed_out");
                         return;
                     }
@@ -187,7 +180,7 @@ pub async fn run(
     ))];
     if let Some(metrics) = metrics {
         let listener = Listener {
-            router: crate::routes::metrics_app(state.clone()),
+            router: crate::ops::app(state.clone()),
             credentials: None,
             state: state.clone(),
             connections,
