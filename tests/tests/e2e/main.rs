@@ -2,6 +2,7 @@
 //! through the `episode_e2e` harness.
 
 mod crash;
+mod observability;
 mod receiver;
 mod shipper;
 mod units;
