@@ -134,7 +134,8 @@ fn tile(out: &mut String, class: &str, value: &str, label: &str) {
 }
 
 /// The plot of episodes stored per hour over the last 7 days: one bar per hour,
-/// an hour without any a red tick on the baseline, so a gap is seen.
+/// an hour without any (after the first hour with some) a red tick on the
+/// baseline, so a gap is seen.
 fn plot(out: &mut String, view: &FleetView) {
     const W: usize = 1220;
     const H: usize = 110;
@@ -150,6 +151,7 @@ fn plot(out: &mut String, view: &FleetView) {
         "<svg viewBox=\"0 0 {W} {H}\" role=\"img\" aria-label=\"episodes stored per hour, last 7 days\">"
     );
     let now_hour = view.now.div_euclid(3600);
+    let first = per_hour.iter().position(|n| *n > 0).unwrap_or(HOURS);
     for (i, n) in per_hour.iter().enumerate() {
         let x = i as f64 * bar;
         let hour = now_hour - (HOURS - 1 - i) as i64;
@@ -158,6 +160,8 @@ fn plot(out: &mut String, view: &FleetView) {
                 out,
                 "<line x1=\"{x:.1}\" y1=\"{TOP}\" x2=\"{x:.1}\" y2=\"{base}\" stroke=\"#e4e7eb\"/>"
             );
+        }
+        if hour.rem_euclid(24) == 0 && x < (W - 70) as f64 {
             let _ = write!(
                 out,
                 "<text x=\"{:.1}\" y=\"{}\">{}</text>",
@@ -165,6 +169,9 @@ fn plot(out: &mut String, view: &FleetView) {
                 H - 4,
                 &utc(hour * 3600)[..10]
             );
+        }
+        if *n == 0 && i < first {
+            continue;
         }
         if *n == 0 {
             let _ = write!(
