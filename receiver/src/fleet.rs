@@ -240,37 +240,58 @@ pub fn view(
 }
 
 /// `/api/hosts` (observability.md): the view as JSON, times in RFC 3339.
-pub fn to_json(view: &FleetView, stale_after: &str) -> serde_json::Value {
+pub fn to_json(view: &FleetView, stale_after: &str) -> String {
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        generated_at: String,
+        stale_after: &'a str,
+        hosts: Vec<Host<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct Host<'a> {
+        host_id: &'a str,
+        state: HostState,
+        last_stored_at: String,
+        episodes_24h: u64,
+        bytes_24h: u64,
+        episodes_total: u64,
+        bytes_total: u64,
+        last_rejection: Option<LastRejection<'a>>,
+    }
+    #[derive(serde::Serialize)]
+    struct LastRejection<'a> {
+        at: String,
+        status_code: u16,
+        problem_type: &'a str,
+    }
     let at = |t: i64| {
         time::OffsetDateTime::from_unix_timestamp(t)
             .map(episode_common::wire::format_rfc3339)
             .unwrap_or_default()
     };
-    let hosts: Vec<serde_json::Value> = view
-        .hosts
-        .iter()
-        .map(|h| {
-            serde_json::json!({
-                "host_id": h.host_id.as_str(),
-                "state": h.state.as_str(),
-                "last_stored_at": at(h.last_stored),
-                "episodes_24h": h.episodes_24h,
-                "bytes_24h": h.bytes_24h,
-                "episodes_total": h.episodes_total,
-                "bytes_total": h.bytes_total,
-                "last_rejection": h.last_rejection.as_ref().map(|r| serde_json::json!({
-                    "at": at(r.at),
-                    "status_code": r.status_code,
-                    "problem_type": r.problem_type,
-                })),
+    let body = Body {
+        generated_at: at(view.now),
+        stale_after,
+        hosts: view
+            .hosts
+            .iter()
+            .map(|h| Host {
+                host_id: h.host_id.as_str(),
+                state: h.state,
+                last_stored_at: at(h.last_stored),
+                episodes_24h: h.episodes_24h,
+                bytes_24h: h.bytes_24h,
+                episodes_total: h.episodes_total,
+                bytes_total: h.bytes_total,
+                last_rejection: h.last_rejection.as_ref().map(|r| LastRejection {
+                    at: at(r.at),
+                    status_code: r.status_code,
+                    problem_type: &r.problem_type,
+                }),
             })
-        })
-        .collect();
-    serde_json::json!({
-        "generated_at": at(view.now),
-        "stale_after": stale_after,
-        "hosts": hosts,
-    })
+            .collect(),
+    };
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -323,7 +344,7 @@ mod tests {
         let rej = &v.hosts[2];
         assert_eq!(rej.last_rejection.as_ref().unwrap().status_code, 413);
         assert_eq!(v.count(HostState::Stale), 2);
-        let json = to_json(&v, "24h");
+        let json: serde_json::Value = serde_json::from_str(&to_json(&v, "24h")).unwrap();
         assert_eq!(json["stale_after"], "24h");
         assert_eq!(json["hosts"][2]["state"], "rejecting");
         assert_eq!(

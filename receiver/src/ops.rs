@@ -119,9 +119,6 @@ async fn fleet_page(State(state): State<Arc<AppState>>) -> Response {
 
 async fn api_hosts(State(state): State<Arc<AppState>>) -> Response {
     let view = state.fleet_view(now());
-    axum::Json(crate::fleet::to_json(
-        &view,
-        &state.config.fleet.stale_after.text,
-    ))
-    .into_response()
+    let json = crate::fleet::to_json(&view, &state.config.fleet.stale_after.text);
+    ([(http::header::CONTENT_TYPE, "application/json")], json).into_response()
 }
