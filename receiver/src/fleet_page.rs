@@ -303,10 +303,11 @@ pub fn render(page: &Page<'_>) -> String {
     let _ = write!(
         out,
         "</tbody></table><footer>Rejections (a 4xx answer other than 409, 408 and 429) are counted since the receiver started, {} UTC; \
-         everything else comes from the index. The same data as JSON: <a href=\"api/hosts\">/api/hosts</a>. episode-receiver {}</footer></main></body></html>\n",
+         everything else comes from the index. The same data as JSON: <a href=\"api/hosts\">/api/hosts</a>. episode-receiver {}</footer></main></body></html>",
         utc(page.started_at),
         escape(page.version),
     );
+    out.push('\n');
     out
 }
 

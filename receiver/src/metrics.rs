@@ -195,9 +195,7 @@ impl Metrics {
             .inc();
         if let Some(ProblemType(problem_type)) = response.extensions().get::<ProblemType>() {
             self.rejections
-                .get_or_create(&ProblemLabels {
-                    problem_type: *problem_type,
-                })
+                .get_or_create(&ProblemLabels { problem_type })
                 .inc();
         }
     }
@@ -285,7 +283,7 @@ fn read_process() -> Option<ProcessStats> {
             libc::sysconf(libc::_SC_PAGESIZE),
         )
     };
-    let mut stats = parse_proc(&stat, &proc_stat, ticks.max(1) as f64, page.max(1) as i64)?;
+    let mut stats = parse_proc(&stat, &proc_stat, ticks.max(1) as f64, page.max(1))?;
     stats.open_fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
     let mut limit = libc::rlimit {
         rlim_cur: 0,
