@@ -116,23 +116,26 @@ impl Index {
     /// Sets the entry of a key; returns false when it replaced one (a later row for
     /// the same key: an archive that was lost and uploaded again).
     fn insert(&self, host_id: HostId, episode_id: EpisodeId, entry: Entry) -> bool {
-        let (received_at, bytes) = (entry.received_at, entry.bytes);
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
-        let old = map
-            .get(host_id.as_str())
-            .and_then(|episodes| episodes.get(episode_id.as_str()))
-            .map(|e| (e.received_at, e.bytes));
-        let fresh = insert_into(&mut map, host_id.clone(), episode_id, entry).is_none();
-        drop(map);
+        {
+            // The fleet's aggregates change with the map (lock order: map, stats).
+            let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            let host = match stats.get_mut(host_id.as_str()) {
+                Some(host) => host,
+                None => stats.entry(host_id.clone()).or_default(),
+            };
+            let old = map
+                .get(host_id.as_str())
+                .and_then(|episodes| episodes.get(episode_id.as_str()));
+            if let Some(old) = old {
+                host.remove(old.received_at, old.bytes);
+            }
+            host.add(entry.received_at, entry.bytes);
+        }
+        let fresh = insert_into(&mut map, host_id, episode_id, entry).is_none();
         if fresh {
             self.rows.fetch_add(1, Ordering::Relaxed);
         }
-        let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
-        let host = stats.entry(host_id).or_default();
-        if let Some((received_at, bytes)) = old {
-            host.remove(received_at, bytes);
-        }
-        host.add(received_at, bytes);
         fresh
     }
 
@@ -1339,6 +1342,45 @@ mod tests {
             "the last row wins"
         );
         assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn fleet_aggregates_follow_loaded_and_inserted_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.jsonl");
+        let a = row("lab1", "E1", b"a");
+        let mut a2 = row("lab1", "E1", b"other");
+        a2.bytes = 99;
+        let b = row("lab2", "E1", b"bb");
+        std::fs::write(&path, format!("{}{}{}", line(&a), line(&b), line(&a2))).unwrap();
+        let (index, _) = load(&path).unwrap();
+        let totals = |index: &Index, host: &str| {
+            index.with_stats(|s| {
+                let h = &s[host];
+                (h.episodes_total, h.bytes_total, h.last_stored)
+            })
+        };
+        let t = index.entry_of(&a).received_at;
+        assert_eq!(
+            totals(&index, "lab1"),
+            (1, 99, t),
+            "the replaced row is not counted"
+        );
+        assert_eq!(totals(&index, "lab2"), (1, 2, t));
+        let mut c = row("lab2", "E2", b"ccc");
+        c.received_at = "2026-11-22T11:00:00Z".into();
+        let entry = index.entry_of(&c);
+        assert!(index.insert(c.host_id.clone(), c.episode_id.clone(), entry));
+        assert_eq!(totals(&index, "lab2"), (2, 5, t + 3600));
+        let mut c2 = c.clone();
+        c2.bytes = 10;
+        let entry = index.entry_of(&c2);
+        assert!(!index.insert(c2.host_id.clone(), c2.episode_id.clone(), entry));
+        assert_eq!(
+            totals(&index, "lab2"),
+            (2, 12, t + 3600),
+            "a replacement counts once"
+        );
     }
 
     /// A publish request as the handler sends it, and where its answer arrives.
