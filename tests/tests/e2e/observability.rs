@@ -336,7 +336,18 @@ fn chromium_renders_the_fleet_page_with_the_stale_and_rejecting_hosts_first() {
     let env = TestEnv::new("obs-page");
     let (receiver, ops) = fleet(&env, "");
     let profile = env.dir("chromium-profile");
-    let dom = tools::chromium_headless(&profile, &format!("{ops}/"), &["--dump-dom"]).stdout;
+    // One run renders the page, prints the DOM and saves the screenshot.
+    let screenshot: PathBuf = env.dir("screenshots").join("fleet.png");
+    let dom = tools::chromium_headless(
+        &profile,
+        &format!("{ops}/"),
+        &[
+            "--dump-dom",
+            &format!("--screenshot={}", screenshot.display()),
+            "--window-size=1280,1000",
+        ],
+    )
+    .stdout;
     let row = |host: &str| {
         let at = dom
             .find(&format!(">{host}<"))
@@ -357,16 +368,6 @@ fn chromium_renders_the_fleet_page_with_the_stale_and_rejecting_hosts_first() {
     assert!(!dom.contains("<script"), "no script");
     assert!(dom.contains("since the receiver started"));
 
-    let screenshot: PathBuf = env.dir("screenshots").join("fleet.png");
-    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
-    tools::chromium_headless(
-        &profile,
-        &format!("{ops}/"),
-        &[
-            &format!("--screenshot={}", screenshot.display()),
-            "--window-size=1280,1000",
-        ],
-    );
     let png = std::fs::read(&screenshot).expect("screenshot written");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 10_000,
