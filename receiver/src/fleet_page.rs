@@ -113,7 +113,7 @@ table{width:100%;border-collapse:collapse;background:#fff;border:1px solid var(-
 th,td{padding:2px 8px;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap}
 th{position:sticky;top:0;background:#eef1f4;font-weight:600;font-size:12px;color:#3e4c59}
 td.n,th.n{text-align:right}
-td.host{font-family:ui-monospace,'DejaVu Sans Mono',monospace;font-size:12px}
+td.host{font-family:ui-monospace,'DejaVu Sans Mono',monospace;font-size:12px;max-width:300px;overflow:hidden;text-overflow:ellipsis}
 .age{color:var(--muted)}
 .badge{display:inline-block;min-width:72px;text-align:center;border-radius:3px;padding:0 6px;font-size:11px;font-weight:700;letter-spacing:.04em;text-transform:uppercase}
 tr.ok .badge{color:var(--ok);background:var(--ok-bg)}
@@ -270,12 +270,12 @@ pub fn render(page: &Page<'_>) -> String {
     );
     for h in &view.hosts {
         let state = h.state.as_str();
+        let host = escape(h.host_id.as_str());
         let _ = write!(
             out,
-            "<tr class=\"{state}\"><td><span class=\"badge\">{state}</span></td><td class=\"host\">{}</td>\
+            "<tr class=\"{state}\"><td><span class=\"badge\">{state}</span></td><td class=\"host\" title=\"{host}\">{host}</td>\
              <td>{}</td><td class=\"n age\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td>\
              <td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"rej\">",
-            escape(h.host_id.as_str()),
             utc(h.last_stored),
             age(now - h.last_stored),
             group(h.episodes_24h),
@@ -346,8 +346,8 @@ mod tests {
         stats.insert(host("lab-fine"), s);
         let html = page_of(&stats, &Default::default());
         assert!(html.contains("<meta http-equiv=\"refresh\" content=\"30\">"));
-        assert!(html.contains("<tr class=\"stale\"><td><span class=\"badge\">stale</span></td><td class=\"host\">lab-gone</td>"), "{html}");
-        assert!(html.contains("<td class=\"host\">lab-fine</td>"));
+        assert!(html.contains("<tr class=\"stale\"><td><span class=\"badge\">stale</span></td><td class=\"host\" title=\"lab-gone\">lab-gone</td>"), "{html}");
+        assert!(html.contains(">lab-fine</td>"));
         assert!(html.find("lab-gone") < html.find("lab-fine"), "worst first");
         assert!(html.contains("2d 0h"));
         assert!(html.contains("1.0 MiB"));

@@ -136,7 +136,12 @@ impl AppState {
 
     /// The fleet at `now` (aggregates and answers; no scan of the index).
     pub fn fleet_view(&self, now: i64) -> fleet::FleetView {
-        let answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        // A copy (a few hundred entries): recording answers never waits on a render.
+        let answers = self
+            .answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let stale_after = self.config.fleet.stale_after.dur.get().as_secs() as i64;
         self.index
             .with_stats(|stats| fleet::view(stats, &answers, now, stale_after))
