@@ -529,3 +529,32 @@ fn the_alert_rules_pass_promtool_check_and_their_unit_tests() {
     );
     assert!(test.stdout.contains("SUCCESS"), "{}", test.stdout);
 }
+
+#[test]
+fn a_host_that_stops_storing_turns_stale_on_the_page() {
+    let env = TestEnv::new("obs-turns-stale");
+    let config = env.receiver_config(
+        "r",
+        false,
+        "metrics_listen = \"127.0.0.1:0\"\n[fleet]\nstale_after = \"3s\"\n",
+    );
+    let receiver = env.spawn_receiver(&config);
+    let ops = receiver.ops_url();
+    let client = receiver.plain_client();
+    let answer = receiver.put(&client, "lab-a", "01GOINGQUIET0000000000001", b"last one");
+    assert_eq!(answer.status, 201, "{answer:#?}");
+    let state = || {
+        let json: Value = serde_json::from_str(&get(&format!("{ops}/api/hosts"), None).1).unwrap();
+        json["hosts"][0]["state"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(state(), "ok");
+    wait_until(Duration::from_secs(7), "lab-a to turn stale", || {
+        state() == "stale"
+    });
+    let (_, page) = get(&format!("{ops}/"), None);
+    assert!(page.contains("<tr class=\"stale\">"), "{page}");
+    assert!(page.contains(">lab-a</td>"), "{page}");
+}
