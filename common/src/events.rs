@@ -125,6 +125,12 @@ events! {
     /// The receiver's disk is full.
     DiskFull => "disk_full", "142d8bc2fc7a4786a75078ef405d38dc";
 
+    // Metrics (observability.md).
+    /// The metrics listener is serving (`url`).
+    MetricsListening => "metrics_listening", "b42c31f39e0c4985a0bc51486c8dd881";
+    /// Metrics could not be encoded, written or served.
+    MetricsFailed => "metrics_failed", "21e00989aaed4fd587a19c613368d129";
+
     // Added with the hardening (issue 11).
     /// An archive's size differs from its index row; the row is not trusted.
     ArchiveSizeMismatch => "archive_size_mismatch", "fdd14b20e48f446f984174d455632d14";

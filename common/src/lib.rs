@@ -11,6 +11,7 @@ pub mod classify;
 pub mod config;
 pub mod digest;
 pub mod events;
+pub mod exposition;
 pub mod fsx;
 pub mod id;
 pub mod logging;

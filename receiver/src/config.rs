@@ -50,11 +50,48 @@ pub struct Config {
     /// Open connections in total; further clients wait in the listen backlog.
     #[serde(default = "defaults::max_connections")]
     pub max_connections: usize,
+    /// The ops listener (observability.md): /metrics, /livez, /readyz, the fleet page.
     pub metrics_listen: Option<SocketAddr>,
+    /// Present: the ops listener wants `Authorization: Bearer <token>` but on
+    /// `/livez` and `/readyz`.
+    pub ops_token_file: Option<PathBuf>,
+    #[serde(default)]
+    pub fleet: FleetConfig,
     pub tls: Option<TlsConfig>,
     #[serde(default)]
     pub auth: AuthConfig,
     pub window: Option<WindowConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetConfig {
+    /// A host with no stored episode for this long is `stale`.
+    #[serde(default = "defaults::stale_after")]
+    pub stale_after: StaleAfter,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            stale_after: defaults::stale_after(),
+        }
+    }
+}
+
+/// `[fleet] stale_after`, with its text as written (shown as such by `/api/hosts`).
+#[derive(Debug, Clone)]
+pub struct StaleAfter {
+    pub dur: Dur,
+    pub text: String,
+}
+
+impl<'de> Deserialize<'de> for StaleAfter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let dur = Dur::parse(&text).map_err(serde::de::Error::custom)?;
+        Ok(StaleAfter { dur, text })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -127,6 +164,12 @@ mod defaults {
     pub fn max_connections() -> usize {
         1024
     }
+    pub fn stale_after() -> StaleAfter {
+        StaleAfter {
+            dur: Dur(Duration::from_secs(86_400)),
+            text: "24h".into(),
+        }
+    }
     pub fn max_age() -> Dur {
         Dur(Duration::from_secs(30 * 86_400))
     }
@@ -157,6 +200,9 @@ impl Config {
         if self.max_connections == 0 {
             return Err(err("max_connections", "must be at least 1".into()));
         }
+        if self.fleet.stale_after.dur.get().is_zero() {
+            return Err(err("fleet.stale_after", "must be more than 0s".into()));
+        }
         if self.body_idle_timeout.get().is_zero() {
             return Err(err("body_idle_timeout", "must be more than 0s".into()));
         }
@@ -184,6 +230,9 @@ impl Config {
         }
         if let Some(token) = &self.auth.bearer_token_file {
             files.push(("auth.bearer_token_file", token));
+        }
+        if let Some(token) = &self.ops_token_file {
+            files.push(("ops_token_file", token));
         }
         for (key, file) in files {
             if let Err(e) = std::fs::File::open(file) {
@@ -373,6 +422,9 @@ max_uploads_per_host = 4
 body_idle_timeout = "60s"
 shutdown_grace = "30s"
 metrics_listen = "127.0.0.1:9465"
+ops_token_file = "/etc/episode-receiver/ops-token"
+[fleet]
+stale_after = "24h"
 [tls]
 cert = "/c.pem"
 key = "/c.key"
@@ -389,6 +441,24 @@ max_future = "1h"
         assert_eq!(c.window.unwrap().max_age.get().as_secs(), 30 * 86_400);
         assert_eq!(c.tls.unwrap().client_ca.unwrap(), Path::new("/ca.pem"));
         assert_eq!(c.metrics_listen.unwrap().port(), 9465);
+        assert_eq!(c.fleet.stale_after.text, "24h");
+        assert_eq!(c.fleet.stale_after.dur.get().as_secs(), 86_400);
+        assert!(c.ops_token_file.is_some());
+    }
+
+    #[test]
+    fn a_bad_stale_after_names_its_key() {
+        let e = parse("[fleet]\nstale_after = \"soon\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stale_after"), "{e}");
+        let e = parse("[fleet]\nstale_afterr = \"1h\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("stale_afterr"), "{e}");
+        let c = parse("[fleet]\nstale_after = \"0s\"").unwrap();
+        let e = c.validate(Path::new("r.toml")).unwrap_err().to_string();
+        assert!(e.contains("fleet.stale_after"), "{e}");
     }
 
     #[test]

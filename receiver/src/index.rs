@@ -28,6 +28,7 @@ use episode_common::fsx;
 use episode_common::wire::{IndexRow, format_rfc3339};
 use episode_common::{EpisodeId, Event, HostId, Sha256};
 
+use crate::fleet;
 use crate::upload::Spool;
 use serde::Deserialize;
 use time::OffsetDateTime;
@@ -65,6 +66,8 @@ pub struct Index {
     /// Interned commit ids: a host records thousands of episodes with a few commits.
     commits: Mutex<HashSet<Arc<str>>>,
     rows: AtomicU64,
+    /// Per-host aggregates for the fleet page, updated with the map.
+    stats: Mutex<fleet::Stats>,
 }
 
 impl Index {
@@ -159,11 +162,31 @@ impl Index {
     /// the same key: an archive that was lost and uploaded again).
     fn insert(&self, host_id: HostId, episode_id: EpisodeId, entry: Entry) -> bool {
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        {
+            // The fleet's aggregates change with the map (lock order: map, stats).
+            let mut stats = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            let host = match stats.get_mut(host_id.as_str()) {
+                Some(host) => host,
+                None => stats.entry(host_id.clone()).or_default(),
+            };
+            let old = map
+                .get(host_id.as_str())
+                .and_then(|episodes| episodes.get(episode_id.as_str()));
+            if let Some(old) = old {
+                host.remove(old.received_at, old.bytes);
+            }
+            host.add(entry.received_at, entry.bytes);
+        }
         let fresh = insert_into(&mut map, host_id, episode_id, entry).is_none();
         if fresh {
             self.rows.fetch_add(1, Ordering::Relaxed);
         }
         fresh
+    }
+
+    /// Runs `f` over the per-host aggregates (a lock held briefly; no map scan).
+    pub fn with_stats<T>(&self, f: impl FnOnce(&fleet::Stats) -> T) -> T {
+        f(&self.stats.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn entry_of(&self, row: &IndexRow) -> Entry {
@@ -606,6 +629,22 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
             break;
         }
     }
+    // The fleet's aggregates, from the final rows (each shard on its own core).
+    let shard_stats: Vec<fleet::Stats> = std::thread::scope(|scope| {
+        let handles: Vec<_> = shards
+            .iter()
+            .map(|(map, _)| scope.spawn(move || aggregate(map)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("index aggregation panicked"))
+            .collect()
+    });
+    index
+        .stats
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .extend(shard_stats.into_iter().flatten());
     let mut map = index.map.write().unwrap_or_else(|e| e.into_inner());
     for (shard, (duplicates, conflicts)) in shards {
         map.extend(shard);
@@ -619,6 +658,19 @@ pub fn load(path: &Path) -> io::Result<(Index, LoadReport)> {
     index.rows.store(rows, Ordering::Relaxed);
     report.rows = rows;
     Ok((index, report))
+}
+
+/// Per-host aggregates of a map (hosts are disjoint between shards).
+fn aggregate(map: &Map) -> fleet::Stats {
+    map.iter()
+        .map(|(host_id, episodes)| {
+            let mut stats = fleet::HostStats::default();
+            for entry in episodes.values() {
+                stats.add(entry.received_at, entry.bytes);
+            }
+            (host_id.clone(), stats)
+        })
+        .collect()
 }
 
 /// Makes a torn tail safe to append after: completes a parseable last row with its
@@ -1455,6 +1507,45 @@ mod tests {
             "the last row wins"
         );
         assert_eq!(index.len(), 1);
+    }
+
+    #[test]
+    fn fleet_aggregates_follow_loaded_and_inserted_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.jsonl");
+        let a = row("lab1", "E1", b"a");
+        let mut a2 = row("lab1", "E1", b"other");
+        a2.bytes = 99;
+        let b = row("lab2", "E1", b"bb");
+        std::fs::write(&path, format!("{}{}{}", line(&a), line(&b), line(&a2))).unwrap();
+        let (index, _) = load(&path).unwrap();
+        let totals = |index: &Index, host: &str| {
+            index.with_stats(|s| {
+                let h = &s[host];
+                (h.episodes_total, h.bytes_total, h.last_stored)
+            })
+        };
+        let t = index.entry_of(&a).received_at;
+        assert_eq!(
+            totals(&index, "lab1"),
+            (1, 99, t),
+            "the replaced row is not counted"
+        );
+        assert_eq!(totals(&index, "lab2"), (1, 2, t));
+        let mut c = row("lab2", "E2", b"ccc");
+        c.received_at = "2026-11-22T11:00:00Z".into();
+        let entry = index.entry_of(&c);
+        assert!(index.insert(c.host_id.clone(), c.episode_id.clone(), entry));
+        assert_eq!(totals(&index, "lab2"), (2, 5, t + 3600));
+        let mut c2 = c.clone();
+        c2.bytes = 10;
+        let entry = index.entry_of(&c2);
+        assert!(!index.insert(c2.host_id.clone(), c2.episode_id.clone(), entry));
+        assert_eq!(
+            totals(&index, "lab2"),
+            (2, 12, t + 3600),
+            "a replacement counts once"
+        );
     }
 
     /// A publish request as the handler sends it, and where its answer arrives.

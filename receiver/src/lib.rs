@@ -16,9 +16,12 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod credentials;
+pub mod fleet;
+pub mod fleet_page;
 pub mod health;
 pub mod index;
 pub mod metrics;
+pub mod ops;
 pub mod query;
 pub mod reconcile;
 pub mod rejects;
@@ -60,6 +63,12 @@ pub struct AppState {
     pub config_path: PathBuf,
     /// Where uploads are spooled, and whether unnamed (`O_TMPFILE`) spools work there.
     pub spool: upload::SpoolDir,
+    /// The ops listener's bearer token (`ops_token_file`), read at start.
+    pub ops_token: Option<String>,
+    /// Unix seconds at start.
+    pub started_at: i64,
+    /// Each host's answers since start (the fleet page's `rejecting`).
+    answers: std::sync::Mutex<std::collections::HashMap<HostId, fleet::Answers>>,
     draining: AtomicBool,
     temp_seq: AtomicU64,
     /// Free bytes on the store's filesystem, as last read, and when (ms since `epoch`).
@@ -87,6 +96,9 @@ impl Live {
         Self { config, limits }
     }
 }
+
+/// Hosts whose answers are remembered, at most.
+const MAX_ANSWER_HOSTS: usize = 10_000;
 
 /// How long a reading of the store's free space is used before it is read again.
 const FREE_SPACE_MAX_AGE: std::time::Duration = std::time::Duration::from_millis(250);
@@ -159,6 +171,54 @@ impl AppState {
             index_free,
             store_unwritable,
         })
+    }
+
+    /// Records a PUT's answer for the host it was about: the client certificate's
+    /// identity, else the host in the path.
+    pub fn record_answer(&self, parts: &http::request::Parts, response: &axum::response::Response) {
+        if fleet::is_rejection(response.status().as_u16()).is_none() {
+            return;
+        }
+        let peer = parts
+            .extensions
+            .get::<admission::PeerIdentity>()
+            .and_then(|p| p.primary.as_deref());
+        let path_host = parts
+            .uri
+            .path()
+            .strip_prefix("/v1/episodes/")
+            .and_then(|rest| rest.split('/').next());
+        let Some(host_id) = peer.or(path_host).and_then(|h| HostId::new(h).ok()) else {
+            return;
+        };
+        let problem_type = response
+            .extensions()
+            .get::<metrics::ProblemType>()
+            .map(|p| p.0);
+        let now = time::OffsetDateTime::now_utc().unix_timestamp();
+        let mut answers = self.answers.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: ids nobody stored under (without mTLS anyone may name any host)
+        // cannot grow it without end.
+        if answers.len() >= MAX_ANSWER_HOSTS && !answers.contains_key(&host_id) {
+            return;
+        }
+        answers
+            .entry(host_id)
+            .or_default()
+            .record(now, response.status().as_u16(), problem_type);
+    }
+
+    /// The fleet at `now` (aggregates and answers; no scan of the index).
+    pub fn fleet_view(&self, now: i64) -> fleet::FleetView {
+        // A copy (a few hundred entries): recording answers never waits on a render.
+        let answers = self
+            .answers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let stale_after = self.config.fleet.stale_after.dur.get().as_secs() as i64;
+        self.index
+            .with_stats(|stats| fleet::view(stats, &answers, now, stale_after))
     }
 
     pub fn start_draining(&self) {
@@ -352,7 +412,31 @@ pub fn open(
         dir: config.incoming_root.clone(),
         unnamed,
     };
+    let ops_token = match &config.ops_token_file {
+        None => None,
+        Some(path) => {
+            let token = std::fs::read_to_string(path).map_err(|e| {
+                StartError::Config(format!(
+                    "config {}: ops_token_file: cannot read {}: {e}",
+                    config_path.display(),
+                    path.display()
+                ))
+            })?;
+            let token = token.trim().to_owned();
+            if token.is_empty() {
+                return Err(StartError::Config(format!(
+                    "config {}: ops_token_file: {} is empty",
+                    config_path.display(),
+                    path.display()
+                )));
+            }
+            Some(token)
+        }
+    };
     let state = AppState {
+        ops_token,
+        started_at: time::OffsetDateTime::now_utc().unix_timestamp(),
+        answers: Default::default(),
         slots: Slots::new(config.max_concurrent_uploads, config.max_uploads_per_host),
         spool,
         live: std::sync::RwLock::new(Arc::new(Live::new(config.clone()))),

@@ -214,7 +214,7 @@ async fn serve(config: Config, config_path: PathBuf, listen: SocketAddr) -> Exit
         Some(addr) => match server::bind(addr).await {
             Ok(l) => Some(l),
             Err(e) => {
-                eprintln!("episode-receiver: metrics_listen: {e}");
+                eprintln!("episode-receiver: metrics_listen: {e:#}");
                 return exit(EXIT_FAILURE);
             }
         },
@@ -229,6 +229,9 @@ async fn serve(config: Config, config_path: PathBuf, listen: SocketAddr) -> Exit
     {
         let mut stdout = std::io::stdout().lock();
         let _ = writeln!(stdout, "listening on {scheme}://{bound}");
+        if let Some(ops) = metrics_listener.as_ref().and_then(|l| l.local_addr().ok()) {
+            let _ = writeln!(stdout, "ops listening on http://{ops}");
+        }
         let _ = stdout.flush();
     }
     tracing::info!(

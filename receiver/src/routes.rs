@@ -1,6 +1,7 @@
 //! HTTP routes: `/livez`, `/v1/health`, `PUT`/`HEAD /v1/episodes/{host}/{episode}`,
 //! `/metrics` (here only without `metrics_listen`), and problem+json for everything
-//! else (any other `/v1/*` path authenticated first).
+//! else (any other `/v1/*` path authenticated first); and `readiness`, the one
+//! verdict `/v1/health`, `/readyz` and `episode_receiver_ready` report.
 //!
 //! Owns turning requests into calls of the pure `admission` steps in protocol order
 //! and their answers into responses; it never decides on raw status codes itself.
@@ -24,7 +25,6 @@ use time::OffsetDateTime;
 
 use crate::admission::{self, Dedupe, PeerIdentity, PutHeaders};
 use crate::index::{Entry, Published, Upload};
-use crate::metrics::Gauges;
 use crate::slots::Slot;
 use crate::upload::{self, ReceiveError};
 use crate::{AppState, VERSION};
@@ -33,7 +33,7 @@ use crate::{AppState, VERSION};
 const EARLY_DRAIN_LIMIT: u64 = 1 << 20;
 
 /// The main listener's routes. `/metrics` is among them only without
-/// `metrics_listen` (then it is served there, by `metrics_app`, instead).
+/// `metrics_listen` (then it is served there, by `ops::app`, instead).
 pub fn app(state: Arc<AppState>) -> Router {
     let mut router = Router::new()
         .route("/livez", get(livez))
@@ -53,20 +53,16 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Only `/metrics` and `/livez`, unauthenticated, for `metrics_listen`.
-pub fn metrics_app(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/metrics", get(metrics))
-        .route("/livez", get(livez))
-        .fallback(not_found)
-        .with_state(state)
-}
-
 /// A problem as an HTTP response, with the headers its status calls for.
 pub fn problem_response(problem: Problem) -> Response {
     let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response =
         (status, serde_json::to_string(&problem).unwrap_or_default()).into_response();
+    if let Some(slug) = problem.known_slug() {
+        response
+            .extensions_mut()
+            .insert(crate::metrics::ProblemType(slug.as_str()));
+    }
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -109,11 +105,11 @@ fn io_problem(what: &str, error: &std::io::Error) -> Problem {
     internal(what, error)
 }
 
-async fn livez() -> &'static str {
+pub(crate) async fn livez() -> &'static str {
     "ok"
 }
 
-async fn not_found(req: Request) -> Response {
+pub(crate) async fn not_found(req: Request) -> Response {
     let (parts, body) = req.into_parts();
     early(
         problem_response(Problem::new(Slug::NotFound, "no such route")),
@@ -179,7 +175,7 @@ async fn health(State(state): State<Arc<AppState>>, req: Request) -> Response {
         req.extensions().get::<PeerIdentity>(),
     )
     .await;
-    state.metrics.record("health", response.status().as_u16());
+    state.metrics.record("health", &response);
     response
 }
 
@@ -195,7 +191,7 @@ async fn health_inner(
     {
         return problem_response(p);
     }
-    let reason = state.readiness().await.err();
+    let reason = readiness(state).await.reason;
     let body = HealthBody {
         ok: reason.is_none(),
         schema_version: wire::SCHEMA_VERSION,
@@ -214,31 +210,31 @@ async fn health_inner(
     (status, axum::Json(body)).into_response()
 }
 
+/// The one verdict of `/v1/health`, `/readyz` and `episode_receiver_ready`.
+pub struct Readiness {
+    /// Why not ready; it starts with what is down: `draining`, `index` or `store`.
+    pub reason: Option<String>,
+    pub store_up: bool,
+    pub index_up: bool,
+}
+
+/// Ready: `AppState::readiness` (the `health::verdict`), with which dependency it
+/// names as down.
+pub async fn readiness(state: &Arc<AppState>) -> Readiness {
+    let reason = state.readiness().await.err();
+    let names = |part: &str| reason.as_deref().is_some_and(|r| r.starts_with(part));
+    Readiness {
+        store_up: !names("store"),
+        index_up: !names("index"),
+        reason,
+    }
+}
+
 async fn metrics_authenticated(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(p) = authenticate(&state, &headers) {
         return problem_response(p);
     }
-    metrics(State(state)).await
-}
-
-async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    let root = state.config.store_root.clone();
-    let free_bytes =
-        tokio::task::spawn_blocking(move || episode_common::fsx::free_space(&root).ok())
-            .await
-            .ok()
-            .flatten();
-    let gauges = Gauges {
-        uploads_in_flight: state.slots.in_flight(),
-        index_rows: state.index.len(),
-        free_bytes,
-        draining: state.is_draining(),
-    };
-    (
-        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(&gauges),
-    )
-        .into_response()
+    crate::ops::metrics(State(state)).await
 }
 
 /// Authenticates, binds identity and validates the ids of an episode route.
@@ -284,7 +280,7 @@ async fn head_episode(State(state): State<Arc<AppState>>, req: Request) -> Respo
             }
         },
     };
-    state.metrics.record("head", response.status().as_u16());
+    state.metrics.record("head", &response);
     response
 }
 
@@ -330,6 +326,7 @@ fn stored_response(
         received_at: entry.received_at_rfc3339(),
     };
     let mut response = (status, axum::Json(body)).into_response();
+    response.extensions_mut().insert(StoredBytes(entry.bytes));
     let headers = response.headers_mut();
     insert_digest(headers, header::REPR_DIGEST, entry.sha256.to_field());
     if status == StatusCode::CREATED
@@ -372,6 +369,9 @@ async fn put_episode(State(state): State<Arc<AppState>>, req: Request) -> Respon
         }
         Ok(Decision::Upload(plan)) => {
             let response = receive_and_publish(&state, plan, body, started).await;
+            state
+                .metrics
+                .observe_upload(started.elapsed().as_secs_f64(), stored_bytes(&response));
             // A 201 was logged once, as `stored`; every other answer here.
             if response.status() != StatusCode::CREATED {
                 log_answer(&parts, response.status().as_u16(), None, started);
@@ -379,9 +379,21 @@ async fn put_episode(State(state): State<Arc<AppState>>, req: Request) -> Respon
             response
         }
     };
-    state.metrics.record("put", response.status().as_u16());
+    state.metrics.record("put", &response);
+    state.record_answer(&parts, &response);
     response
 }
+
+/// The size of the archive a 201 stored (put on the response by `stored_response`).
+fn stored_bytes(response: &Response) -> Option<u64> {
+    (response.status() == StatusCode::CREATED)
+        .then(|| response.extensions().get::<StoredBytes>().map(|b| b.0))
+        .flatten()
+}
+
+/// The size of a stored archive, on its 201.
+#[derive(Clone, Copy)]
+struct StoredBytes(u64);
 
 fn log_answer(parts: &Parts, status_code: u16, problem_type: Option<&str>, started: Instant) {
     let url_path = parts.uri.path();
@@ -528,9 +540,7 @@ async fn receive_and_publish(
     let idle = state.live().config.body_idle_timeout.get();
     let metrics = &state.metrics;
     let count = |n: u64| {
-        metrics
-            .upload_bytes
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        metrics.upload_bytes.inc_by(n);
     };
     // Small bodies are read into memory and spooled only once they are known to be
     // whole and right; large ones stream into the spool as they arrive.
@@ -588,10 +598,7 @@ async fn receive_and_publish(
     };
     match state.committer.publish(upload, row).await {
         Ok(Published::Created(entry)) => {
-            state
-                .metrics
-                .stored
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            state.metrics.stored.inc();
             let ms = started.elapsed().as_millis() as u64;
             tracing::info!(event = %Event::Stored, host_id = %host_id, episode_id = %episode_id, bytes = entry.bytes, sha256 = %entry.sha256, duration_ms = ms);
             stored_response(StatusCode::CREATED, &host_id, &episode_id, &entry)

@@ -11,7 +11,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -141,10 +140,7 @@ impl Listener {
                         (Either::Left(tls), peer)
                     }
                     Ok(Err(e)) => {
-                        self.state
-                            .metrics
-                            .handshake_failures
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.state.metrics.handshake_failures.inc();
                         let reason = e
                             .get_ref()
                             .and_then(|inner| inner.downcast_ref::<rustls::Error>())
@@ -153,10 +149,7 @@ impl Listener {
                         return;
                     }
                     Err(_) => {
-                        self.state
-                            .metrics
-                            .handshake_failures
-                            .fetch_add(1, Ordering::Relaxed);
+                        self.state.metrics.handshake_failures.inc();
                         tracing::warn!(event = %episode_common::Event::TlsHandshakeFailed, %remote, timeout = %episode_common::Dur(handshake_timeout), "timed out");
                         return;
                     }
@@ -229,7 +222,7 @@ pub async fn run(
     ))];
     if let Some(metrics) = metrics {
         let listener = Listener {
-            router: crate::routes::metrics_app(state.clone()),
+            router: crate::ops::app(state.clone()),
             credentials: None,
             state: state.clone(),
             connections,

@@ -955,14 +955,51 @@ async fn with_metrics_listen_metrics_are_served_only_there() {
         "{body}"
     );
     assert_eq!(headers["content-type"], "application/problem+json");
-    let response = episode_receiver::routes::metrics_app(env.state.clone())
+    let response = episode_receiver::ops::app(env.state.clone())
         .oneshot(Request::get("/metrics").body(Body::empty()).unwrap())
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let text = response.into_body().collect().await.unwrap().to_bytes();
     let text = String::from_utf8_lossy(&text);
-    assert!(text.contains("receiver_index_rows 0"), "{text}");
+    assert!(text.contains("episode_receiver_index_rows 0"), "{text}");
+}
+
+#[tokio::test]
+async fn readyz_gives_the_health_verdict_and_names_draining() {
+    let env = env("metrics_listen = \"127.0.0.1:0\"\n");
+    let ops = episode_receiver::ops::app(env.state.clone());
+    let get = |path: &'static str| {
+        let ops = ops.clone();
+        async move {
+            let response = ops
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    assert_eq!(get("/readyz").await, (StatusCode::OK, "ready\n".to_owned()));
+    let metrics = get("/metrics").await.1;
+    assert!(metrics.contains("episode_receiver_ready 1"), "{metrics}");
+    env.state.start_draining();
+    let (status, reason) = get("/readyz").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(reason.starts_with("draining"), "{reason}");
+    let (status, _, body) = env
+        .send(Request::get("/v1/health").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        body["reason"].as_str(),
+        Some(reason.trim()),
+        "the same verdict"
+    );
+    let metrics = get("/metrics").await.1;
+    assert!(metrics.contains("episode_receiver_ready 0"), "{metrics}");
+    assert_eq!(get("/livez").await, (StatusCode::OK, "ok".to_owned()));
 }
 
 #[tokio::test]
@@ -1081,11 +1118,14 @@ async fn metrics_count_responses() {
     assert_eq!(status, StatusCode::OK);
     let text = body.as_str().unwrap();
     assert!(
-        text.contains("receiver_responses_total{route=\"put\",status=\"201\"} 1"),
+        text.contains("episode_receiver_http_responses_total{route=\"put\",code=\"201\"} 1"),
         "{text}"
     );
-    assert!(text.contains("receiver_index_rows 1"), "{text}");
-    assert!(text.contains("receiver_upload_bytes_total 1"), "{text}");
+    assert!(text.contains("episode_receiver_index_rows 1"), "{text}");
+    assert!(
+        text.contains("episode_receiver_upload_bytes_total 1"),
+        "{text}"
+    );
 }
 
 use futures_util::StreamExt as _;

@@ -43,6 +43,18 @@ pub struct Config {
     pub quarantine: QuarantineConfig,
     #[serde(default)]
     pub shipped: ShippedConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]` (observability.md): where the shipper's metrics go.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// A node_exporter textfile (`*.prom`), rewritten atomically.
+    pub textfile: Option<PathBuf>,
+    /// Serve `GET /metrics` here (plain HTTP).
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +205,21 @@ impl Config {
                 "must be at least retry.initial_backoff".into(),
             );
         }
+        if let Some(textfile) = &self.metrics.textfile {
+            let named = textfile
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".prom") && n.len() > ".prom".len());
+            if !named {
+                return err(
+                    "metrics.textfile",
+                    format!(
+                        "{} must be a file named *.prom (node_exporter reads only those)",
+                        textfile.display()
+                    ),
+                );
+            }
+        }
         if self.receiver.idle_timeout.get().is_zero() {
             return err("receiver.idle_timeout", "must be more than 0s".into());
         }
@@ -304,6 +331,10 @@ cleanup_interval = "1h"
 
 [shipped]
 keep_days = 0
+
+[metrics]
+textfile = "/var/lib/prometheus/node-exporter/episode_shipper.prom"
+listen = "127.0.0.1:9466"
 "#;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
@@ -320,6 +351,25 @@ keep_days = 0
             Duration::from_secs(3600)
         );
         assert_eq!(c.base_url(), "https://collector.example:8443");
+        assert_eq!(c.metrics.listen.unwrap().port(), 9466);
+    }
+
+    #[test]
+    fn bad_metrics_keys_are_named() {
+        let base = "host_id = \"lab1\"\n[receiver]\nurl = \"https://r\"\n[metrics]\n";
+        for (line, key) in [
+            ("listen = \"localhost\"", "listen"),
+            (
+                "textfile = \"/var/lib/x/episode_shipper.txt\"",
+                "metrics.textfile",
+            ),
+            ("textfil = \"/x.prom\"", "textfil"),
+        ] {
+            let e = parse(&format!("{base}{line}\n")).unwrap_err().to_string();
+            assert!(e.contains(key), "{line}: {e}");
+        }
+        let c = parse(&format!("{base}textfile = \"/x/episode_shipper.prom\"\n")).unwrap();
+        assert!(c.metrics.listen.is_none());
     }
 
     #[test]

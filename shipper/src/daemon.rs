@@ -9,7 +9,8 @@
 //! (also when the grace abandoned the pass) the retry state is saved and the data
 //! root's directories fsynced (`Shipper::close`), exit 0. SIGHUP reloads the config
 //! between passes (`reload`): never stops the daemon, refuses an invalid file or a
-//! change of `host_id`/`data_root` and keeps the old config.
+//! change of `host_id`/`data_root` and keeps the old config. Also the metrics: the
+//! textfile rewritten after every pass and every minute, the optional listener.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{self, Config};
 use crate::layout::DONE_MARKER;
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::progress::{Display, Progress};
 use crate::shipper::{OpenError, PassResult, Shipper};
@@ -79,6 +81,10 @@ pub async fn once(config: Config) -> Result<PassResult, OpenError> {
     });
     let result = run_pass(&mut shipper, &stop, grace).await;
     shipper.close().await;
+    if let Some(path) = shipper.config.metrics.textfile.clone() {
+        shipper.status_line().await;
+        write_textfile(path, shipper.metrics.clone()).await;
+    }
     if let Some(d) = drawer {
         d.abort();
     }
@@ -191,7 +197,30 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), OpenError> 
     let jitter = config.startup_jitter.get();
     let mut shipper = open(config, stop.clone()).await?;
     let watchdog = Notifier::watchdog_period();
+    let metrics_listener = match shipper.config.metrics.listen {
+        Some(addr) => Some(crate::metrics::bind(addr).await.map_err(OpenError::Io)?),
+        None => None,
+    };
     let status = shipper.status_line().await;
+    let textfile = Arc::new(tokio::sync::Notify::new());
+    if let Some(path) = shipper.config.metrics.textfile.clone() {
+        tokio::spawn(textfile_loop(
+            path,
+            shipper.metrics.clone(),
+            textfile.clone(),
+            stop.clone(),
+        ));
+    }
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(event = %Event::MetricsListening, url = %format!("http://{addr}/metrics"));
+        }
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            shipper.metrics.clone(),
+            stop.clone(),
+        ));
+    }
     notifier.ready(&status);
     tracing::info!(
         event = %Event::Ready,
@@ -226,6 +255,7 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), OpenError> 
         }
         notifier.watchdog();
         let status = shipper.status_line().await;
+        textfile.notify_one();
         notifier.status(&status);
         if stop.is_cancelled() {
             break;
@@ -245,6 +275,36 @@ pub async fn run(config: Config, config_path: PathBuf) -> Result<(), OpenError> 
     shipper.close().await;
     tracing::info!(event = %Event::Stopped);
     Ok(())
+}
+
+/// Writes the metrics textfile (off the async workers); a failure is logged.
+async fn write_textfile(path: std::path::PathBuf, metrics: Arc<Metrics>) {
+    let written = tokio::task::spawn_blocking(move || {
+        crate::metrics::write_textfile(&path, &metrics.render())
+            .map_err(|e| format!("{}: {e}", path.display()))
+    })
+    .await;
+    if let Ok(Err(e)) = written {
+        tracing::warn!(event = %Event::MetricsFailed, error = %e, "metrics.textfile cannot be written");
+    }
+}
+
+/// The textfile's only writer: after every pass (`written` notified) and at least
+/// every `TEXTFILE_EVERY`, also while a long pass runs.
+async fn textfile_loop(
+    path: std::path::PathBuf,
+    metrics: Arc<Metrics>,
+    written: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        write_textfile(path.clone(), metrics.clone()).await;
+        tokio::select! {
+            () = tokio::time::sleep(crate::metrics::TEXTFILE_EVERY) => {}
+            () = written.notified() => {}
+            () = stop.cancelled() => return,
+        }
+    }
 }
 
 /// WATCHDOG=1 whenever work moved (bytes or steps) since the last look.

@@ -4,7 +4,8 @@
 //! (meta.json), `pack` (deterministic tar.zst), `transport` (HTTP to the receiver),
 //! `policy` (pure decisions: action per class, backoff), `state` (what survives a
 //! restart), `quarantine`, `shipper` (one pass), `daemon` (`run`/`once` and
-//! systemd), `status` and `check` (read-only reports), `notify`, `progress`.
+//! systemd), `status` and `check` (read-only reports), `metrics` (Prometheus),
+//! `notify`, `progress`.
 //! The doctor reuses `config`, `transport` and `status`.
 //!
 //! Invariants: the shipper never adds or changes a file inside an episode directory
@@ -18,6 +19,7 @@ pub mod config;
 pub mod daemon;
 pub mod layout;
 pub mod meta;
+pub mod metrics;
 pub mod notify;
 pub mod pack;
 pub mod policy;

@@ -225,6 +225,40 @@ pub fn list(root: &DataRoot, now: SystemTime) -> io::Result<Vec<Entry>> {
     Ok(out)
 }
 
+/// `(status_code, problem_type)` of every quarantine entry, by name: `known` ones
+/// are kept as they are (a reason never changes), only new ones are read. An entry
+/// without a readable reason is `("0", "")`.
+pub fn reasons(
+    root: &DataRoot,
+    mut known: std::collections::HashMap<String, (String, String)>,
+) -> std::collections::HashMap<String, (String, String)> {
+    let Ok(entries) = layout::entries(&root.quarantine) else {
+        return known;
+    };
+    let mut out = std::collections::HashMap::with_capacity(entries.len());
+    for (name, path) in entries {
+        if name.starts_with('.') {
+            continue;
+        }
+        let reason = known.remove(&name).unwrap_or_else(|| {
+            std::fs::read(path.join(REASON_FILE))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Reason>(&b).ok())
+                .map_or_else(
+                    || ("0".to_owned(), String::new()),
+                    |r| {
+                        (
+                            r.status_code.to_string(),
+                            r.problem_type.unwrap_or_default(),
+                        )
+                    },
+                )
+        });
+        out.insert(name, reason);
+    }
+    out
+}
+
 /// Removes entries of `dir` whose mtime is older than `keep_days` (0 keeps all),
 /// each by a rename to a hidden name first; also finishes removals a crash cut short
 /// (when retention is on). Calls `step` per entry looked at and per entry removed,

@@ -38,6 +38,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::layout::{DataRoot, Place};
 use crate::meta::{self, Meta};
+use crate::metrics::{Metrics, Observed};
 use crate::pack::{self, Packed};
 use crate::policy::{self, Action};
 use crate::progress::Progress;
@@ -97,8 +98,11 @@ pub struct Shipper {
     pub progress: Arc<Progress>,
     /// Cancelled on SIGTERM: no new upload is started.
     pub stop: CancellationToken,
+    pub metrics: Arc<Metrics>,
     /// Raw sizes of pending episodes (they never change once finished).
     sizes: HashMap<EpisodeId, u64>,
+    /// `(status_code, problem_type)` of each quarantine entry (they never change).
+    quarantine_reasons: HashMap<String, (String, String)>,
     warned_invalid: HashSet<String>,
     memory: pack::MemoryBudget,
     /// This pass already raised the backoff's (or the hold's) failure count: answers
@@ -411,7 +415,9 @@ impl Shipper {
             state,
             progress: Arc::new(Progress::default()),
             stop,
+            metrics: Arc::new(Metrics::new()),
             sizes: HashMap::new(),
+            quarantine_reasons: HashMap::new(),
             warned_invalid: HashSet::new(),
             backoff_counted: false,
             hold_counted: false,
@@ -627,6 +633,7 @@ impl Shipper {
     fn finish(&mut self, result: &mut PassResult, started: Instant) {
         result.on_hold = self.state.state.hold.is_some();
         result.duration_ms = started.elapsed().as_millis() as u64;
+        self.metrics.pass(started.elapsed());
         // A pass that attempted nothing is logged at debug: an idle daemon must not
         // write a journal line every scan_interval.
         let attempted = result.shipped
@@ -936,6 +943,7 @@ impl Shipper {
         let repacks = episode.repacks;
         let action = policy::action(j.class, repacks);
         log_ship_result(&id, &j, attempt, prepared.packed.digests.bytes, took);
+        self.metrics.ship_result(j.outcome);
         if policy::ends_hold(j.class) && self.state.state.hold.take().is_some() {
             tracing::info!(
                 event = %Event::HoldEnded,
@@ -956,6 +964,7 @@ impl Shipper {
                 }
                 self.state.forget(id.as_str());
                 self.state.state.last_success_unix = Some(now / 1000);
+                self.metrics.shipped(prepared.packed.digests.bytes);
                 self.sizes.remove(&id);
                 result.shipped += 1;
                 if j.outcome == Outcome::AlreadyPresent {
@@ -1132,11 +1141,13 @@ impl Shipper {
         }
     }
 
-    /// The one-line summary for systemd's STATUS and the logs.
+    /// The one-line summary for systemd's STATUS and the logs; also sets the
+    /// metrics' gauges from the same look (no other walk).
     pub async fn status_line(&mut self) -> String {
         let (root, progress) = (self.root.clone(), self.progress.clone());
         let known: HashMap<EpisodeId, u64> = self.sizes.clone();
-        let (sizes, n_quarantine, oldest) = blocking(move || {
+        let known_reasons = std::mem::take(&mut self.quarantine_reasons);
+        let (sizes, reasons, oldest, outbox_bytes, free_bytes) = blocking(move || {
             let mut sizes = known;
             let ready = root
                 .finished_episodes()
@@ -1155,11 +1166,46 @@ impl Shipper {
                 }
             }
             let oldest = ready.first().and_then(|id| episode_age(&root, id));
-            let n_quarantine = crate::layout::entries(&root.quarantine)
-                .map_or(0, |e| e.iter().filter(|(n, _)| !n.starts_with('.')).count());
-            (sizes, n_quarantine, oldest)
+            let reasons = quarantine::reasons(&root, known_reasons);
+            let outbox_bytes = crate::layout::entries(&root.outbox).map_or(0, |entries| {
+                entries
+                    .iter()
+                    .filter_map(|(_, path)| std::fs::metadata(path).ok())
+                    .map(|m| m.len())
+                    .sum()
+            });
+            let free_bytes = episode_common::fsx::free_space(&root.root).unwrap_or(0);
+            (sizes, reasons, oldest, outbox_bytes, free_bytes)
         })
         .await;
+        let n_quarantine = reasons.len();
+        let mut quarantined = std::collections::BTreeMap::new();
+        for reason in reasons.values() {
+            *quarantined.entry(reason.clone()).or_insert(0u64) += 1;
+        }
+        self.quarantine_reasons = reasons;
+        let state = &self.state.state;
+        let now = now_ms();
+        self.metrics.observe(&Observed {
+            backlog_episodes: sizes.len() as u64,
+            backlog_bytes: sizes.values().sum(),
+            oldest_pending_age_secs: oldest.unwrap_or(0),
+            outbox_bytes,
+            last_success_unix: state.last_success_unix.unwrap_or(0),
+            on_hold: state.hold.is_some(),
+            backoff_until_unix: state
+                .backoff
+                .as_ref()
+                .filter(|b| b.until_ms > now)
+                .map_or(0, |b| (b.until_ms + 999) / 1000),
+            conflicts: state
+                .episodes
+                .values()
+                .filter(|e| e.conflict.is_some())
+                .count() as u64,
+            quarantined,
+            free_bytes,
+        });
         let backlog_bytes: u64 = sizes.values().sum();
         let n_backlog = sizes.len();
         self.sizes = sizes;

@@ -4,8 +4,9 @@
 //! child processes (`Proc`, `bin`), a running receiver (`Receiver`) and clients for
 //! it, raw HTTP/1.1 connections (`raw`), systemd's notify socket (`NotifySocket`),
 //! network faults (`BlackHole`, `FaultProxy`), a scriptable fake receiver
-//! (`StubServer`), episode fixtures, the daemons' JSON log lines (`logs`), and the
-//! product's promise as reusable assertions (`invariants`). Beyond those, it asserts nothing about the binaries
+//! (`StubServer`), episode fixtures, the daemons' JSON log lines (`logs`), outside
+//! tools (`tools`: promtool, headless chromium), and the product's promise as
+//! reusable assertions (`invariants`). Beyond those, it asserts nothing about the binaries
 //! itself; the tests in `tests/e2e/` do. Invariant: everything binds 127.0.0.1:0 and
 //! lives under its env's temp root, so tests run in parallel, and every child and
 //! thread it starts is stopped when its owner drops.
@@ -38,6 +39,7 @@ pub mod raw;
 pub mod receiver;
 pub mod shipper;
 pub mod stub;
+pub mod tools;
 
 use std::time::{Duration, Instant};
 

@@ -236,6 +236,32 @@ impl Receiver {
         self.paths().incoming_files()
     }
 
+    /// `http://<ip>:<port>` of the ops listener, from the `ops listening on …` line
+    /// right after `listening on …` (panics, with the output, when it is not there).
+    pub fn ops_url(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let out = self.process.stdout();
+            let mut lines = out.lines();
+            lines.next();
+            if let Some(line) = lines.next() {
+                return line
+                    .strip_prefix("ops listening on ")
+                    .unwrap_or_else(|| {
+                        panic!("second stdout line is {line:?}\n{}", self.process.report())
+                    })
+                    .trim()
+                    .to_owned();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `ops listening on` line\n{}",
+                self.process.report()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// `<url>/v1/episodes/<host>/<episode>`.
     pub fn episode_url(&self, host: &str, episode: &str) -> String {
         format!("{}/v1/episodes/{host}/{episode}", self.url)

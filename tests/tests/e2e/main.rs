@@ -4,6 +4,7 @@
 mod cli;
 mod crash;
 mod harness;
+mod observability;
 mod package;
 mod receiver;
 mod receiver_hardening;

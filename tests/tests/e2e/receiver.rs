@@ -133,7 +133,7 @@ fn the_handshake_fails_without_a_certificate_from_the_client_ca() {
     wait_until(
         Duration::from_secs(5),
         "4 failed handshakes counted",
-        || metric(&rcv, &lab1, "receiver_tls_handshake_failures_total") >= 4.0,
+        || metric(&rcv, &lab1, "episode_receiver_tls_handshake_failures_total") >= 4.0,
     );
     // The receiver is up and serving the right clients all along.
     let ok = rcv.put(&rcv.client("lab1"), "lab1", "01EPISODE", &body);

@@ -295,7 +295,7 @@ fn put_count(receiver: &episode_e2e::Receiver) -> u64 {
         .expect("GET /metrics");
     let text = answer.body.as_str().unwrap_or("").to_owned();
     text.lines()
-        .filter(|l| l.starts_with("receiver_responses_total{route=\"put\""))
+        .filter(|l| l.starts_with("episode_receiver_http_responses_total{route=\"put\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
 }
