@@ -1,16 +1,19 @@
 //! SIGHUP: the config file read again; the reloadable keys take effect for new
 //! requests and connections, and a config that is invalid or changes a fixed key
-//! (`listen`, the paths, `max_connections`, `[tls]` present) is refused whole.
+//! (`listen`, the ops listener and its token, `[fleet]`, the paths,
+//! `max_connections`, `[tls]` present) is refused whole.
 
 use crate::AppState;
 use crate::config::Config;
 use crate::credentials::Credentials;
 
 /// The keys a reload may not change, each with its value as text.
-fn fixed(config: &Config) -> [(&'static str, String); 7] {
+fn fixed(config: &Config) -> [(&'static str, String); 9] {
     [
         ("listen", config.listen.to_string()),
         ("metrics_listen", format!("{:?}", config.metrics_listen)),
+        ("ops_token_file", format!("{:?}", config.ops_token_file)),
+        ("fleet.stale_after", format!("{:?}", config.fleet.stale_after.dur)),
         ("store_root", format!("{:?}", config.store_root)),
         ("incoming_root", format!("{:?}", config.incoming_root)),
         ("index_path", format!("{:?}", config.index_path)),
