@@ -11,7 +11,11 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|text: &str| {
     if let Ok(d) = Dur::parse(text) {
         let shown = d.to_string();
-        assert_eq!(Dur::parse(&shown).ok(), Some(d), "{text:?} shows as {shown:?}");
+        assert_eq!(
+            Dur::parse(&shown).ok(),
+            Some(d),
+            "{text:?} shows as {shown:?}"
+        );
     }
     let _ = ByteSize::parse(text);
     // The schemas only: `validate` reads the files a config names.
