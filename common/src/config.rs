@@ -62,10 +62,16 @@ impl Dur {
                 "w" | "week" | "weeks" => Duration::from_secs(7 * 86_400),
                 _ => return Err(err()),
             };
-            let part = per_unit
-                .checked_mul(u32::try_from(n).map_err(|_| err())?)
+            // In milliseconds, so any count that `Display` may show ("<ms>ms") reads back.
+            let part = u64::try_from(per_unit.as_millis())
+                .ok()
+                .and_then(|ms| n.checked_mul(ms))
+                .map(Duration::from_millis)
                 .ok_or_else(err)?;
             total = total.checked_add(part).ok_or_else(err)?;
+        }
+        if u64::try_from(total.as_millis()).is_err() {
+            return Err(err());
         }
         Ok(Dur(total))
     }
@@ -225,6 +231,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_duration_reads_back_from_how_it_is_shown() {
+        // Found by the config_toml fuzz target: a duration of more than 2^32 ms
+        // not a whole second was shown as "<ms>ms", which did not parse.
+        for text in [
+            "49d 1m49d 1ms",
+            "5000000000ms",
+            "50d 1ms",
+            "18446744073709551615ms",
+        ] {
+            let d = Dur::parse(text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(
+                Dur::parse(&d.to_string()).ok(),
+                Some(d),
+                "{text:?} shows as {d}"
+            );
+        }
+        // A total beyond u64 milliseconds could not be shown that way.
+        assert!(Dur::parse("18446744073709551615ms 1ms").is_err());
+    }
+
+    #[test]
     fn parses_durations() {
         let table = [
             ("250ms", Duration::from_millis(250)),
@@ -252,7 +279,7 @@ mod tests {
             "-5s",
             "1.5s",
             "5 parsecs",
-            "99999999999d",
+            "999999999999d",
         ] {
             assert!(Dur::parse(bad).is_err(), "{bad:?}");
         }

@@ -102,12 +102,35 @@ pub fn parse_started_at(text: &str) -> Result<OffsetDateTime, TimeParseError> {
         return Ok(t);
     }
     let err = || TimeParseError(text.to_owned());
+    if let Some(nanos) = decimal_nanos(s) {
+        return OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| err());
+    }
+    // Other number forms (`1.7e9`): through f64, exact to the second in this era.
     let seconds: f64 = s.parse().map_err(|_| err())?;
     if !seconds.is_finite() {
         return Err(err());
     }
     let nanos = (seconds * 1e9) as i128;
     OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| err())
+}
+
+/// `[-]digits[.digits]` seconds as exact nanoseconds (digits past the ninth
+/// decimal dropped). f64 would move an instant far from 1970 by a second.
+fn decimal_nanos(s: &str) -> Option<i128> {
+    let (negative, unsigned) = match s.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, s),
+    };
+    let (whole, fraction) = unsigned.split_once('.').unwrap_or((unsigned, ""));
+    let all_digits = |t: &str| t.bytes().all(|b| b.is_ascii_digit());
+    if whole.is_empty() || whole.len() > 20 || !all_digits(whole) || !all_digits(fraction) {
+        return None;
+    }
+    let mut nanos = whole.parse::<i128>().ok()? * 1_000_000_000;
+    for (i, digit) in fraction.bytes().take(9).enumerate() {
+        nanos += i128::from(digit - b'0') * 10i128.pow(8 - i as u32);
+    }
+    Some(if negative { -nanos } else { nanos })
 }
 
 /// The creation time encoded in a ULID episode id (its first 10 Crockford base32
@@ -157,6 +180,32 @@ mod tests {
         for bad in ["", "yesterday", "NaN", "inf", "2026-13-01T00:00:00Z"] {
             assert!(parse_started_at(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn unix_seconds_are_exact_far_from_1970() {
+        // Found by the meta_json fuzz target: through f64, -176082004582 became
+        // -176082004583 (and a fraction could move the second anywhere past 2115).
+        for secs in [
+            -176_082_004_582i64,
+            -4_700_000_001,
+            9_999_999_999,
+            253_402_300_799,
+        ] {
+            let t = parse_started_at(&secs.to_string()).unwrap();
+            assert_eq!(t.unix_timestamp(), secs, "{secs}");
+            assert_eq!(t.nanosecond(), 0, "{secs}");
+        }
+        let t = parse_started_at("-176082004582.25").unwrap();
+        assert_eq!(t.unix_timestamp_nanos(), -176_082_004_582_250_000_000);
+        let t = parse_started_at("4102444800.123456789123").unwrap();
+        assert_eq!(t.unix_timestamp_nanos(), 4_102_444_800_123_456_789);
+        assert_eq!(
+            parse_started_at("1.7e9").unwrap().unix_timestamp(),
+            1_700_000_000
+        );
+        assert_eq!(parse_started_at("5.").unwrap().unix_timestamp(), 5);
+        assert!(parse_started_at("1-2").is_err());
     }
 
     #[test]

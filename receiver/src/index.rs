@@ -243,24 +243,25 @@ pub struct LoadReport {
     pub conflicts: Vec<(HostId, EpisodeId)>,
 }
 
-/// A row parsed without allocating its strings.
-#[derive(Deserialize)]
-struct RowRef<'a> {
-    host_id: &'a str,
-    episode_id: &'a str,
-    sha256: &'a str,
-    tar_sha256: Option<&'a str>,
-    bytes: u64,
+/// A row parsed without allocating its strings. (`pub` for the fuzz target that
+/// holds `fast_row` to serde_json.)
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub struct RowRef<'a> {
+    pub host_id: &'a str,
+    pub episode_id: &'a str,
+    pub sha256: &'a str,
+    pub tar_sha256: Option<&'a str>,
+    pub bytes: u64,
     #[serde(borrow)]
-    code_commit: Option<std::borrow::Cow<'a, str>>,
-    received_at: &'a str,
+    pub code_commit: Option<std::borrow::Cow<'a, str>>,
+    pub received_at: &'a str,
 }
 
 /// Reads a row in the exact shape the receiver writes (`IndexRow`'s fields in
 /// order, no whitespace, no escapes) without a JSON parser: start-up reads a
 /// million of them. Anything else is `None` and goes through serde_json, so a row
 /// edited by hand still loads (or is reported) as before.
-fn fast_row(line: &[u8]) -> Option<RowRef<'_>> {
+pub fn fast_row(line: &[u8]) -> Option<RowRef<'_>> {
     let mut c = Cursor { s: line, i: 0 };
     c.lit(b"{\"host_id\":")?;
     let host_id = c.string()?;

@@ -116,7 +116,8 @@ fn read_limited(path: &Path) -> Result<Vec<u8>, (String, Option<u64>)> {
     Ok(bytes)
 }
 
-fn parse(value: &Value, file: &str, meta: &mut Meta) {
+/// Reads the two fields from a parsed `meta.json`; `file` names it in warnings.
+pub fn parse(value: &Value, file: &str, meta: &mut Meta) {
     match value.get("code_commit") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if is_header_safe(s.trim()) => {

@@ -393,7 +393,16 @@ pub fn write_archive<W: Write>(
                 }
                 EntryKind::Symlink { target } => {
                     let mut h = header(entry, tar::EntryType::Symlink, 0)?;
-                    builder.append_link(&mut h, &entry.path, target)?;
+                    // The target byte for byte: `append_link` reads it as a path and
+                    // would store `a//b` as `a/b` and `dir/` as `dir`. A target longer
+                    // than the header's 100 bytes goes, raw, in a GNU long-link record.
+                    let raw = target.as_os_str().as_bytes();
+                    if raw.len() <= 100 {
+                        h.set_link_name_literal(raw)?;
+                        builder.append_data(&mut h, &entry.path, io::empty())?;
+                    } else {
+                        builder.append_link(&mut h, &entry.path, target)?;
+                    }
                 }
             }
         }
@@ -764,6 +773,41 @@ mod tests {
         persist(&root, &id, &packed).unwrap();
         let reused = reuse(&root, &id, &dir, &|_| {}).unwrap().unwrap();
         assert_eq!(reused.digests, packed.digests);
+    }
+
+    #[test]
+    fn symlink_targets_are_kept_byte_for_byte() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("E");
+        std::fs::create_dir(&dir).unwrap();
+        // Found by the round-trip property: tar's path handling dropped the
+        // doubled and trailing slashes and the `.` components of short targets.
+        let targets = [
+            "a//b",
+            "dir/",
+            "./x/./y",
+            "../up",
+            &format!("{}//z", "d/".repeat(60)),
+        ];
+        for (i, target) in targets.iter().enumerate() {
+            std::os::unix::fs::symlink(target, dir.join(format!("l{i}"))).unwrap();
+        }
+        let id = EpisodeId::new("E").unwrap();
+        let (entries, _) = collect_entries(&dir, &id).unwrap();
+        let (_, bytes) = write_archive(&entries, 3, Vec::new(), &|_| {}).unwrap();
+        let mut archive = tar::Archive::new(zstd::Decoder::new(&bytes[..]).unwrap());
+        let mut links = BTreeMap::new();
+        for entry in archive.entries().unwrap() {
+            let entry = entry.unwrap();
+            if entry.header().entry_type() == tar::EntryType::Symlink {
+                let path = entry.path().unwrap().to_string_lossy().into_owned();
+                let target = entry.link_name_bytes().unwrap().into_owned();
+                links.insert(path, String::from_utf8(target).unwrap());
+            }
+        }
+        for (i, target) in targets.iter().enumerate() {
+            assert_eq!(links[&format!("E/l{i}")], *target, "l{i}");
+        }
     }
 
     #[test]

@@ -414,7 +414,7 @@ async fn read_answer(mut response: reqwest::Response, idle: Duration) -> Result<
 
 /// The problem (of a 4xx/5xx) and the body to keep: the whole JSON value, or up to
 /// 4 KiB of text. The problem needs only its `type`.
-fn parse_body(status: u16, bytes: &[u8]) -> (Option<Problem>, serde_json::Value) {
+pub fn parse_body(status: u16, bytes: &[u8]) -> (Option<Problem>, serde_json::Value) {
     let json: Option<serde_json::Value> = serde_json::from_slice(bytes).ok();
     let problem = json
         .as_ref()
