@@ -25,6 +25,7 @@ pub mod pack;
 pub mod policy;
 pub mod progress;
 pub mod quarantine;
+pub mod retry;
 pub mod shipper;
 pub mod state;
 pub mod status;
