@@ -569,6 +569,7 @@ fn record(episode: &mut EpisodeState, judgement: &Judgement, attempt: u32, now_m
 #[cfg(test)]
 mod tests {
     use super::*;
+    use episode_common::Sha256;
     use episode_common::problem::{Problem, Slug};
 
     fn answer(status: u16, slug: Option<Slug>) -> Answer {
@@ -701,5 +702,603 @@ mod tests {
         );
         // A stored answer carries no error text.
         assert_eq!(judge(Reply::Answer(answer(201, None))).error, "");
+    }
+
+    const NOW: i64 = 1_000_000_000_000;
+    const S: fn(u64) -> Duration = Duration::from_secs;
+
+    fn timing() -> RetryConfig {
+        RetryConfig {
+            initial_backoff: episode_common::Dur(S(5)),
+            max_backoff: episode_common::Dur(S(600)),
+        }
+    }
+
+    fn tick(unit: f64) -> Tick {
+        Tick { now_ms: NOW, unit }
+    }
+
+    fn id(name: &str) -> EpisodeId {
+        EpisodeId::new(name).unwrap()
+    }
+
+    fn kind(effect: Effect) -> &'static str {
+        match effect {
+            Effect::Retire => "retire",
+            Effect::KeepInOutbox => "keep",
+            Effect::Repack => "repack",
+            Effect::Quarantine => "quarantine",
+            Effect::Hold { .. } => "hold",
+            Effect::BackOff { .. } => "backoff",
+        }
+    }
+
+    fn decide(state: &mut State, counts: &mut PassCounts, reply: Reply, unit: f64) -> Decision {
+        let judgement = judge(reply);
+        on_answer(state, counts, &id("E1"), &judgement, tick(unit), &timing())
+    }
+
+    fn status(status: u16) -> Reply {
+        Reply::Answer(answer(status, None))
+    }
+
+    fn problem(slug: Slug) -> Reply {
+        Reply::Answer(answer(slug.status(), Some(slug)))
+    }
+
+    fn digests() -> Digests {
+        Digests {
+            sha256: Sha256::of(b"archive"),
+            tar_sha256: Sha256::of(b"tar"),
+            bytes: 10,
+        }
+    }
+
+    #[test]
+    fn every_row_of_the_classification_table_has_its_effect() {
+        let connection = || Reply::Failure(Failure::Connection("refused".into()));
+        let stalled = || Reply::Failure(Failure::Stalled("no bytes for 60s".into()));
+        // (reply, repacks so far, effect): protocol.md, "How the shipper reads a response".
+        let table: Vec<(Reply, u32, &str)> = vec![
+            (status(201), 0, "retire"),
+            (status(200), 0, "retire"),
+            (Reply::HeadMatch(answer(200, None)), 0, "retire"),
+            (problem(Slug::Conflict), 0, "keep"),
+            (Reply::HeadConflict(answer(200, None)), 0, "keep"),
+            (problem(Slug::DigestMismatch), 0, "repack"),
+            (problem(Slug::DigestMismatch), 1, "repack"),
+            (problem(Slug::DigestMismatch), 2, "quarantine"),
+            (problem(Slug::LengthMismatch), 0, "repack"),
+            (problem(Slug::LengthMismatch), 2, "quarantine"),
+            (problem(Slug::MissingCodeCommit), 0, "quarantine"),
+            (problem(Slug::InvalidId), 0, "quarantine"),
+            (status(400), 0, "quarantine"),
+            (problem(Slug::LengthRequired), 0, "quarantine"),
+            (problem(Slug::OutOfWindow), 0, "quarantine"),
+            (problem(Slug::TooLarge), 0, "quarantine"),
+            (problem(Slug::UnsupportedMediaType), 0, "quarantine"),
+            (status(422), 0, "quarantine"),
+            (status(418), 0, "quarantine"),
+            (problem(Slug::Unauthorized), 0, "hold"),
+            (problem(Slug::ForbiddenIdentity), 0, "hold"),
+            (status(404), 0, "hold"),
+            (status(405), 0, "hold"),
+            (status(501), 0, "hold"),
+            (status(301), 0, "hold"),
+            (status(307), 0, "hold"),
+            (status(204), 0, "hold"),
+            (problem(Slug::BodyTimeout), 0, "backoff"),
+            (problem(Slug::TooManyUploads), 0, "backoff"),
+            (problem(Slug::Internal), 0, "backoff"),
+            (status(502), 0, "backoff"),
+            (status(503), 0, "backoff"),
+            (status(504), 0, "backoff"),
+            (problem(Slug::InsufficientStorage), 0, "backoff"),
+            (connection(), 0, "backoff"),
+            (stalled(), 0, "backoff"),
+        ];
+        for (reply, repacks, want) in table {
+            let what = format!("{reply:?} after {repacks} repacks");
+            let mut state = State::default();
+            state.episodes.insert(
+                "E1".into(),
+                EpisodeState {
+                    repacks,
+                    ..EpisodeState::default()
+                },
+            );
+            let decision = decide(&mut state, &mut PassCounts::default(), reply, 0.0);
+            assert_eq!(kind(decision.effect), want, "{what}");
+            assert_eq!(decision.attempt, 1, "{what}");
+            assert_eq!(
+                decision.effect.stops_pass(),
+                want == "hold" || want == "backoff",
+                "{what}"
+            );
+            let episode = &state.episodes["E1"];
+            match want {
+                "keep" => {
+                    let conflict = episode.conflict.as_ref().unwrap();
+                    assert_eq!(conflict.recheck_ms, NOW + 3_600_000, "{what}");
+                    assert_eq!(conflict.since_unix, NOW / 1000, "{what}");
+                }
+                "repack" => assert_eq!(episode.repacks, repacks + 1, "{what}"),
+                "hold" => assert!(state.hold.is_some() && state.backoff.is_none(), "{what}"),
+                "backoff" => assert!(state.backoff.is_some() && state.hold.is_none(), "{what}"),
+                _ => assert!(state.hold.is_none() && state.backoff.is_none(), "{what}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_conflict_keeps_its_first_date_and_the_stored_digest() {
+        let mut state = State::default();
+        let stored = Problem::new(Slug::Conflict, "differs").with("stored_sha256", "ab12");
+        let reply = Reply::Answer(Answer {
+            problem: Some(stored),
+            ..answer(409, None)
+        });
+        decide(&mut state, &mut PassCounts::default(), reply, 0.0);
+        let first = state.episodes["E1"].conflict.clone().unwrap();
+        assert_eq!(first.stored_sha256.as_deref(), Some("ab12"));
+        let later = Tick {
+            now_ms: NOW + 3_600_000,
+            unit: 0.0,
+        };
+        let judgement = judge(problem(Slug::Conflict));
+        let decision = on_answer(
+            &mut state,
+            &mut PassCounts::default(),
+            &id("E1"),
+            &judgement,
+            later,
+            &timing(),
+        );
+        assert_eq!(decision.attempt, 2);
+        let again = state.episodes["E1"].conflict.clone().unwrap();
+        assert_eq!(again.since_unix, first.since_unix, "since is kept");
+        assert_eq!(again.recheck_ms, NOW + 2 * 3_600_000);
+    }
+
+    #[test]
+    fn a_hold_starts_once_counts_once_per_pass_and_grows_between_passes() {
+        let mut state = State::default();
+        let mut counts = PassCounts::default();
+        // First hold answer: the hold starts, one failure, re-checked after the backoff.
+        let first = decide(&mut state, &mut counts, problem(Slug::Unauthorized), 0.0);
+        assert_eq!(
+            first.effect,
+            Effect::Hold {
+                delay: S(5),
+                started: true
+            }
+        );
+        let hold = state.hold.clone().unwrap();
+        assert_eq!((hold.failures, hold.status_code), (1, 401));
+        assert_eq!(hold.recheck_ms, NOW + 5_000);
+        assert_eq!(hold.since_unix, NOW / 1000);
+        assert_eq!(hold.problem_type.as_deref(), Some("unauthorized"));
+        // A second answer of the same pass (in flight together) counts once.
+        let second = decide(&mut state, &mut counts, status(403), 1.0);
+        assert_eq!(
+            second.effect,
+            Effect::Hold {
+                delay: S(10),
+                started: false
+            }
+        );
+        assert_eq!(state.hold.as_ref().unwrap().failures, 1);
+        // The next pass's probe, held again: two failures, the cap doubles.
+        let third = decide(&mut state, &mut PassCounts::default(), status(404), 1.0);
+        assert_eq!(
+            third.effect,
+            Effect::Hold {
+                delay: S(20),
+                started: false
+            }
+        );
+        let hold = state.hold.clone().unwrap();
+        assert_eq!((hold.failures, hold.status_code), (2, 404));
+        assert_eq!(hold.since_unix, NOW / 1000, "since is kept");
+        // A hold answer's Retry-After is honoured too.
+        let reply = Reply::Answer(Answer {
+            retry_after: Some(S(120)),
+            ..answer(401, Some(Slug::Unauthorized))
+        });
+        let fourth = decide(&mut state, &mut PassCounts::default(), reply, 0.0);
+        assert_eq!(
+            fourth.effect,
+            Effect::Hold {
+                delay: S(120),
+                started: false
+            }
+        );
+    }
+
+    #[test]
+    fn only_an_answer_about_the_episode_ends_a_hold_and_a_transient_pushes_its_recheck() {
+        let held = || State {
+            hold: Some(Hold {
+                since_unix: 1,
+                status_code: 401,
+                problem_type: None,
+                error: "401".into(),
+                failures: 3,
+                recheck_ms: NOW + 1_000,
+            }),
+            ..State::default()
+        };
+        let table: Vec<(Reply, bool)> = vec![
+            (status(201), true),
+            (status(200), true),
+            (problem(Slug::Conflict), true),
+            (problem(Slug::DigestMismatch), true),
+            (problem(Slug::MissingCodeCommit), true),
+            (status(401), false),
+            (status(503), false),
+            (Reply::Failure(Failure::Connection("refused".into())), false),
+        ];
+        for (reply, ends) in table {
+            let what = format!("{reply:?}");
+            let mut state = held();
+            let decision = decide(&mut state, &mut PassCounts::default(), reply, 0.0);
+            assert_eq!(decision.hold_ended, ends, "{what}");
+            assert_eq!(state.hold.is_none(), ends, "{what}");
+        }
+        // The transient kept the hold and pushed its re-check past the backoff.
+        let mut state = held();
+        let decision = decide(&mut state, &mut PassCounts::default(), status(503), 1.0);
+        assert_eq!(decision.effect, Effect::BackOff { delay: S(10) });
+        assert_eq!(state.hold.as_ref().unwrap().recheck_ms, NOW + 10_000);
+        assert_eq!(state.hold.as_ref().unwrap().failures, 3);
+    }
+
+    #[test]
+    fn a_backoff_counts_once_per_pass_grows_between_passes_and_any_other_answer_clears_it() {
+        let mut state = State::default();
+        let mut counts = PassCounts::default();
+        let first = decide(&mut state, &mut counts, status(503), 1.0);
+        assert_eq!(first.effect, Effect::BackOff { delay: S(10) });
+        let backoff = state.backoff.clone().unwrap();
+        assert_eq!((backoff.failures, backoff.until_ms), (1, NOW + 10_000));
+        assert_eq!(
+            (backoff.last_status, backoff.last_error.as_str()),
+            (503, "HTTP 503")
+        );
+        let episode = &state.episodes["E1"];
+        assert_eq!(episode.next_attempt_ms, Some(NOW + 10_000));
+        assert!(!episode.head_first, "an HTTP answer was read");
+        // Answers in flight together count once.
+        decide(&mut state, &mut counts, status(502), 1.0);
+        assert_eq!(state.backoff.as_ref().unwrap().failures, 1);
+        // The next pass's failure: two, with a connection failure asking HEAD first next.
+        let refused = Reply::Failure(Failure::Connection("refused".into()));
+        let third = decide(&mut state, &mut PassCounts::default(), refused, 1.0);
+        assert_eq!(third.effect, Effect::BackOff { delay: S(20) });
+        assert_eq!(state.backoff.as_ref().unwrap().failures, 2);
+        assert_eq!(state.backoff.as_ref().unwrap().last_status, 0);
+        assert!(state.episodes["E1"].head_first, "the answer may be lost");
+        assert_eq!(state.episodes["E1"].attempts, 3);
+        // Retry-After is honoured, up to an hour.
+        for (retry_after, want) in [(S(120), S(120)), (S(86_400), S(3600))] {
+            let reply = Reply::Answer(Answer {
+                retry_after: Some(retry_after),
+                ..answer(429, Some(Slug::TooManyUploads))
+            });
+            let decision = decide(&mut state, &mut PassCounts::default(), reply, 0.0);
+            assert_eq!(decision.effect, Effect::BackOff { delay: want });
+        }
+        // Any answer that is not transient clears the backoff.
+        decide(
+            &mut state,
+            &mut PassCounts::default(),
+            problem(Slug::Conflict),
+            0.0,
+        );
+        assert!(state.backoff.is_none());
+    }
+
+    #[test]
+    fn a_retired_or_quarantined_episode_leaves_no_record() {
+        let mut state = State::default();
+        decide(&mut state, &mut PassCounts::default(), status(503), 0.0);
+        retired(&mut state, &id("E1"), NOW);
+        assert!(state.episodes.is_empty());
+        assert_eq!(state.last_success_unix, Some(NOW / 1000));
+        decide(&mut state, &mut PassCounts::default(), status(400), 0.0);
+        quarantined(&mut state, &id("E1"));
+        assert!(state.episodes.is_empty());
+    }
+
+    #[test]
+    fn a_quarantine_reason_says_who_erred_and_what_the_shipper_did() {
+        let judgement = judge(problem(Slug::MissingCodeCommit));
+        let reason = quarantine_reason(
+            &id("E1"),
+            &judgement,
+            Some("meta.json too large".into()),
+            2,
+            &digests(),
+            NOW,
+        );
+        assert_eq!(reason.error, "client error 400; meta.json too large");
+        assert_eq!(reason.problem_type.as_deref(), Some("missing-code-commit"));
+        assert_eq!(
+            (reason.attempts, reason.quarantined_at_unix),
+            (2, NOW / 1000)
+        );
+        assert_eq!(reason.sha256, Some(Sha256::of(b"archive").to_hex()));
+        assert_eq!(reason.episode_id.as_deref(), Some("E1"));
+        assert_eq!(reason.quarantined_at_wall, "2001-09-09T01:46:40Z");
+        let server = quarantine_reason(&id("E1"), &judge(status(599)), None, 1, &digests(), NOW);
+        assert_eq!(server.error, "server error 599");
+    }
+
+    #[test]
+    fn a_pass_sends_only_when_no_hold_backoff_or_crash_guard_is_pending() {
+        let ready = || vec![id("E1"), id("E2"), id("E3")];
+        let hold = |recheck_ms| Hold {
+            since_unix: 1,
+            status_code: 401,
+            problem_type: None,
+            error: "denied".into(),
+            failures: 1,
+            recheck_ms,
+        };
+        let backoff = |until_ms| Backoff {
+            failures: 1,
+            until_ms,
+            last_status: 503,
+            last_error: "HTTP 503".into(),
+        };
+        let marker = |resume_ms| PassUnderWay {
+            started_ms: 0,
+            unfinished: 2,
+            resume_ms,
+        };
+        let open = Gate::Open(ready());
+        let table = [
+            (State::default(), open.clone()),
+            (
+                State {
+                    hold: Some(hold(NOW + 1)),
+                    backoff: Some(backoff(NOW + 1)),
+                    ..State::default()
+                },
+                Gate::OnHold {
+                    error: "denied".into(),
+                },
+            ),
+            (
+                State {
+                    hold: Some(hold(NOW)),
+                    ..State::default()
+                },
+                open.clone(),
+            ),
+            (
+                State {
+                    backoff: Some(backoff(NOW + 1)),
+                    pass_under_way: Some(marker(NOW + 1)),
+                    ..State::default()
+                },
+                Gate::BackingOff {
+                    until_ms: NOW + 1,
+                    last_error: "HTTP 503".into(),
+                },
+            ),
+            (
+                State {
+                    backoff: Some(backoff(NOW)),
+                    ..State::default()
+                },
+                open.clone(),
+            ),
+            (
+                State {
+                    pass_under_way: Some(marker(NOW + 1)),
+                    ..State::default()
+                },
+                Gate::CrashLoopGuard {
+                    unfinished: 2,
+                    resume_ms: NOW + 1,
+                },
+            ),
+            (
+                State {
+                    pass_under_way: Some(marker(NOW)),
+                    ..State::default()
+                },
+                open,
+            ),
+        ];
+        for (state, want) in table {
+            assert_eq!(gate(&state, ready(), NOW), want, "{state:?}");
+        }
+        assert_eq!(
+            gate(
+                &State {
+                    hold: Some(hold(NOW + 1)),
+                    ..State::default()
+                },
+                ready(),
+                NOW
+            )
+            .stopped_by()
+            .as_deref(),
+            Some("on hold: denied")
+        );
+    }
+
+    #[test]
+    fn the_queue_skips_episodes_waiting_for_their_retry_or_conflict_recheck() {
+        let ready = vec![id("E1"), id("E2"), id("E3"), id("E4"), id("E5")];
+        let conflict = |recheck_ms| Conflict {
+            since_unix: 1,
+            stored_sha256: None,
+            recheck_ms,
+        };
+        let mut state = State::default();
+        let records = [
+            ("E1", Some(NOW + 1), None),
+            ("E2", Some(NOW), None),
+            ("E3", None, Some(conflict(NOW + 1))),
+            ("E4", None, Some(conflict(NOW))),
+        ];
+        for (name, next_attempt_ms, conflict) in records {
+            state.episodes.insert(
+                name.into(),
+                EpisodeState {
+                    next_attempt_ms,
+                    conflict,
+                    ..EpisodeState::default()
+                },
+            );
+        }
+        assert_eq!(
+            gate(&state, ready, NOW),
+            Gate::Open(vec![id("E2"), id("E4"), id("E5")]),
+            "oldest first, due ones only"
+        );
+    }
+
+    #[test]
+    fn passes_that_never_end_make_the_next_start_wait_longer_each_time() {
+        let mut state = State::default();
+        // (unit, unfinished after the mark, resume after): the backoff of that count.
+        let table = [
+            (1.0, 1, 10_000),
+            (1.0, 2, 20_000),
+            (0.0, 3, 5_000),
+            (1.0, 4, 80_000),
+        ];
+        for (unit, unfinished, resume_after) in table {
+            start_pass(&mut state, tick(unit), &timing());
+            let marker = state.pass_under_way.clone().unwrap();
+            assert_eq!(marker.unfinished, unfinished);
+            assert_eq!(marker.started_ms, NOW);
+            assert_eq!(marker.resume_ms, NOW + resume_after, "{unfinished}");
+        }
+    }
+
+    #[test]
+    fn pack_failures_wait_back_off_the_episode_or_the_host() {
+        let timing = timing();
+        let mut state = State::default();
+        let mut counts = PassCounts::default();
+        let episode_id = id("E1");
+        let fail = |state: &mut State, counts: &mut PassCounts, failure| {
+            on_pack_failure(
+                state,
+                counts,
+                &episode_id,
+                failure,
+                "boom",
+                tick(1.0),
+                &timing,
+            )
+        };
+        // Not stable yet: tried again after about initial_backoff; no failure counted.
+        let effect = fail(&mut state, &mut counts, PackFailure::NotStable);
+        assert_eq!(effect, PackEffect::TryLater { delay: S(10) });
+        let episode = &state.episodes["E1"];
+        assert_eq!(episode.attempts, 0);
+        assert_eq!(episode.next_attempt_ms, Some(NOW + 10_000));
+        assert_eq!(episode.last_error.as_deref(), Some("not stable yet: boom"));
+        assert!(state.backoff.is_none());
+        // The episode's own failure: it backs off alone, longer each time.
+        for (attempt, delay) in [(1, S(10)), (2, S(20)), (3, S(40))] {
+            let effect = fail(&mut state, &mut counts, PackFailure::Episode);
+            assert_eq!(effect, PackEffect::EpisodeBacksOff { delay, attempt });
+            assert_eq!(
+                state.episodes["E1"].last_error.as_deref(),
+                Some("packing: boom")
+            );
+        }
+        assert!(state.backoff.is_none(), "the others still ship");
+        // The host's failure: all shipping backs off, counted once per pass.
+        for _ in 0..2 {
+            let effect = fail(&mut state, &mut counts, PackFailure::Host);
+            assert_eq!(
+                effect,
+                PackEffect::HostBacksOff {
+                    delay: S(10),
+                    error: "packing: boom".into()
+                }
+            );
+        }
+        let backoff = state.backoff.clone().unwrap();
+        assert_eq!((backoff.failures, backoff.last_status), (1, 0));
+        assert_eq!(backoff.until_ms, NOW + 10_000);
+        assert_eq!(state.episodes["E1"].next_attempt_ms, Some(NOW + 10_000));
+    }
+
+    #[test]
+    fn head_goes_first_after_a_lost_answer_a_conflict_or_for_a_large_archive() {
+        let mut state = State::default();
+        let (e1, e2, e3) = (id("E1"), id("E2"), id("E3"));
+        state.episodes.insert(
+            "E1".into(),
+            EpisodeState {
+                head_first: true,
+                ..EpisodeState::default()
+            },
+        );
+        state.episodes.insert(
+            "E2".into(),
+            EpisodeState {
+                conflict: Some(Conflict {
+                    since_unix: 1,
+                    stored_sha256: None,
+                    recheck_ms: 0,
+                }),
+                ..EpisodeState::default()
+            },
+        );
+        let table = [
+            (&e1, 10, Approach::HeadFirst),
+            (&e2, 10, Approach::HeadFirst),
+            (&e3, 10, Approach::Put),
+            (&e3, HEAD_FIRST_BYTES, Approach::Put),
+            (&e3, HEAD_FIRST_BYTES + 1, Approach::HeadFirst),
+        ];
+        for (episode_id, bytes, want) in table {
+            assert_eq!(
+                approach(&state, episode_id, bytes),
+                want,
+                "{episode_id} {bytes}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_head_answer_settles_the_episode_or_lets_the_put_go_ahead() {
+        let stored = |repr, tar| Answer {
+            repr_digest: repr,
+            tar_digest: tar,
+            ..answer(200, None)
+        };
+        let ours = digests();
+        let other = Some(Sha256::of(b"other"));
+        let table = [
+            (stored(Some(ours.sha256), None), Some("match")),
+            (stored(other, Some(ours.tar_sha256)), Some("match")),
+            (stored(other, other), Some("conflict")),
+            (stored(None, None), None),
+            (answer(404, None), None),
+            (answer(401, Some(Slug::Unauthorized)), Some("answer")),
+            (answer(503, None), Some("answer")),
+            (answer(400, Some(Slug::InvalidId)), None),
+        ];
+        for (head, want) in table {
+            let what = format!("{head:?}");
+            let got = after_head(head, &ours).map(|reply| match reply {
+                Reply::HeadMatch(_) => "match",
+                Reply::HeadConflict(_) => "conflict",
+                Reply::Answer(_) => "answer",
+                Reply::Failure(_) => "failure",
+            });
+            assert_eq!(got, want, "{what}");
+        }
     }
 }
