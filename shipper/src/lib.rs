@@ -21,6 +21,7 @@ pub mod layout;
 pub mod meta;
 pub mod metrics;
 pub mod notify;
+pub mod outbox;
 pub mod pack;
 pub mod policy;
 pub mod progress;

@@ -22,12 +22,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use episode_common::{ByteSize, Class, EpisodeId, Event, Outcome, Sha256};
+use episode_common::{ByteSize, Class, EpisodeId, Event, Outcome};
 use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt as _, StreamExt as _};
 use serde::Serialize;
@@ -38,6 +37,7 @@ use crate::config::Config;
 use crate::layout::{DataRoot, Place};
 use crate::meta::{self, Meta};
 use crate::metrics::{Metrics, Observed};
+use crate::outbox;
 use crate::pack::{self, Packed};
 use crate::policy;
 use crate::progress::Progress;
@@ -203,7 +203,7 @@ fn prepare(
     for warning in &meta.warnings {
         tracing::warn!(event = %Event::MetaWarning, episode_id = %id, "meta.json: {warning}; sent without that header");
     }
-    let (packed, memory) = match pack::reuse(root, &id, &dir, &|n| progress.add(n)) {
+    let (packed, memory) = match outbox::reuse(root, &id, &dir, &|n| progress.add(n)) {
         Ok(Some(p)) => (p, None),
         Ok(None) => pack::pack(root, &dir, &id, level, &|n| progress.add(n), budget)
             .map_err(|e| (id.clone(), e))?,
@@ -797,7 +797,7 @@ impl Shipper {
                 Next::Continue
             }
             Effect::KeepInOutbox => {
-                self.keep_in_outbox(&prepared).await;
+                self.keep_in_outbox(&prepared.id, &prepared.packed).await;
                 self.save_state().await;
                 result.conflicts += 1;
                 Next::Continue
@@ -857,7 +857,7 @@ impl Shipper {
             }
             Effect::BackOff { delay } => {
                 self.save_state().await;
-                self.keep_in_outbox(&prepared).await;
+                self.keep_in_outbox(&prepared.id, &prepared.packed).await;
                 result.transient_failures += 1;
                 Next::Stop(format!(
                     "transient failure, retrying in {}: {}",
@@ -868,17 +868,11 @@ impl Shipper {
         }
     }
 
-    /// Writes an in-memory archive to the outbox so the next pass sends the same bytes.
-    async fn keep_in_outbox(&self, prepared: &Prepared) {
-        if let pack::Body::Memory(_) = prepared.packed.body {
-            let (root, id, packed) = (
-                self.root.clone(),
-                prepared.id.clone(),
-                prepared.packed.clone(),
-            );
-            if let Err(e) = blocking(move || pack::persist(&root, &id, &packed)).await {
-                tracing::warn!(event = %Event::StorageFailed, episode_id = %prepared.id, error = %e, "cannot keep the archive in the outbox; it will be packed again");
-            }
+    /// Writes an in-memory archive to the outbox so the next pass sends the same
+    /// bytes (`outbox::persist`, off the async workers).
+    async fn keep_in_outbox(&self, episode_id: &EpisodeId, packed: &Packed) {
+        if let Err(e) = outbox::keep(&self.root, episode_id, packed).await {
+            tracing::warn!(event = %Event::StorageFailed, episode_id = %episode_id, error = %e, "cannot keep the archive in the outbox; it will be packed again");
         }
     }
 
@@ -1044,13 +1038,6 @@ fn log_ship_result(
         Class::Transient | Class::Conflict | Class::Repack => event!(warn),
         Class::Fatal | Class::Hold => event!(error),
     }
-}
-
-/// For the tests: the sha256 of an outbox archive, if there is one.
-pub fn outbox_sha256(root: &DataRoot, id: &EpisodeId) -> Option<Sha256> {
-    let sidecar: PathBuf = root.sidecar(id);
-    let digests: pack::Digests = serde_json::from_slice(&std::fs::read(sidecar).ok()?).ok()?;
-    Some(digests.sha256)
 }
 
 #[cfg(test)]
