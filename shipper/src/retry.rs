@@ -666,39 +666,56 @@ mod tests {
             ),
         ];
         for (reply, class, outcome, status, connection_level) in cases {
-            let j = judge(reply);
+            let judgement = judge(reply);
             assert_eq!(
-                (j.class, j.outcome, j.status, j.connection_level),
+                (
+                    judgement.class,
+                    judgement.outcome,
+                    judgement.status,
+                    judgement.connection_level
+                ),
                 (class, outcome, status, connection_level)
             );
         }
-        let j = judge(Reply::Answer(answer(400, Some(Slug::MissingCodeCommit))));
-        assert_eq!(j.problem_type.as_deref(), Some("missing-code-commit"));
-        assert!(j.error.contains("400 missing-code-commit"), "{}", j.error);
+        let judgement = judge(Reply::Answer(answer(400, Some(Slug::MissingCodeCommit))));
+        assert_eq!(
+            judgement.problem_type.as_deref(),
+            Some("missing-code-commit")
+        );
+        assert!(
+            judgement.error.contains("400 missing-code-commit"),
+            "{}",
+            judgement.error
+        );
     }
 
     #[test]
     fn a_2xx_that_stores_nothing_or_a_redirect_holds_and_says_why() {
-        let j = judge(Reply::Answer(answer(204, None)));
-        assert_eq!((j.class, j.outcome), (Class::Hold, Outcome::Hold));
+        let judgement = judge(Reply::Answer(answer(204, None)));
+        assert_eq!(
+            (judgement.class, judgement.outcome),
+            (Class::Hold, Outcome::Hold)
+        );
         assert!(
-            j.error
+            judgement
+                .error
                 .starts_with("HTTP 204: receiver.url does not point at an episode receiver"),
             "{}",
-            j.error
+            judgement.error
         );
         let redirect = Answer {
             location: Some("https://elsewhere/x".into()),
             ..answer(303, None)
         };
-        let j = judge(Reply::Answer(redirect));
-        assert_eq!(j.class, Class::Hold);
+        let judgement = judge(Reply::Answer(redirect));
+        assert_eq!(judgement.class, Class::Hold);
         assert!(
-            j.error
+            judgement
+                .error
                 .contains("HTTP 303 redirect to https://elsewhere/x (redirects are not followed)")
-                && j.error.contains("receiver.url"),
+                && judgement.error.contains("receiver.url"),
             "{}",
-            j.error
+            judgement.error
         );
         // A stored answer carries no error text.
         assert_eq!(judge(Reply::Answer(answer(201, None))).error, "");

@@ -154,7 +154,7 @@ pub fn lock(root: &DataRoot) -> Result<File, OpenError> {
 
 /// An episode ready to send.
 struct Prepared {
-    id: EpisodeId,
+    episode_id: EpisodeId,
     packed: Packed,
     meta: Meta,
     /// Memory held by an in-memory archive until the episode is acted on.
@@ -171,7 +171,7 @@ async fn ship_one(
 ) -> (Prepared, Reply, Duration) {
     let start = Instant::now();
     if approach == Approach::HeadFirst {
-        match transport.head(&prepared.id).await {
+        match transport.head(&prepared.episode_id).await {
             Err(failure) => return (prepared, Reply::Failure(failure), start.elapsed()),
             Ok(answer) => {
                 if let Some(reply) = retry::after_head(answer, &prepared.packed.digests) {
@@ -181,7 +181,12 @@ async fn ship_one(
         }
     }
     let reply = match transport
-        .put(&prepared.id, &prepared.packed, &prepared.meta, &progress)
+        .put(
+            &prepared.episode_id,
+            &prepared.packed,
+            &prepared.meta,
+            &progress,
+        )
         .await
     {
         Ok(answer) => Reply::Answer(answer),
@@ -193,24 +198,24 @@ async fn ship_one(
 /// Reads meta.json and reuses or makes the archive. Blocking.
 fn prepare(
     root: &DataRoot,
-    id: EpisodeId,
+    episode_id: EpisodeId,
     level: i32,
     progress: &Progress,
     budget: &pack::MemoryBudget,
 ) -> Result<Prepared, (EpisodeId, std::io::Error)> {
-    let dir = root.episode_dir(Place::Episodes, &id);
+    let dir = root.episode_dir(Place::Episodes, &episode_id);
     let meta = meta::read(&dir);
     for warning in &meta.warnings {
-        tracing::warn!(event = %Event::MetaWarning, episode_id = %id, "meta.json: {warning}; sent without that header");
+        tracing::warn!(event = %Event::MetaWarning, episode_id = %episode_id, "meta.json: {warning}; sent without that header");
     }
-    let (packed, memory) = match outbox::reuse(root, &id, &dir, &|n| progress.add(n)) {
+    let (packed, memory) = match outbox::reuse(root, &episode_id, &dir, &|n| progress.add(n)) {
         Ok(Some(p)) => (p, None),
-        Ok(None) => pack::pack(root, &dir, &id, level, &|n| progress.add(n), budget)
-            .map_err(|e| (id.clone(), e))?,
-        Err(e) => return Err((id, e)),
+        Ok(None) => pack::pack(root, &dir, &episode_id, level, &|n| progress.add(n), budget)
+            .map_err(|e| (episode_id.clone(), e))?,
+        Err(e) => return Err((episode_id, e)),
     };
     Ok(Prepared {
-        id,
+        episode_id,
         packed,
         meta,
         _memory: memory,
@@ -256,15 +261,15 @@ impl Shipper {
         if let Some(w) = warning {
             tracing::warn!(event = %Event::StorageFailed, "{w}");
         }
-        for id in quarantine::recover(&root)
+        for episode_id in quarantine::recover(&root)
             .map_err(|e| OpenError::Io(format!("finishing quarantines: {e}")))?
         {
-            tracing::warn!(event = %Event::Quarantined, episode_id = %id, "finished a quarantine interrupted by a crash");
+            tracing::warn!(event = %Event::Quarantined, episode_id = %episode_id, "finished a quarantine interrupted by a crash");
         }
         let (requeued, problems) = quarantine::recover_requeues(&root)
             .map_err(|e| OpenError::Io(format!("finishing requeues: {e}")))?;
-        for id in requeued {
-            tracing::warn!(event = %episode_common::Event::RequeueFinished, episode_id = %id, "requeued: finished a requeue interrupted by a crash");
+        for episode_id in requeued {
+            tracing::warn!(event = %episode_common::Event::RequeueFinished, episode_id = %episode_id, "requeued: finished a requeue interrupted by a crash");
         }
         for problem in problems {
             tracing::error!(event = %episode_common::Event::RequeueNotFinished, error = %problem, "an interrupted requeue cannot be finished");
@@ -353,7 +358,7 @@ impl Shipper {
         if !due {
             return;
         }
-        let (root, q_days, s_days, progress) = (
+        let (root, quarantine_keep_days, shipped_keep_days, progress) = (
             self.root.clone(),
             self.config.quarantine.keep_days,
             self.config.shipped.keep_days,
@@ -361,18 +366,20 @@ impl Shipper {
         );
         let result = blocking(move || {
             let step = || progress.step();
-            let q = quarantine::prune(&root.quarantine, q_days, SystemTime::now(), &step)?;
-            let s = quarantine::prune(&root.shipped, s_days, SystemTime::now(), &step)?;
-            std::io::Result::Ok((q, s))
+            let now = SystemTime::now();
+            let quarantined =
+                quarantine::prune(&root.quarantine, quarantine_keep_days, now, &step)?;
+            let shipped = quarantine::prune(&root.shipped, shipped_keep_days, now, &step)?;
+            std::io::Result::Ok((quarantined, shipped))
         })
         .await;
         match result {
-            Ok((q, s)) => {
-                if !q.is_empty() {
-                    tracing::info!(event = %Event::QuarantineCleaned, n_removed = q.len(), keep_days = q_days, episodes = ?q);
+            Ok((quarantined, shipped)) => {
+                if !quarantined.is_empty() {
+                    tracing::info!(event = %Event::QuarantineCleaned, n_removed = quarantined.len(), keep_days = quarantine_keep_days, episodes = ?quarantined);
                 }
-                if !s.is_empty() {
-                    tracing::info!(event = %Event::ShippedCleaned, n_removed = s.len(), keep_days = s_days);
+                if !shipped.is_empty() {
+                    tracing::info!(event = %Event::ShippedCleaned, n_removed = shipped.len(), keep_days = shipped_keep_days);
                 }
             }
             Err(e) => tracing::error!(event = %Event::StorageFailed, error = %e, "cleanup failed"),
@@ -422,8 +429,10 @@ impl Shipper {
         }
         result.scanned = finished.ready.len();
         let ready: HashSet<&str> = finished.ready.iter().map(EpisodeId::as_str).collect();
-        self.state.retain_pending(|id| ready.contains(id));
-        self.sizes.retain(|id, _| ready.contains(id.as_str()));
+        self.state
+            .retain_pending(|episode_id| ready.contains(episode_id));
+        self.sizes
+            .retain(|episode_id, _| ready.contains(episode_id.as_str()));
 
         let now = now_ms();
         let scanned = finished.ready.len();
@@ -549,14 +558,15 @@ impl Shipper {
                 self.memory.clone(),
             );
             tokio::spawn(async move {
-                for id in queue {
+                for episode_id in queue {
                     if stop.is_cancelled() {
                         break;
                     }
                     let (root, progress) = (root.clone(), progress.clone());
                     let memory = memory.clone();
                     let prepared =
-                        blocking(move || prepare(&root, id, level, &progress, &memory)).await;
+                        blocking(move || prepare(&root, episode_id, level, &progress, &memory))
+                            .await;
                     if tx.send(prepared).await.is_err() {
                         break;
                     }
@@ -581,18 +591,18 @@ impl Shipper {
                                 launching = false;
                                 result.stopped_by.get_or_insert(why);
                             }
-                            Next::Repack(id) => {
+                            Next::Repack(episode_id) => {
                                 limit = concurrency;
-                                if self.may_send(launching) {
-                                    in_flight.push(self.repack(id));
+                                if launching && self.may_send() {
+                                    in_flight.push(self.repack(episode_id));
                                 } else {
-                                    self.drop_outbox(id).await;
+                                    self.drop_outbox(episode_id).await;
                                 }
                             }
                         }
                     }
-                    Done::Repacked(Err((id, e))) => {
-                        if let Next::Stop(why) = self.pack_failed(&id, &e, result).await {
+                    Done::Repacked(Err((episode_id, e))) => {
+                        if let Next::Stop(why) = self.pack_failed(&episode_id, &e, result).await {
                             launching = false;
                             result.stopped_by.get_or_insert(why);
                         }
@@ -600,7 +610,7 @@ impl Shipper {
                     Done::Repacked(Ok(prepared)) => {
                         // The pass may have stopped (hold, transient, SIGTERM) while
                         // this was packed: then it waits for the next pass.
-                        if self.may_send(launching) {
+                        if launching && self.may_send() {
                             let approach = self.approach(&prepared);
                             in_flight.push(send(&self.transport, *prepared, approach, &self.progress));
                         }
@@ -608,8 +618,8 @@ impl Shipper {
                 },
                 item = rx.recv(), if can_launch => match item {
                     None => open = false,
-                    Some(Err((id, e))) => {
-                        if let Next::Stop(why) = self.pack_failed(&id, &e, result).await {
+                    Some(Err((episode_id, e))) => {
+                        if let Next::Stop(why) = self.pack_failed(&episode_id, &e, result).await {
                             launching = false;
                             result.stopped_by.get_or_insert(why);
                         }
@@ -644,13 +654,13 @@ impl Shipper {
     }
 
     /// Whether an upload may still be started in this pass.
-    fn may_send(&self, launching: bool) -> bool {
-        launching && !self.stop.is_cancelled() && self.state.state.hold.is_none()
+    fn may_send(&self) -> bool {
+        !self.stop.is_cancelled() && self.state.state.hold.is_none()
     }
 
     /// Packs an episode again (its outbox archive dropped first) as a future of the
     /// pipeline, so the uploads in flight keep moving meanwhile.
-    fn repack(&self, id: EpisodeId) -> Work {
+    fn repack(&self, episode_id: EpisodeId) -> Work {
         let (root, level, progress, memory) = (
             self.root.clone(),
             self.config.compression_level,
@@ -658,26 +668,27 @@ impl Shipper {
             self.memory.clone(),
         );
         blocking(move || {
-            root.remove_outbox(&id).map_err(|e| (id.clone(), e))?;
-            prepare(&root, id, level, &progress, &memory)
+            root.remove_outbox(&episode_id)
+                .map_err(|e| (episode_id.clone(), e))?;
+            prepare(&root, episode_id, level, &progress, &memory)
         })
         .map(|repacked| Done::Repacked(repacked.map(Box::new)))
         .boxed()
     }
 
     /// Drops an episode's outbox archive, so the next pass packs it afresh.
-    async fn drop_outbox(&self, id: EpisodeId) {
+    async fn drop_outbox(&self, episode_id: EpisodeId) {
         let root = self.root.clone();
-        let episode_id = id.clone();
-        if let Err(e) = blocking(move || root.remove_outbox(&episode_id)).await {
-            tracing::warn!(event = %Event::StorageFailed, episode_id = %id, error = %e, "cannot remove the outbox archive to be repacked");
+        let removed_id = episode_id.clone();
+        if let Err(e) = blocking(move || root.remove_outbox(&removed_id)).await {
+            tracing::warn!(event = %Event::StorageFailed, episode_id = %episode_id, error = %e, "cannot remove the outbox archive to be repacked");
         }
     }
 
     fn approach(&self, prepared: &Prepared) -> Approach {
         retry::approach(
             &self.state.state,
-            &prepared.id,
+            &prepared.episode_id,
             prepared.packed.digests.bytes,
         )
     }
@@ -756,7 +767,7 @@ impl Shipper {
         result: &mut PassResult,
     ) -> Next {
         let judgement = retry::judge(reply);
-        let episode_id = prepared.id.clone();
+        let episode_id = prepared.episode_id.clone();
         let now = now_ms();
         let tick = self.tick(now);
         let decision = retry::on_answer(
@@ -797,7 +808,8 @@ impl Shipper {
                 Next::Continue
             }
             Effect::KeepInOutbox => {
-                self.keep_in_outbox(&prepared.id, &prepared.packed).await;
+                self.keep_in_outbox(&prepared.episode_id, &prepared.packed)
+                    .await;
                 self.save_state().await;
                 result.conflicts += 1;
                 Next::Continue
@@ -857,7 +869,8 @@ impl Shipper {
             }
             Effect::BackOff { delay } => {
                 self.save_state().await;
-                self.keep_in_outbox(&prepared.id, &prepared.packed).await;
+                self.keep_in_outbox(&prepared.episode_id, &prepared.packed)
+                    .await;
                 result.transient_failures += 1;
                 Next::Stop(format!(
                     "transient failure, retrying in {}: {}",
@@ -888,19 +901,21 @@ impl Shipper {
                 .finished_episodes()
                 .map(|f| f.ready)
                 .unwrap_or_default();
-            sizes.retain(|id, _| ready.contains(id));
-            for id in &ready {
+            sizes.retain(|episode_id, _| ready.contains(episode_id));
+            for episode_id in &ready {
                 // Sizing a large backlog walks many trees: progress the heartbeat sees.
                 progress.step();
-                if !sizes.contains_key(id) {
-                    let dir = root.episode_dir(Place::Episodes, id);
-                    let size = pack::collect_entries(&dir, id)
+                if !sizes.contains_key(episode_id) {
+                    let dir = root.episode_dir(Place::Episodes, episode_id);
+                    let size = pack::collect_entries(&dir, episode_id)
                         .map(|(e, _)| pack::raw_size(&e))
                         .unwrap_or(0);
-                    sizes.insert(id.clone(), size);
+                    sizes.insert(episode_id.clone(), size);
                 }
             }
-            let oldest = ready.first().and_then(|id| episode_age(&root, id));
+            let oldest = ready
+                .first()
+                .and_then(|episode_id| episode_age(&root, episode_id));
             let reasons = quarantine::reasons(&root, known_reasons);
             let outbox_bytes = crate::layout::entries(&root.outbox).map_or(0, |entries| {
                 entries
@@ -968,12 +983,15 @@ impl Shipper {
 }
 
 /// Age of a pending episode: from its ULID, else its directory's mtime.
-pub fn episode_age(root: &DataRoot, id: &EpisodeId) -> Option<u64> {
+pub fn episode_age(root: &DataRoot, episode_id: &EpisodeId) -> Option<u64> {
     let now = time::OffsetDateTime::now_utc();
-    if let Some(t) = episode_common::wire::ulid_time(id.as_str()) {
+    if let Some(t) = episode_common::wire::ulid_time(episode_id.as_str()) {
         return Some((now - t).whole_seconds().max(0) as u64);
     }
-    crate::layout::mtime_age_secs(&root.episode_dir(Place::Episodes, id), SystemTime::now())
+    crate::layout::mtime_age_secs(
+        &root.episode_dir(Place::Episodes, episode_id),
+        SystemTime::now(),
+    )
 }
 
 pub fn human_age(secs: u64) -> String {
@@ -995,17 +1013,22 @@ enum Next {
 
 /// Moves a shipped episode to `shipped/` and drops its outbox files. Blocking.
 /// The directories are fsynced once per pass (`Shipper::sync_retired`).
-fn retire(root: &DataRoot, id: &EpisodeId) -> std::io::Result<()> {
-    match root.rename_episode(id, Place::Episodes, Place::Shipped, id.as_str()) {
+fn retire(root: &DataRoot, episode_id: &EpisodeId) -> std::io::Result<()> {
+    match root.rename_episode(
+        episode_id,
+        Place::Episodes,
+        Place::Shipped,
+        episode_id.as_str(),
+    ) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let name = format!("{id}.{}", now_ms() / 1000);
-            tracing::warn!(event = %Event::KeptBoth, episode_id = %id, kept_as = %name, "shipped/{id} already exists; keeping both");
-            root.rename_episode(id, Place::Episodes, Place::Shipped, &name)?;
+            let name = format!("{episode_id}.{}", now_ms() / 1000);
+            tracing::warn!(event = %Event::KeptBoth, episode_id = %episode_id, kept_as = %name, "shipped/{episode_id} already exists; keeping both");
+            root.rename_episode(episode_id, Place::Episodes, Place::Shipped, &name)?;
         }
         Err(e) => return Err(e),
     }
-    root.remove_outbox(id)
+    root.remove_outbox(episode_id)
 }
 
 fn log_ship_result(
