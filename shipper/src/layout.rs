@@ -1,13 +1,6 @@
-//! The shipper's directories under `data_root` and the moves between them.
-//!
-//! Owns the path of everything (`episodes/`, `outbox/`, `shipped/`, `quarantine/`,
-//! `state/`) and the one way an episode directory changes place: `rename(2)` without
-//! replacing anything, then fsync of both parent directories. Listing finished
-//! episodes and sweeping outbox orphans live here too, because both are about what
-//! the directories hold.
-//!
-//! Invariant: an episode directory is in exactly one of episodes/, shipped/,
-//! quarantine/; `outbox/<id>.*` exists only while `episodes/<id>/` does.
+//! The shipper's directories under `data_root`, listing finished episodes, and the
+//! one way an episode directory changes place: a no-replace rename, then an fsync of
+//! both parents. Invariant: an episode directory is in exactly one place.
 
 use std::ffi::OsStr;
 use std::io;

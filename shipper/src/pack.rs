@@ -1,20 +1,6 @@
-//! Deterministic packing of an episode directory into a tar.zst.
-//!
-//! Owns the archive format: a tar of `<id>/…` with entries in byte-sorted order,
-//! uid/gid 0, empty user and group names, each entry's own mode and mtime (whole
-//! seconds), symlinks stored as links and never followed; compressed by zstd at the
-//! configured level with the frame checksum on and always in multithreaded mode
-//! (≥ 1 worker), so the bytes never depend on the core count. The sha256 of the
-//! archive and of the tar stream are computed while writing, never by re-reading.
-//! An episode is packed in memory while its archive fits the `MemoryBudget`; else into
-//! `outbox/<id>.tar.zst.partial`, fsynced, then published by `outbox`. Blocking: run
-//! it off the async workers.
-//! Names are archived as the bytes they are (UTF-8 or not; long ones as GNU long
-//! names); a file that grows or shrinks while packed fails the pack as `Unstable`;
-//! every I/O error names the path it is about.
-//!
-//! Invariant: packing the same unchanged directory twice gives identical bytes, and
-//! no file of the episode is ever left out of its archive.
+//! Deterministic packing of an episode directory into a tar.zst, hashed while it
+//! is written, in memory within the `MemoryBudget` or through the outbox. Blocking.
+//! Invariant: the same unchanged directory always packs to the same bytes, whole.
 
 use std::cell::RefCell;
 use std::ffi::OsString;

@@ -1,8 +1,5 @@
-//! Pure decisions of the shipper: what to do with an answer, and how long to wait.
-//!
-//! No clock, no randomness source, no I/O: the caller passes `now` and a uniform
-//! random number, so every rule is table-tested here. The I/O code matches on
-//! `Action` and never looks at a status code itself.
+//! Pure rules of the shipper: class → action, pack failure → scope, backoff with
+//! full jitter, `Retry-After`. No clock, no randomness, no I/O; table-tested here.
 
 use std::time::Duration;
 

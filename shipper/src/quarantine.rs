@@ -1,18 +1,6 @@
-//! Quarantine: episodes the receiver will never take as they are.
-//!
-//! Owns moving an episode into `quarantine/<id>/` with its `quarantine_reason.json`,
-//! crash-safely: the entry's name is chosen first (`<id>`, or `<id>.<unix>` when an
-//! older quarantined copy holds `<id>`), the reason (which records the episode id) is
-//! written to `state/quarantine-pending/<entry>.json`, then the directory is renamed,
-//! then the reason is moved inside; start-up finishes any move a crash interrupted,
-//! into the entry the pending record names. Also owns retention (by the entry
-//! directory's mtime, removal via a hidden rename so a crash never leaves a
-//! half-deleted entry that looks new), listing with reasons, and `requeue`, which
-//! moves an entry back to `episodes/<episode id>` (never to its suffixed entry name),
-//! removing the reason file first so it is never packed. A requeue is crash-safe the
-//! same way: its intent and the reason are recorded in `state/requeue-pending/<entry>.json`
-//! first, so an entry whose reason file is already gone still lists with its reason,
-//! and the next `requeue` or daemon start finishes the move.
+//! Quarantine: crash-safe moves into `quarantine/<entry>/` with the reason, retention,
+//! listing, and `requeue` back to `episodes/`, each finished after a crash from its
+//! record in `state/quarantine-pending/` or `state/requeue-pending/`.
 
 use std::io;
 use std::path::{Path, PathBuf};

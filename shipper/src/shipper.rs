@@ -1,24 +1,6 @@
-//! The shipper's state in a process, and one pass over the data root.
-//!
-//! Owns `Shipper::open` (lock, directories, state, recovery of interrupted
-//! quarantines, orphan sweep) and `Shipper::pass`: sweep, cleanup when due, list
-//! finished episodes oldest first, then a pipeline that packs one episode ahead
-//! while up to `upload_concurrency` uploads are in flight, and acts on each answer
-//! through `policy::action`. A transient failure or a hold stops new uploads and
-//! ends the pass, so a dead receiver sees one probe, not N uploads; the backoff's
-//! exponent grows at most once per pass however many uploads failed together. A
-//! repack runs as its own future beside the other uploads and is sent again only
-//! while the pass still launches uploads. Retry state that prevents retry storms
-//! (backoff, hold) is saved the moment it changes, and a pass that starts uploading
-//! is marked in it first (one save), so a process that dies mid-pass is followed by
-//! a backoff before the next upload (the crash-loop guard), not an instant re-send.
-//! `close` makes every rename durable at exit, even after an abandoned pass. A pack
-//! that fails is a transient failure (`policy::pack_failure`: the host's, which
-//! backs off everything, or the episode's alone), or, when a file changed while it
-//! was packed, the episode is simply tried again later.
-//!
-//! Invariant: an episode is retired only after a 2xx to a PUT that carried its
-//! digest, or a HEAD that reports the same archive or tar digest.
+//! The executor of a pass: `Shipper::open` (lock, state, recovery, sweep) and
+//! `Shipper::pass` (list, `retry::gate`, pack ahead, upload, act on each answer by
+//! executing `retry::on_answer`'s effect). Decides nothing itself.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
