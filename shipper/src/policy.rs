@@ -84,6 +84,12 @@ pub fn pack_failure(unstable: bool, kind: std::io::ErrorKind) -> PackFailure {
     }
 }
 
+/// Whether the retention cleanup runs in a pass at `now_unix`: every pass when
+/// `interval_secs` is 0, else once `interval_secs` passed since the last one.
+pub fn cleanup_due(last_cleanup_unix: Option<i64>, interval_secs: i64, now_unix: i64) -> bool {
+    interval_secs == 0 || last_cleanup_unix.is_none_or(|last| now_unix - last >= interval_secs)
+}
+
 /// The delay before retry number `failures` (1 for the first retry): uniform
 /// ("full jitter") between `initial` and the exponential cap
 /// `min(max, initial × 2^failures)`, so the first retry waits between `initial` and
@@ -214,6 +220,26 @@ mod tests {
         ];
         for (unstable, kind, want) in table {
             assert_eq!(pack_failure(unstable, kind), want, "{unstable} {kind:?}");
+        }
+    }
+
+    #[test]
+    fn cleanup_runs_every_pass_at_interval_zero_else_once_per_interval() {
+        // (last cleanup, interval, now, due)
+        let table = [
+            (None, 0, 100, true),
+            (Some(100), 0, 100, true),
+            (None, 3600, 100, true),
+            (Some(100), 3600, 3699, false),
+            (Some(100), 3600, 3700, true),
+            (Some(100), 3600, 50, false),
+        ];
+        for (last, interval, now, due) in table {
+            assert_eq!(
+                cleanup_due(last, interval, now),
+                due,
+                "{last:?} {interval} {now}"
+            );
         }
     }
 

@@ -331,13 +331,7 @@ impl Shipper {
     async fn cleanup_if_due(&mut self) {
         let now = now_ms() / 1000;
         let interval = self.config.quarantine.cleanup_interval.get().as_secs() as i64;
-        let due = interval == 0
-            || self
-                .state
-                .state
-                .last_cleanup_unix
-                .is_none_or(|t| now - t >= interval);
-        if !due {
+        if !policy::cleanup_due(self.state.state.last_cleanup_unix, interval, now) {
             return;
         }
         let (root, quarantine_keep_days, shipped_keep_days, progress) = (
@@ -401,12 +395,13 @@ impl Shipper {
                 tracing::warn!(event = %Event::InvalidEpisodeDir, dir = %name, "not a valid episode id; not shipped (rename it)");
             }
         }
-        for n in &finished.not_ready {
+        for not_ready in &finished.not_ready {
+            let (name, reason) = (&not_ready.name, &not_ready.reason);
             if self
                 .warned_invalid
-                .insert(format!("not-ready\0{}\0{}", n.name, n.reason))
+                .insert(format!("not-ready\0{name}\0{reason}"))
             {
-                tracing::warn!(event = %episode_common::Event::EpisodeNotReady, episode_id = %n.name, reason = %n.reason, "episodes/{}: not shipped: {}", n.name, n.reason);
+                tracing::warn!(event = %episode_common::Event::EpisodeNotReady, episode_id = %name, reason = %reason, "episodes/{name}: not shipped: {reason}");
             }
         }
         result.scanned = finished.ready.len();
@@ -417,7 +412,7 @@ impl Shipper {
             .retain(|episode_id, _| ready.contains(episode_id.as_str()));
 
         let now = now_ms();
-        let scanned = finished.ready.len();
+        let scanned = result.scanned;
         let gate = retry::gate(&self.state.state, finished.ready, now);
         result.stopped_by = gate.stopped_by();
         let queue = match gate {
