@@ -1,12 +1,6 @@
-//! `episode-shipper check`, and the start-up validations it shares with `run` and
-//! `once` (`preflight`), so `check` can never pass a config the daemon refuses.
-//!
-//! Owns the verdict: a config error is fatal (exit 78 naming the file and key): the
-//! file itself (decided before this runs), a `data_root` that is not an absolute
-//! path to a usable directory, or credential files that exist but cannot be used
-//! (a key that is not its certificate's). Everything the daemon copes with by itself
-//! (certificates not issued yet, a corrupt state file, outbox orphans) is reported as
-//! a note but does not stop the start. Creates nothing.
+//! `episode-shipper check`, and `preflight`, the start-up validations it shares with
+//! `run` and `once`: a config error is exit 78 naming the file and key; what the
+//! daemon copes with by itself is a note. Creates nothing.
 
 use std::io::Write;
 use std::path::Path;

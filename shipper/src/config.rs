@@ -1,9 +1,6 @@
-//! The shipper's configuration file (shipper.md, "Config").
-//!
-//! Owns the schema (unknown keys are errors), the defaults, and range checks; every
-//! error names the file and the key, and `main` turns it into exit code 78. Files
-//! named in `[receiver]` are deliberately NOT required to exist: a host may boot
-//! before its certificate is issued (see `transport`).
+//! The shipper's configuration file (shipper.md, "Config"): schema (unknown keys are
+//! errors), defaults and range checks; every error names the file and the key.
+//! Credential files need not exist yet (see `transport`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -1,16 +1,6 @@
-//! `run` and `once`: the work loop around `Shipper::pass`, and how it meets systemd.
-//!
-//! Owns start-up (random jitter, READY=1 once the lock is held, state loaded and
-//! orphans swept), the wait between passes (the scan interval, woken early by
-//! inotify when a `done.marker` appears, never longer than half the watchdog
-//! period), the heartbeat (WATCHDOG=1 after every pass and while bytes move, so a
-//! stalled pack or upload stops it), a STATUS line per pass, and SIGTERM/SIGINT:
-//! STOPPING=1, no new episode, an upload in flight gets `shutdown_grace`, then
-//! (also when the grace abandoned the pass) the retry state is saved and the data
-//! root's directories fsynced (`Shipper::close`), exit 0. SIGHUP reloads the config
-//! between passes (`reload`): never stops the daemon, refuses an invalid file or a
-//! change of `host_id`/`data_root` and keeps the old config. Also the metrics: the
-//! textfile rewritten after every pass and every minute, the optional listener.
+//! `run` and `once`: the loop around `Shipper::pass` and how it meets systemd
+//! (READY, WATCHDOG heartbeat, STATUS, STOPPING), signals (SIGTERM's grace, SIGHUP's
+//! reload between passes), inotify wake-ups and the metrics tasks.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,13 +1,6 @@
-//! The shipper's directories under `data_root` and the moves between them.
-//!
-//! Owns the path of everything (`episodes/`, `outbox/`, `shipped/`, `quarantine/`,
-//! `state/`) and the one way an episode directory changes place: `rename(2)` without
-//! replacing anything, then fsync of both parent directories. Listing finished
-//! episodes and sweeping outbox orphans live here too, because both are about what
-//! the directories hold.
-//!
-//! Invariant: an episode directory is in exactly one of episodes/, shipped/,
-//! quarantine/; `outbox/<id>.*` exists only while `episodes/<id>/` does.
+//! The shipper's directories under `data_root`, listing finished episodes, and the
+//! one way an episode directory changes place: a no-replace rename, then an fsync of
+//! both parents. Invariant: an episode directory is in exactly one place.
 
 use std::ffi::OsStr;
 use std::io;
@@ -17,9 +10,6 @@ use episode_common::{EpisodeId, fsx};
 
 pub const DONE_MARKER: &str = "done.marker";
 pub const REASON_FILE: &str = "quarantine_reason.json";
-const ARCHIVE_SUFFIX: &str = ".tar.zst";
-const PARTIAL_SUFFIX: &str = ".tar.zst.partial";
-const SIDECAR_SUFFIX: &str = ".json";
 
 /// The directories of one data root.
 #[derive(Debug, Clone)]
@@ -92,19 +82,6 @@ impl DataRoot {
         self.dir(place).join(episode_id)
     }
 
-    pub fn archive(&self, episode_id: &EpisodeId) -> PathBuf {
-        self.outbox.join(format!("{episode_id}{ARCHIVE_SUFFIX}"))
-    }
-
-    pub fn partial(&self, episode_id: &EpisodeId) -> PathBuf {
-        self.outbox.join(format!("{episode_id}{PARTIAL_SUFFIX}"))
-    }
-
-    /// The digests of an outbox archive.
-    pub fn sidecar(&self, episode_id: &EpisodeId) -> PathBuf {
-        self.outbox.join(format!("{episode_id}{SIDECAR_SUFFIX}"))
-    }
-
     pub fn lock_file(&self) -> PathBuf {
         self.state.join("lock")
     }
@@ -150,22 +127,6 @@ impl DataRoot {
         places
             .iter()
             .try_for_each(|place| fsx::fsync_dir(self.dir(*place)))
-    }
-
-    /// Removes the outbox files of an episode (archive, partial, sidecar).
-    pub fn remove_outbox(&self, episode_id: &EpisodeId) -> io::Result<()> {
-        for path in [
-            self.archive(episode_id),
-            self.partial(episode_id),
-            self.sidecar(episode_id),
-        ] {
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
     }
 
     /// Episodes in `episodes/` that have `done.marker` (a regular file), sorted by id
@@ -215,33 +176,6 @@ impl DataRoot {
         finished.not_ready.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(finished)
     }
-
-    /// Removes outbox files with no episode directory, and every `.partial` (no pack
-    /// is in progress when a pass starts). Returns the removed file names.
-    pub fn sweep_orphans(&self) -> io::Result<Vec<String>> {
-        let mut removed = Vec::new();
-        for entry in std::fs::read_dir(&self.outbox)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(text) = name.to_str() else { continue };
-            let orphan = match outbox_episode(text) {
-                Some((_, OutboxKind::Partial | OutboxKind::Temp)) => true,
-                Some((id, _)) => !self.episodes.join(id).is_dir(),
-                None => false,
-            };
-            if orphan {
-                match std::fs::remove_file(entry.path()) {
-                    Ok(()) => removed.push(text.to_owned()),
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(e),
-                }
-            }
-        }
-        if !removed.is_empty() {
-            fsx::fsync_dir(&self.outbox)?;
-        }
-        Ok(removed)
-    }
 }
 
 /// What `finished_episodes` found.
@@ -278,32 +212,6 @@ fn marker_state(dir: &Path) -> Marker {
         Ok(m) if m.file_type().is_symlink() => Marker::NotAFile("a symlink"),
         Ok(_) => Marker::NotAFile("not a regular file"),
     }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum OutboxKind {
-    Archive,
-    Partial,
-    Sidecar,
-    /// A `write_atomic` temp file (`.<name>.<pid>.tmp`).
-    Temp,
-}
-
-/// The episode an outbox file belongs to, and what it is.
-fn outbox_episode(name: &str) -> Option<(&str, OutboxKind)> {
-    if name.starts_with('.') && name.ends_with(".tmp") {
-        return Some((name, OutboxKind::Temp));
-    }
-    for (suffix, kind) in [
-        (PARTIAL_SUFFIX, OutboxKind::Partial),
-        (ARCHIVE_SUFFIX, OutboxKind::Archive),
-        (SIDECAR_SUFFIX, OutboxKind::Sidecar),
-    ] {
-        if let Some(id) = name.strip_suffix(suffix) {
-            return Some((id, kind));
-        }
-    }
-    None
 }
 
 /// Age in seconds of a directory judged by its mtime (retention rules).
@@ -385,40 +293,6 @@ mod tests {
         );
         assert_eq!(not_ready[1].0, "01E");
         assert!(not_ready[1].1.contains("symlink"), "{not_ready:?}");
-    }
-
-    #[test]
-    fn sweeps_orphans_and_partials_but_keeps_live_archives() {
-        let (_d, root) = root();
-        episode(&root, "01A", true);
-        for name in [
-            "01A.tar.zst",
-            "01A.json",
-            "01A.tar.zst.partial",
-            "01GONE.tar.zst",
-            "01GONE.json",
-            ".x.json.1.tmp",
-            "README",
-        ] {
-            std::fs::write(root.outbox.join(name), "x").unwrap();
-        }
-        let mut removed = root.sweep_orphans().unwrap();
-        removed.sort();
-        assert_eq!(
-            removed,
-            [
-                ".x.json.1.tmp",
-                "01A.tar.zst.partial",
-                "01GONE.json",
-                "01GONE.tar.zst"
-            ]
-        );
-        let left: Vec<String> = entries(&root.outbox)
-            .unwrap()
-            .into_iter()
-            .map(|(n, _)| n)
-            .collect();
-        assert_eq!(left, ["01A.json", "01A.tar.zst", "README"]);
     }
 
     #[test]

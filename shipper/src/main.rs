@@ -1,8 +1,6 @@
-//! `episode-shipper [--config F] [run|once|ping|status|check|requeue|cleanup]`.
-//!
-//! Thin: parses the command line, loads the config (exit 78 naming the file and key
-//! when it is wrong), sets up logging and the runtime, and calls the library.
-//! Exit codes: 0 ok, 1 runtime failure, 78 bad configuration.
+//! `episode-shipper [--config F] [run|once|ping|status|check|requeue|cleanup]`: parses
+//! the command line, loads the config, sets up logging and the runtime, calls the
+//! library. Exit codes: 0 ok, 1 runtime failure, 78 bad configuration.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};

@@ -1,15 +1,6 @@
-//! What the shipper reads from an episode's `meta.json`: `code_commit` and
-//! `started_at`, for the `X-Code-Commit` and `X-Episode-Started-At` headers.
-//!
-//! Never fails and never blocks: a missing, oversized or malformed `meta.json`, one
-//! that is not a regular file (a symlink, a FIFO, a device), or a field of the wrong
-//! shape, leaves that header out (with a warning naming the file and field) and the
-//! receiver decides. It is opened without following a symlink and without blocking
-//! on a FIFO, checked to be a regular file on the open descriptor, and read through
-//! a 1 MiB limit whatever its size claims; the size of one too large is kept, so a
-//! rejection that follows can say the shipper left the headers out (`explain_rejection`).
-//! `code_commit` is trimmed of surrounding whitespace (a recorder's trailing
-//! newline); `started_at` is normalized to RFC 3339.
+//! What the shipper reads from `meta.json` (`code_commit`, `started_at`) for its
+//! headers. Never fails, never blocks, never follows a symlink: a bad file or field
+//! leaves the header out with a warning naming it, and the receiver decides.
 
 use std::io::Read as _;
 use std::os::unix::fs::OpenOptionsExt as _;

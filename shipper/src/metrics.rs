@@ -1,9 +1,6 @@
-//! The shipper's Prometheus metrics (observability.md, "Shipper metrics"): the
-//! registry, the `Observed` values a pass already knows, the node_exporter textfile
-//! (temp + rename, never half written) and the optional plain-HTTP `/metrics`.
-//!
-//! Counters move as uploads are answered; gauges are set from `Observed` after
-//! every pass. Nothing here walks an episode directory.
+//! The shipper's Prometheus metrics (observability.md): the registry, the `Observed`
+//! values a pass already knows, the textfile (temp + rename) and the optional
+//! `/metrics` listener. Nothing here walks an episode directory.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -1,8 +1,5 @@
-//! systemd notifications: READY, WATCHDOG, STATUS, STOPPING.
-//!
-//! Owns sending them and never letting a failure matter: a notify that fails is
-//! logged once and otherwise ignored, so a broken `NOTIFY_SOCKET` cannot stop the
-//! work loop. Without `NOTIFY_SOCKET` every call is a no-op.
+//! systemd notifications (READY, WATCHDOG, STATUS, STOPPING), sent so that a failure
+//! never matters: logged once, otherwise ignored; a no-op without `NOTIFY_SOCKET`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;

@@ -1,20 +1,6 @@
-//! Deterministic packing of an episode directory into a tar.zst.
-//!
-//! Owns the archive format: a tar of `<id>/…` with entries in byte-sorted order,
-//! uid/gid 0, empty user and group names, each entry's own mode and mtime (whole
-//! seconds), symlinks stored as links and never followed; compressed by zstd at the
-//! configured level with the frame checksum on and always in multithreaded mode
-//! (≥ 1 worker), so the bytes never depend on the core count. The sha256 of the
-//! archive and of the tar stream are computed while writing, never by re-reading.
-//! An episode is packed in memory while its archive fits the `MemoryBudget`; else into
-//! `outbox/<id>.tar.zst.partial`, fsynced, then renamed. An in-memory archive whose
-//! send fails is written to the outbox the same way (`persist`). Blocking: run it off the async workers.
-//! Names are archived as the bytes they are (UTF-8 or not; long ones as GNU long
-//! names); a file that grows or shrinks while packed fails the pack as `Unstable`;
-//! every I/O error names the path it is about.
-//!
-//! Invariant: packing the same unchanged directory twice gives identical bytes, and
-//! no file of the episode is ever left out of its archive.
+//! Deterministic packing of an episode directory into a tar.zst, hashed while it
+//! is written, in memory within the `MemoryBudget` or through the outbox. Blocking.
+//! Invariant: the same unchanged directory always packs to the same bytes, whole.
 
 use std::cell::RefCell;
 use std::ffi::OsString;
@@ -24,7 +10,6 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use episode_common::fsx;
 use episode_common::{EpisodeId, Sha256};
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -460,7 +445,7 @@ pub fn pack(
         let (digests, file) = write_archive(&entries, level, file, progress)
             .map_err(|e| at(&partial, "writing", e))?;
         file.sync_all().map_err(|e| at(&partial, "fsyncing", e))?;
-        publish(root, episode_id, &partial, &digests)?;
+        crate::outbox::publish(root, episode_id, &partial, &digests)?;
         Ok(digests)
     })();
     match result {
@@ -479,113 +464,11 @@ pub fn pack(
     }
 }
 
-/// Makes a fsynced `.partial` the outbox archive: sidecar first, then the rename.
-fn publish(
-    root: &DataRoot,
-    episode_id: &EpisodeId,
-    partial: &Path,
-    digests: &Digests,
-) -> io::Result<()> {
-    let sidecar = serde_json::to_vec(digests).map_err(io::Error::other)?;
-    let sidecar_path = root.sidecar(episode_id);
-    fsx::write_atomic(&sidecar_path, &sidecar).map_err(|e| at(&sidecar_path, "writing", e))?;
-    std::fs::rename(partial, root.archive(episode_id)).map_err(|e| at(partial, "renaming", e))?;
-    fsx::fsync_dir(&root.outbox).map_err(|e| at(&root.outbox, "fsyncing", e))
-}
-
-/// Writes an in-memory archive to the outbox, so it stays for the next pass.
-pub fn persist(root: &DataRoot, episode_id: &EpisodeId, packed: &Packed) -> io::Result<()> {
-    let Body::Memory(bytes) = &packed.body else {
-        return Ok(());
-    };
-    let partial = root.partial(episode_id);
-    let result = (|| {
-        let mut file = File::create(&partial).map_err(|e| at(&partial, "creating", e))?;
-        file.write_all(bytes)
-            .map_err(|e| at(&partial, "writing", e))?;
-        file.sync_all().map_err(|e| at(&partial, "fsyncing", e))?;
-        publish(root, episode_id, &partial, &packed.digests)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
-    result
-}
-
-/// The sha256 and length of a file, reporting every chunk read to `progress`: a
-/// multi-GB archive re-hashed on a slow disk is work moving, and the watchdog
-/// heartbeat must see it as such.
-fn hash_archive(path: &Path, progress: &dyn Fn(u64)) -> io::Result<(Sha256, u64)> {
-    let mut file = File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut len = 0u64;
-    loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        hasher.update(&buf[..n]);
-        len += n as u64;
-        progress(n as u64);
-    }
-    Ok((Sha256(hasher.finalize().into()), len))
-}
-
-/// A complete outbox archive left by an earlier run, if its bytes still match its
-/// recorded digest; anything else in its place is removed so it is packed again.
-/// The bytes re-hashed are reported to `progress`.
-pub fn reuse(
-    root: &DataRoot,
-    episode_id: &EpisodeId,
-    dir: &Path,
-    progress: &dyn Fn(u64),
-) -> io::Result<Option<Packed>> {
-    let (archive, sidecar) = (root.archive(episode_id), root.sidecar(episode_id));
-    if !archive.exists() {
-        return Ok(None);
-    }
-    let recorded: Option<Digests> = std::fs::read(&sidecar)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok());
-    let verdict = match recorded {
-        None => Err("no readable digest sidecar".to_owned()),
-        Some(digests) => {
-            let (sha256, bytes) = hash_archive(&archive, progress)?;
-            if sha256 == digests.sha256 && bytes == digests.bytes {
-                Ok(digests)
-            } else {
-                Err(format!(
-                    "archive sha256 {sha256} ({bytes} bytes) differs from its record {}",
-                    digests.sha256
-                ))
-            }
-        }
-    };
-    match verdict {
-        Ok(digests) => {
-            let raw_bytes = collect_entries(dir, episode_id)
-                .map(|(e, _)| raw_size(&e))
-                .unwrap_or(0);
-            Ok(Some(Packed {
-                digests,
-                body: Body::File(archive),
-                raw_bytes,
-            }))
-        }
-        Err(why) => {
-            tracing::warn!(event = %episode_common::Event::OutboxStale, episode_id = %episode_id, reason = %why, "outbox archive not reusable; packing again");
-            root.remove_outbox(episode_id)?;
-            Ok(None)
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbox::{persist, reuse};
+    use episode_common::fsx;
     use std::collections::BTreeMap;
 
     fn make_episode(dir: &Path, big: bool) {

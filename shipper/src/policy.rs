@@ -1,8 +1,5 @@
-//! Pure decisions of the shipper: what to do with an answer, and how long to wait.
-//!
-//! No clock, no randomness source, no I/O: the caller passes `now` and a uniform
-//! random number, so every rule is table-tested here. The I/O code matches on
-//! `Action` and never looks at a status code itself.
+//! Pure rules of the shipper: class → action, pack failure → scope, backoff with
+//! full jitter, `Retry-After`. No clock, no randomness, no I/O; table-tested here.
 
 use std::time::Duration;
 
@@ -85,6 +82,12 @@ pub fn pack_failure(unstable: bool, kind: std::io::ErrorKind) -> PackFailure {
         }
         _ => PackFailure::Episode,
     }
+}
+
+/// Whether the retention cleanup runs in a pass at `now_unix`: every pass when
+/// `interval_secs` is 0, else once `interval_secs` passed since the last one.
+pub fn cleanup_due(last_cleanup_unix: Option<i64>, interval_secs: i64, now_unix: i64) -> bool {
+    interval_secs == 0 || last_cleanup_unix.is_none_or(|last| now_unix - last >= interval_secs)
 }
 
 /// The delay before retry number `failures` (1 for the first retry): uniform
@@ -217,6 +220,26 @@ mod tests {
         ];
         for (unstable, kind, want) in table {
             assert_eq!(pack_failure(unstable, kind), want, "{unstable} {kind:?}");
+        }
+    }
+
+    #[test]
+    fn cleanup_runs_every_pass_at_interval_zero_else_once_per_interval() {
+        // (last cleanup, interval, now, due)
+        let table = [
+            (None, 0, 100, true),
+            (Some(100), 0, 100, true),
+            (None, 3600, 100, true),
+            (Some(100), 3600, 3699, false),
+            (Some(100), 3600, 3700, true),
+            (Some(100), 3600, 50, false),
+        ];
+        for (last, interval, now, due) in table {
+            assert_eq!(
+                cleanup_due(last, interval, now),
+                due,
+                "{last:?} {interval} {now}"
+            );
         }
     }
 

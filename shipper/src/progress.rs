@@ -1,10 +1,5 @@
-//! Work moving: the counters packing, hashing, uploading and directory walks add to,
-//! which the watchdog heartbeat and the terminal progress line read.
-//!
-//! Owns the counters and the line drawn on a terminal during an interactive `once`
-//! (episodes done, bytes, rate). Bytes (packed, re-hashed, sent) and steps (an entry
-//! of a directory walk or removal) both count as progress for the heartbeat; only
-//! bytes are shown. Draws nothing when stderr is not a terminal.
+//! Work moving: counters that packing, hashing, uploading and directory walks add to,
+//! read by the watchdog heartbeat and by the progress line on a terminal.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};

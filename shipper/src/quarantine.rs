@@ -1,18 +1,6 @@
-//! Quarantine: episodes the receiver will never take as they are.
-//!
-//! Owns moving an episode into `quarantine/<id>/` with its `quarantine_reason.json`,
-//! crash-safely: the entry's name is chosen first (`<id>`, or `<id>.<unix>` when an
-//! older quarantined copy holds `<id>`), the reason (which records the episode id) is
-//! written to `state/quarantine-pending/<entry>.json`, then the directory is renamed,
-//! then the reason is moved inside; start-up finishes any move a crash interrupted,
-//! into the entry the pending record names. Also owns retention (by the entry
-//! directory's mtime, removal via a hidden rename so a crash never leaves a
-//! half-deleted entry that looks new), listing with reasons, and `requeue`, which
-//! moves an entry back to `episodes/<episode id>` (never to its suffixed entry name),
-//! removing the reason file first so it is never packed. A requeue is crash-safe the
-//! same way: its intent and the reason are recorded in `state/requeue-pending/<entry>.json`
-//! first, so an entry whose reason file is already gone still lists with its reason,
-//! and the next `requeue` or daemon start finishes the move.
+//! Quarantine: crash-safe moves into `quarantine/<entry>/` with the reason, retention,
+//! listing, and `requeue` back to `episodes/`, each finished after a crash from its
+//! record in `state/quarantine-pending/` or `state/requeue-pending/`.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -352,7 +340,7 @@ pub fn requeue(
     selector: &Selector,
     now: SystemTime,
 ) -> io::Result<(Vec<String>, Vec<String>)> {
-    requeue_or_plan(root, selector, now, false)
+    requeue_or_plan(root, selector, now, Run::Move)
 }
 
 /// What `requeue` would do now, changing nothing: (episode ids it would move back,
@@ -362,20 +350,27 @@ pub fn plan_requeue(
     selector: &Selector,
     now: SystemTime,
 ) -> io::Result<(Vec<String>, Vec<String>)> {
-    requeue_or_plan(root, selector, now, true)
+    requeue_or_plan(root, selector, now, Run::Plan)
+}
+
+/// Whether a requeue moves entries or only says which it would move.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Run {
+    Move,
+    /// A dry run: the same selection, no change.
+    Plan,
 }
 
 fn requeue_or_plan(
     root: &DataRoot,
     selector: &Selector,
     now: SystemTime,
-    dry_run: bool,
+    run: Run,
 ) -> io::Result<(Vec<String>, Vec<String>)> {
     // A real run first finishes requeues a crash cut short; a dry run changes nothing.
-    let (mut requeued, mut problems) = if dry_run {
-        (Vec::new(), Vec::new())
-    } else {
-        recover_requeues(root)?
+    let (mut requeued, mut problems) = match run {
+        Run::Plan => (Vec::new(), Vec::new()),
+        Run::Move => recover_requeues(root)?,
     };
     let entries = list(root, now)?;
     let chosen: Vec<&Entry> = match selector {
@@ -413,7 +408,7 @@ fn requeue_or_plan(
             ));
             continue;
         }
-        if dry_run {
+        if run == Run::Plan {
             requeued.push(id.to_string());
             continue;
         }
@@ -435,7 +430,7 @@ fn requeue_or_plan(
 
 /// The steps of a requeue after its record is durable; each may be repeated after
 /// a crash. Removes the record last.
-fn finish_requeue(root: &DataRoot, entry_name: &str, id: &EpisodeId) -> io::Result<()> {
+fn finish_requeue(root: &DataRoot, entry_name: &str, episode_id: &EpisodeId) -> io::Result<()> {
     let entry = root.quarantine.join(entry_name);
     if entry.is_dir() {
         match std::fs::remove_file(entry.join(REASON_FILE)) {
@@ -443,7 +438,7 @@ fn finish_requeue(root: &DataRoot, entry_name: &str, id: &EpisodeId) -> io::Resu
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        fsx::rename_noreplace(&entry, &root.episode_dir(Place::Episodes, id))?;
+        fsx::rename_noreplace(&entry, &root.episode_dir(Place::Episodes, episode_id))?;
         root.sync_places(&[Place::Quarantine, Place::Episodes])?;
     }
     let pending = requeue_pending_dir(root);

@@ -1,13 +1,6 @@
-//! Everything the shipper must remember across restarts, in `state/retry.json`.
-//!
-//! Owns per-episode retry records (attempts, next attempt, last answer, repacks,
-//! "ask with HEAD first", conflicts), the global backoff and hold, the marker of a
-//! pass under way (the crash-loop guard), and the times of the last cleanup and the
-//! last success. Written atomically (temp, fsync, rename,
-//! fsync dir) only when it changed, so an idle pass writes nothing; the temp file of
-//! a save a crash interrupted is removed at the next load. A corrupt file
-//! is set aside with a warning and never blocks start-up; unknown fields are
-//! ignored so an older shipper can read a newer file.
+//! What the shipper remembers across restarts, `state/retry.json`: per-episode
+//! retry records, the global backoff and hold, the pass-under-way marker. Saved
+//! atomically only when changed; a corrupt file is set aside, never fatal.
 
 use std::collections::BTreeMap;
 use std::io;

@@ -1,10 +1,6 @@
-//! `episode-shipper status`: what is waiting, stuck or paused, read-only.
-//!
-//! Owns collecting the backlog (count, bytes, oldest), outbox contents, conflicts,
-//! quarantine by reason, hold and backoff, a pass that never ended (the crash-loop
-//! guard), and the last success from the data root and the state file, without
-//! taking the lock or writing anything, so it works while the daemon runs. The
-//! doctor reads the same `Status`.
+//! `episode-shipper status`: backlog, outbox, conflicts, quarantine, hold, backoff and
+//! crash-loop guard, read from the data root and state file without the lock.
+//! The doctor reads the same `Status`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

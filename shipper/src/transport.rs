@@ -1,16 +1,6 @@
-//! Talking to the receiver: `GET /v1/health`, `HEAD` and `PUT` of an episode.
-//!
-//! Owns the HTTP client and its credentials. The CA bundle, client certificate, key
-//! and bearer token are read from the files `[receiver]` names, and read again
-//! whenever one changes on disk (size, mtime, inode), so a renewed certificate is
-//! used without a restart; a file that does not exist yet is a transient failure
-//! whose message starts "mTLS material missing". Uploads stream from memory or the
-//! outbox file with progress counted per chunk; an upload whose bytes stop moving
-//! (or whose answer does not come) for `idle_timeout` is abandoned as stalled.
-//! Redirects are never followed: a 3xx is the answer (and holds shipping), because a
-//! PUT turned into a GET elsewhere, or a health check answered by another server,
-//! proves nothing about our receiver.
-//! Turns answers into `Answer` and everything else into `Failure`; decides nothing.
+//! Talking to the receiver: `GET /v1/health`, `HEAD` and `PUT`, over a client rebuilt
+//! when a credential file changes; stalls abandoned after `idle_timeout`; redirects
+//! never followed. Turns replies into `Answer` or `Failure`; decides nothing.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
