@@ -13,7 +13,10 @@ fn fixed(config: &Config) -> [(&'static str, String); 9] {
         ("listen", config.listen.to_string()),
         ("metrics_listen", format!("{:?}", config.metrics_listen)),
         ("ops_token_file", format!("{:?}", config.ops_token_file)),
-        ("fleet.stale_after", format!("{:?}", config.fleet.stale_after.dur)),
+        (
+            "fleet.stale_after",
+            format!("{:?}", config.fleet.stale_after.dur),
+        ),
         ("store_root", format!("{:?}", config.store_root)),
         ("incoming_root", format!("{:?}", config.incoming_root)),
         ("index_path", format!("{:?}", config.index_path)),

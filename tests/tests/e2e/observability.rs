@@ -466,11 +466,17 @@ fn the_shipper_writes_its_textfile_and_serves_metrics_promtool_accepts() {
         .expect("last success");
     assert!((now() as f64 - last_success).abs() < 30.0, "{last_success}");
     assert_promtool_accepts_metrics(&text);
-    let names: Vec<_> = std::fs::read_dir(textfile.parent().unwrap())
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    assert_eq!(names, ["episode_shipper.prom"], "no temp file left");
+    // The daemon rewrites the file (temp + rename) after every pass, so a listing
+    // may catch a write in progress; a temp file left behind would never go away.
+    let listing = || -> Vec<String> {
+        std::fs::read_dir(textfile.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect()
+    };
+    wait_until(Duration::from_secs(5), "no temp file left", || {
+        listing() == ["episode_shipper.prom"]
+    });
 
     // The listener: its address is in the `metrics_listening` event.
     let mut url = None;
