@@ -10,10 +10,13 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|input: (u32, &str)| {
     let (offset, value) = input;
     // A plausible "now": 2001 … 2137 (the clock of a real host).
-    let now = 1_000_000_000 + i64::from(offset);
+    let now = std::time::UNIX_EPOCH + Duration::from_secs(1_000_000_000 + u64::from(offset));
     let parsed = parse_retry_after(value, now);
     let trimmed = value.trim();
-    if let Ok(secs) = trimmed.parse::<u64>() {
+    if !trimmed.is_empty()
+        && trimmed.bytes().all(|b| b.is_ascii_digit())
+        && let Ok(secs) = trimmed.parse::<u64>()
+    {
         assert_eq!(parsed, Some(Duration::from_secs(secs)));
     }
     if let Some(wait) = parsed {
