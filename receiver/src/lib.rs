@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod credentials;
+pub mod error;
 pub mod fleet;
 pub mod fleet_page;
 pub mod health;
