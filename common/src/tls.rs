@@ -333,9 +333,7 @@ pub fn explain_tls_failure(err: &(dyn StdError + 'static)) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    };
+    use episode_test_pki::{Ca, LeafSpec, Purpose};
 
     struct Pki {
         ca_pem: String,
@@ -349,26 +347,24 @@ mod tests {
     }
 
     fn pki_named(ca_name: &str) -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, ca_name);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaf_key = KeyPair::generate().unwrap();
-        let mut leaf_params = CertificateParams::new(vec!["lab1.example".into()]).unwrap();
-        leaf_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "lab1");
-        leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let ca = Ca::new(ca_name);
+        let leaf = ca.leaf(LeafSpec {
+            names: vec!["lab1.example".into()],
+            cn: "lab1",
+            purpose: Purpose::Client,
+            from: -time::Duration::days(1),
+            until: time::Duration::days(365),
+        });
+        let other = Ca::new("unrelated").client(
+            "lab1",
+            -time::Duration::days(1),
+            time::Duration::days(365),
+        );
         Pki {
-            ca_pem: ca.pem(),
-            leaf_pem: leaf.pem(),
-            leaf_key_pem: leaf_key.serialize_pem(),
-            other_key_pem: KeyPair::generate().unwrap().serialize_pem(),
+            ca_pem: ca.pem,
+            leaf_pem: leaf.cert,
+            leaf_key_pem: leaf.key,
+            other_key_pem: other.key,
         }
     }
 
