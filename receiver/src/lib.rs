@@ -256,8 +256,31 @@ pub enum StartError {
     /// Exit 78: the message names the file and key.
     #[error("{0}")]
     Config(String),
-    #[error("{0}")]
-    Runtime(String),
+    /// Another instance holds the index's lock (exit 1).
+    #[error("another episode-receiver is using {}", .0.display())]
+    Locked(PathBuf),
+    /// Preparing the store or index failed at `what` on `path` (exit 1).
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// The message and its causes, `: `-separated (what `main` prints).
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            text.push_str(": ");
+            text.push_str(&e.to_string());
+            cause = e.source();
+        }
+        text
+    }
 }
 
 /// What start-up found and repaired, for the log.
@@ -289,21 +312,25 @@ pub fn open(
     config
         .prepare_index_dir(config_path)
         .map_err(|e| StartError::Config(e.to_string()))?;
-    let instance_lock = index::lock(&config.index_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::WouldBlock => StartError::Runtime(format!(
-            "another episode-receiver is using {}",
-            config.index_path.display()
-        )),
-        _ => StartError::Runtime(format!("opening {}: {e}", config.index_path.display())),
+    let instance_lock = index::lock(&config.index_path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::WouldBlock => StartError::Locked(config.index_path.clone()),
+        _ => StartError::Io {
+            what: "opening",
+            path: config.index_path.clone(),
+            source,
+        },
     })?;
     config
         .prepare_dirs(config_path)
         .map_err(|e| StartError::Config(e.to_string()))?;
     let credentials = Credentials::load(&config)
         .map_err(|e| StartError::Config(format!("config {}: {e}", config_path.display())))?;
-    let runtime = |what: &str, path: &std::path::Path, e: std::io::Error| {
-        StartError::Runtime(format!("{what} {}: {e}", path.display()))
-    };
+    let runtime =
+        |what: &'static str, path: &std::path::Path, source: std::io::Error| StartError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        };
     let incoming_removed = reconcile::empty_incoming(&config.incoming_root)
         .map_err(|e| runtime("emptying", &config.incoming_root, e))?;
     let mut report = StartReport {

@@ -159,12 +159,12 @@ async fn serve(config: Config, config_path: PathBuf, listen: SocketAddr) -> Exit
         tokio::task::spawn_blocking(move || episode_receiver::open(config, &config_path)).await;
     let (state, report) = match opened {
         Ok(Ok(v)) => v,
-        Ok(Err(StartError::Config(e))) => {
-            eprintln!("episode-receiver: {e}");
+        Ok(Err(e @ StartError::Config(_))) => {
+            eprintln!("episode-receiver: {}", e.chain());
             return exit(EXIT_CONFIG);
         }
-        Ok(Err(StartError::Runtime(e))) => {
-            eprintln!("episode-receiver: {e}");
+        Ok(Err(e)) => {
+            eprintln!("episode-receiver: {}", e.chain());
             return exit(EXIT_FAILURE);
         }
         Err(e) => {

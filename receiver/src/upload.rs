@@ -150,11 +150,11 @@ pub fn probe_unnamed(incoming_root: &Path, store_root: &Path) -> bool {
 pub enum ReceiveError {
     #[error("no body bytes for {0:?}")]
     Idle(Duration),
-    #[error("client stopped sending: {0}")]
-    Client(String),
+    #[error("client stopped sending")]
+    Client(#[source] axum::Error),
     #[error("body is longer than Content-Length ({0} bytes)")]
     TooLong(u64),
-    #[error("writing the upload: {0}")]
+    #[error("writing the upload")]
     Io(#[from] io::Error),
 }
 
@@ -189,7 +189,7 @@ pub async fn receive(
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => break Err(ReceiveError::Idle(idle)),
             Ok(None) => break Ok(()),
-            Ok(Some(Err(e))) => break Err(ReceiveError::Client(e.to_string())),
+            Ok(Some(Err(e))) => break Err(ReceiveError::Client(e)),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {
@@ -229,7 +229,7 @@ pub async fn receive_small(
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(ReceiveError::Idle(idle)),
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(ReceiveError::Client(e.to_string())),
+            Ok(Some(Err(e))) => return Err(ReceiveError::Client(e)),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(chunk) = frame.into_data() else {
