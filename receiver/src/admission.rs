@@ -161,14 +161,30 @@ fn not_ascii(slug: Slug, name: &str) -> Refusal {
     Refusal::new(slug, format!("{name} is not visible ASCII"))
 }
 
+/// Whether a PUT must carry `X-Code-Commit` (the `require_code_commit` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCommit {
+    Required,
+    Optional,
+}
+
+/// What `X-Episode-Started-At` is for: with an acceptance window it is required
+/// and checked; without one it is only recorded (a malformed one is dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartedAt {
+    Checked,
+    Recorded,
+}
+
 /// Step 1d: `Content-Length` (411), the digest (400), `X-Code-Commit` (400),
 /// `X-Episode-Started-At` (400) and `Content-Type` (415), in that order.
 pub fn parse_put_headers(
     headers: &HeaderMap,
     episode_id: &EpisodeId,
-    require_code_commit: bool,
-    window_set: bool,
+    code_commit_rule: CodeCommit,
+    started_at_rule: StartedAt,
 ) -> Result<PutHeaders, Refusal> {
+    let window_set = started_at_rule == StartedAt::Checked;
     let content_length = match text(
         headers,
         http::header::CONTENT_LENGTH.as_str(),
@@ -228,7 +244,7 @@ pub fn parse_put_headers(
     let code_commit =
         text(headers, header::X_CODE_COMMIT, Slug::MissingCodeCommit)?.map(str::to_owned);
     match &code_commit {
-        None if require_code_commit => {
+        None if code_commit_rule == CodeCommit::Required => {
             return Err(Refusal::new(Slug::MissingCodeCommit, "the PUT carries no X-Code-Commit").remediation(
                 "record code_commit in the episode's meta.json (the commit of the recorder), then requeue it: \
                  episode-shipper requeue --status 400",
@@ -609,7 +625,8 @@ mod tests {
         for &(name, want) in cases {
             let mut h = good_headers();
             h.insert(name, HeaderValue::from_bytes(b"caf\xe9").unwrap());
-            let problem = parse_put_headers(&h, &ep(), true, true).unwrap_err();
+            let problem =
+                parse_put_headers(&h, &ep(), CodeCommit::Required, StartedAt::Checked).unwrap_err();
             assert_eq!(problem.slug.as_str(), want, "{name}");
             assert!(
                 problem.detail.contains("not visible ASCII"),
@@ -624,7 +641,7 @@ mod tests {
             HeaderValue::from_bytes(b"caf\xe9").unwrap(),
         );
         assert_eq!(
-            parse_put_headers(&h, &ep(), true, false)
+            parse_put_headers(&h, &ep(), CodeCommit::Required, StartedAt::Recorded)
                 .unwrap()
                 .started_at,
             None
@@ -632,7 +649,8 @@ mod tests {
         // An unparseable start time says so.
         let mut h = good_headers();
         h.insert("x-episode-started-at", HeaderValue::from_static("tuesday"));
-        let problem = parse_put_headers(&h, &ep(), true, true).unwrap_err();
+        let problem =
+            parse_put_headers(&h, &ep(), CodeCommit::Required, StartedAt::Checked).unwrap_err();
         assert!(
             problem.detail.contains("could not be parsed"),
             "{}",
@@ -666,7 +684,12 @@ mod tests {
                 None => h.remove(name),
             };
             assert_eq!(
-                slug_of(parse_put_headers(&h, &ep(), true, true)),
+                slug_of(parse_put_headers(
+                    &h,
+                    &ep(),
+                    CodeCommit::Required,
+                    StartedAt::Checked
+                )),
                 want,
                 "{name}={value:?}"
             );
@@ -677,14 +700,24 @@ mod tests {
         h.remove("repr-digest");
         h.insert("content-type", HeaderValue::from_static("text/plain"));
         assert_eq!(
-            slug_of(parse_put_headers(&h, &ep(), true, true)),
+            slug_of(parse_put_headers(
+                &h,
+                &ep(),
+                CodeCommit::Required,
+                StartedAt::Checked
+            )),
             "length-required"
         );
         let mut h = good_headers();
         h.remove("repr-digest");
         h.remove("x-code-commit");
         assert_eq!(
-            slug_of(parse_put_headers(&h, &ep(), true, true)),
+            slug_of(parse_put_headers(
+                &h,
+                &ep(),
+                CodeCommit::Required,
+                StartedAt::Checked
+            )),
             "missing-digest"
         );
     }
@@ -700,7 +733,7 @@ mod tests {
             "content-type",
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-        let put = parse_put_headers(&h, &ep(), false, false).unwrap();
+        let put = parse_put_headers(&h, &ep(), CodeCommit::Optional, StartedAt::Recorded).unwrap();
         assert_eq!(put.sha256, Sha256::of(b"data"));
         assert_eq!((put.code_commit, put.started_at), (None, None));
         // Legacy hex digest of the cron-script peer.
@@ -711,7 +744,9 @@ mod tests {
             HeaderValue::from_str(&Sha256::of(b"data").to_hex()).unwrap(),
         );
         assert_eq!(
-            parse_put_headers(&h, &ep(), true, true).unwrap().sha256,
+            parse_put_headers(&h, &ep(), CodeCommit::Required, StartedAt::Checked)
+                .unwrap()
+                .sha256,
             Sha256::of(b"data")
         );
         // A ULID id stands in for a missing start time.
@@ -719,7 +754,7 @@ mod tests {
         h.remove("x-episode-started-at");
         let ulid = EpisodeId::new("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap();
         assert!(
-            parse_put_headers(&h, &ulid, true, true)
+            parse_put_headers(&h, &ulid, CodeCommit::Required, StartedAt::Checked)
                 .unwrap()
                 .started_at
                 .is_some()
@@ -728,7 +763,7 @@ mod tests {
         let mut h = good_headers();
         h.insert("x-episode-started-at", HeaderValue::from_static("tuesday"));
         assert_eq!(
-            parse_put_headers(&h, &ep(), true, false)
+            parse_put_headers(&h, &ep(), CodeCommit::Required, StartedAt::Recorded)
                 .unwrap()
                 .started_at,
             None
@@ -740,7 +775,12 @@ mod tests {
             HeaderValue::from_str(&Sha256::of(b"other").to_field()).unwrap(),
         );
         assert_eq!(
-            slug_of(parse_put_headers(&h, &ep(), true, true)),
+            slug_of(parse_put_headers(
+                &h,
+                &ep(),
+                CodeCommit::Required,
+                StartedAt::Checked
+            )),
             "bad-digest-header"
         );
     }

@@ -85,6 +85,10 @@ pub struct AppState {
 pub struct Live {
     pub config: Config,
     pub limits: Limits,
+    /// Whether a PUT must name its code commit (`require_code_commit`).
+    pub code_commit: admission::CodeCommit,
+    /// Whether a PUT's start time is checked (a `[window]` is set) or only recorded.
+    pub started_at: admission::StartedAt,
 }
 
 impl Live {
@@ -94,7 +98,20 @@ impl Live {
             free_space_reserve: config.free_space_reserve,
             window: config.window.map(|w| (w.max_age, w.max_future)),
         };
-        Self { config, limits }
+        let code_commit = match config.require_code_commit {
+            true => admission::CodeCommit::Required,
+            false => admission::CodeCommit::Optional,
+        };
+        let started_at = match limits.window {
+            Some(_) => admission::StartedAt::Checked,
+            None => admission::StartedAt::Recorded,
+        };
+        Self {
+            config,
+            limits,
+            code_commit,
+            started_at,
+        }
     }
 }
 

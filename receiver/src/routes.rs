@@ -1,12 +1,6 @@
-//! HTTP routes: `/livez`, `/v1/health`, `PUT`/`HEAD /v1/episodes/{host}/{episode}`,
-//! `/metrics` (here only without `metrics_listen`), and problem+json for everything
-//! else (any other `/v1/*` path authenticated first); and `readiness`, the one
-//! verdict `/v1/health`, `/readyz` and `episode_receiver_ready` report.
-//!
-//! Owns turning requests into calls of the pure `admission` steps in protocol order
-//! and their answers into responses; it never decides on raw status codes itself.
-//! An answer given before the body is read (an "early answer") discards up to 1 MiB
-//! of body so a small client keeps its connection, and closes it otherwise.
+//! The main listener's routes: `/livez`, `/v1/health`, PUT/HEAD of an episode,
+//! `/metrics` without `metrics_listen`; each calls the `admission` steps in protocol
+//! order and answers what they decide (an `ApiError` becomes problem+json in `error`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,8 +24,9 @@ use crate::slots::Slot;
 use crate::upload::{self, ReceiveError};
 use crate::{AppState, VERSION};
 
-/// The most body an early answer reads and discards to keep the connection.
-const EARLY_DRAIN_LIMIT: u64 = 1 << 20;
+/// The most body an answer decided before the body reads and discards to keep
+/// the connection.
+const BEFORE_BODY_DISCARD_LIMIT: u64 = 1 << 20;
 
 /// The main listener's routes. `/metrics` is among them only without
 /// `metrics_listen` (then it is served there, by `ops::app`, instead).
@@ -60,7 +55,7 @@ pub(crate) async fn livez() -> &'static str {
 
 pub(crate) async fn not_found(req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    early(
+    answer_before_body(
         Refusal::new(Slug::NotFound, "no such route").into_response(),
         body,
         &parts.headers,
@@ -81,7 +76,7 @@ async fn v1_unknown(State(state): State<Arc<AppState>>, req: Request) -> Respons
         Err(p) => p,
         Ok(()) => admission::unrouted_v1(parts.uri.path()),
     };
-    early(problem.into_response(), body, &parts.headers)
+    answer_before_body(problem.into_response(), body, &parts.headers)
 }
 
 async fn method_not_allowed(State(state): State<Arc<AppState>>, req: Request) -> Response {
@@ -93,7 +88,7 @@ async fn method_not_allowed(State(state): State<Arc<AppState>>, req: Request) ->
             "this route does not take that method",
         ),
     };
-    early(problem.into_response(), body, &parts.headers)
+    answer_before_body(problem.into_response(), body, &parts.headers)
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -312,11 +307,11 @@ async fn put_episode(State(state): State<Arc<AppState>>, req: Request) -> Respon
                 .get::<crate::metrics::ProblemType>()
                 .map(|p| p.0);
             log_answer(&parts, response.status().as_u16(), problem_type, started);
-            early(response, body, &parts.headers)
+            answer_before_body(response, body, &parts.headers)
         }
         Ok(Decision::AlreadyPresent(host_id, episode_id, entry)) => {
             log_answer(&parts, 200, None, started);
-            early(
+            answer_before_body(
                 stored_response(StatusCode::OK, &host_id, &episode_id, &entry),
                 body,
                 &parts.headers,
@@ -377,8 +372,8 @@ async fn decide_put(state: &Arc<AppState>, parts: &mut Parts) -> Result<Decision
     let put = admission::parse_put_headers(
         &parts.headers,
         &episode_id,
-        live.config.require_code_commit,
-        live.limits.window.is_some(),
+        live.code_commit,
+        live.started_at,
     )?;
     let free = state.free_bytes().await.map_err(|e| ApiError::Internal {
         what: "free space check",
@@ -418,7 +413,7 @@ async fn decide_put(state: &Arc<AppState>, parts: &mut Parts) -> Result<Decision
 /// Sends an answer decided before the body was read: a small body is read and
 /// discarded in the background so the connection can be reused; a large one (or
 /// one the client is waiting on `100-continue` to send) closes the connection.
-fn early(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
+fn answer_before_body(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
     let length = header_str(headers, http::header::CONTENT_LENGTH.as_str())
         .and_then(|v| v.parse::<u64>().ok());
     let expects_continue = header_str(headers, http::header::EXPECT.as_str())
@@ -427,7 +422,7 @@ fn early(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
         Some(0) => {}
         // No Content-Length and not chunked: there is no body (a GET, a HEAD).
         None if !headers.contains_key(http::header::TRANSFER_ENCODING) => {}
-        Some(n) if n <= EARLY_DRAIN_LIMIT && !expects_continue => {
+        Some(n) if n <= BEFORE_BODY_DISCARD_LIMIT && !expects_continue => {
             tokio::spawn(async move {
                 let drain = async {
                     let mut body = body;
