@@ -25,11 +25,11 @@ pub enum Verdict {
 }
 
 /// Prints the report to `out`. `Err` is a config error (exit 78), with the key named.
-/// With `digests`, every archive is read and its sha256 compared with its row's.
+/// `depth` says whether archives are only sized or also hashed (`--all`).
 pub fn run(
     config: &Config,
     config_path: &std::path::Path,
-    digests: bool,
+    depth: reconcile::Depth,
     out: &mut impl Write,
 ) -> Result<Verdict, String> {
     let w = |out: &mut dyn Write, line: String| {
@@ -131,8 +131,7 @@ pub fn run(
                     ),
                 );
             }
-            for (host_id, episode_id, mismatch) in
-                reconcile::audit(&idx, &config.store_root, digests)
+            for (host_id, episode_id, mismatch) in reconcile::audit(&idx, &config.store_root, depth)
             {
                 problems += 1;
                 let what = match mismatch {
@@ -146,7 +145,7 @@ pub fn run(
                 };
                 w(out, format!("  PROBLEM {host_id}/{episode_id}: {what}"));
             }
-            if !digests {
+            if depth == reconcile::Depth::Sizes {
                 w(
                     out,
                     "  sizes compared; `check --all` also compares every archive's sha256"

@@ -52,7 +52,11 @@ fn main() -> ExitCode {
                 config.listen = listen;
             }
             let mut text = Vec::new();
-            let verdict = check::run(&config, &cli.config, all, &mut text);
+            let depth = match all {
+                true => episode_receiver::reconcile::Depth::Digests,
+                false => episode_receiver::reconcile::Depth::Sizes,
+            };
+            let verdict = check::run(&config, &cli.config, depth, &mut text);
             let text = String::from_utf8_lossy(&text);
             let (ok, error, code) = match &verdict {
                 Ok(check::Verdict::Ok) => (true, None, ExitCode::SUCCESS),

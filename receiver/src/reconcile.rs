@@ -281,13 +281,18 @@ pub enum Mismatch {
     Unreadable(String),
 }
 
-/// Compares every indexed archive that is in the store with its row: sizes always
-/// (a stat each), sha256 too with `digests` (reads every byte). Sorted by key.
-pub fn audit(
-    index: &Index,
-    store_root: &Path,
-    digests: bool,
-) -> Vec<(HostId, EpisodeId, Mismatch)> {
+/// How much of each archive an `audit` compares with its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The size (a stat each).
+    Sizes,
+    /// The size and the sha256 (reads every byte): `check --all`.
+    Digests,
+}
+
+/// Compares every indexed archive that is in the store with its row, as deep as
+/// `depth` says. Sorted by key.
+pub fn audit(index: &Index, store_root: &Path, depth: Depth) -> Vec<(HostId, EpisodeId, Mismatch)> {
     let mut found = Vec::new();
     let mut keys = index.keys();
     keys.sort();
@@ -305,7 +310,7 @@ pub fn audit(
                 row: entry.bytes,
                 archive: size,
             })
-        } else if digests {
+        } else if depth == Depth::Digests {
             match hash_archive(&path) {
                 Ok((sha256, _)) if sha256 != entry.sha256 => Some(Mismatch::Digest {
                     row: entry.sha256,
