@@ -1,13 +1,6 @@
-//! `episode-receiver check`: the config, and the store against the index, read-only.
-//!
-//! Owns the report: what start-up would repair by itself (archives without a row, a
-//! torn last index line, leftover temp files), what is only information (a later
-//! row for a key restored after a lost archive: the last row is used) and what
-//! needs a person (rows whose archive is gone, unreadable index lines, rows of one
-//! key that disagree, anything in the store that is not a regular file, an archive
-//! whose size — or with `--all` sha256 — differs from its row). Applies the same
-//! config rules as `run` (exit 78), the same-filesystem and writability checks
-//! included, with stat only. Writes nothing anywhere and takes no lock.
+//! `episode-receiver check`: the config (the same rules as `run`, exit 78) and the
+//! store against the index, read-only: what start-up repairs, what is information,
+//! what needs a person. Writes nothing and takes no lock.
 
 use std::io::Write;
 

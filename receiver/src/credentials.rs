@@ -1,11 +1,6 @@
-//! The receiver's live credentials: the TLS server config and the bearer token.
-//!
-//! Owns loading them from the files the config names and re-reading those files when
-//! they change on disk (size, mtime or inode), or on demand (SIGHUP). A new file that
-//! does not load keeps the last good credentials in place and says why in the log,
-//! so a half-written renewal never takes the receiver down. A reloaded config may
-//! name other files (`adopt`). New connections and requests see the new
-//! credentials; established connections keep theirs.
+//! The receiver's live credentials (TLS server config, bearer token), read again
+//! when their files change or on SIGHUP; a file that does not load keeps the last
+//! good credentials in force and says why in the log.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};

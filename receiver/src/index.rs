@@ -1,21 +1,6 @@
-//! The JSONL index and the single writer that publishes archives into the store.
-//!
-//! Owns the in-memory map of stored episodes (so idempotency checks never touch the
-//! disk), loading it from `index_path` (a torn last line is tolerated), and the
-//! committer thread: the only code that moves an upload into the store and appends
-//! index rows. Serializing publishes through one thread is what makes two racing
-//! PUTs of one key safe: the second sees the first in the map (or, within one
-//! batch, in the batch, and is answered only once the batch is durable). Each batch
-//! is one group commit: a `syncfs` barrier for the data of small bodies (written
-//! unsynced into unnamed spools), then links (or renames) into place without
-//! replacing, then one barrier for the names and all rows (a `syncfs` through a
-//! handle opened once, or an fsync per touched directory beside the index's), then
-//! the map is updated and everyone answered. An archive found without a row gets
-//! its row rebuilt by the caller on a blocking thread and adopted by a later batch.
-//! Also owns the single-instance lock (an `flock` on the index file).
-//!
-//! Invariant: a key is in the map, and any 2xx is sent for it, only after its
-//! archive is in place and its directory entry and row are durable.
+//! The JSONL index, its in-memory map, and the committer thread: the single writer
+//! that publishes archives into the store in group-committed batches (and the
+//! single-instance lock). A key is in the map only once its archive and row are durable.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};

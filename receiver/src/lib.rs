@@ -1,14 +1,6 @@
-//! episode-receiver: the central collector of episode archives.
-//!
-//! `open` prepares everything that must be true before serving (the single-instance
-//! lock on the index, directories, the index loaded and reconciled with the store,
-//! `incoming_root` emptied, the index writer running) and returns the shared `AppState`; `app` is the HTTP router over
-//! it; `server` runs listeners and the drain. The order of decisions for a request
-//! lives in `admission` (pure), durability in `index` (the single publisher).
-//!
-//! Invariant: an archive is visible under `store_root` only after it was fsynced in
-//! `incoming_root`, and a 201 is sent only after its directory and index row are
-//! durable as well.
+//! episode-receiver: `open` (the lock, directories, the index loaded and reconciled,
+//! `incoming_root` emptied, the committer running) returns the shared `AppState`;
+//! `app` is the router over it, `server` runs the listeners and the drain.
 
 pub mod admission;
 pub mod check;

@@ -1,13 +1,6 @@
-//! Start-up reconciliation of the store with the index, and the empty-incoming rule.
-//!
-//! Owns: finding archives without an index row (a crash between the rename and the
-//! index append) and rebuilding their row from the archive itself (sha256, tar
-//! digest, and `code_commit`/`started_at` from the `meta.json` inside), finding rows
-//! without an archive (reported loudly, never "fixed" by deleting the row), anything
-//! in the store that is not a regular file (reported, never opened: archives are
-//! opened with `O_NOFOLLOW | O_NONBLOCK` and checked with `fstat`), and emptying
-//! `incoming_root`. Blocking; runs before the receiver serves. `check` calls the
-//! same scan read-only, and `audit` for sizes and digests.
+//! Start-up reconciliation of the store with the index (rows rebuilt for archives
+//! without one, rows without an archive reported, never deleted), emptying
+//! `incoming_root`, and `audit` of sizes and digests. Blocking.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};

@@ -1,10 +1,6 @@
-//! Upload slots: how many bodies are being received, in total and per host, and how
-//! many bytes they have claimed.
-//!
-//! Owns admission to step 4 of a PUT. A slot is a guard: dropping it (on success,
-//! error or a dropped handler) frees the slot and its byte claim, so a failing upload
-//! can never leak capacity. The byte claim lets the free-space check count uploads
-//! already in flight.
+//! Upload slots, in total and per host, and the bytes they claim (step 4 of a PUT).
+//! A slot is a guard: dropping it frees the slot and its claim, so a failing upload
+//! never leaks capacity.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

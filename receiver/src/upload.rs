@@ -1,13 +1,6 @@
-//! Receiving one request body into a spool file in `incoming_root`.
-//!
-//! Owns the spool's life: an unnamed file (`O_TMPFILE`, named only when the
-//! committer links it into the store) or, where the filesystem cannot make one, a
-//! named temp file created exclusively and removed by a drop guard on every path
-//! that does not publish it (a client that disconnects, a handler future that is
-//! dropped). Large bodies are written and hashed on a blocking thread fed through a
-//! small bounded channel, so memory per upload stays at a few frames whatever the
-//! size, and fdatasynced; small ones are read into memory here and spooled by the
-//! committer, unsynced (its first barrier makes a batch of them durable).
+//! Receiving one request body into a spool in `incoming_root`: a small one in memory
+//! (spooled by the committer), a large one streamed and hashed on a blocking thread
+//! into an unnamed or a named temp file, removed by a guard unless published.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
