@@ -32,6 +32,15 @@ pub struct Credentials {
     stamps: Mutex<Vec<Option<FileStamp>>>,
 }
 
+/// When `Credentials::reload` reads the files again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reread {
+    /// Only if one changed (size, mtime or inode) since the last look.
+    IfChanged,
+    /// Always (SIGHUP).
+    Always,
+}
+
 impl Credentials {
     /// Loads everything the config names; the error names the config key.
     pub fn load(config: &Config) -> Result<Self, String> {
@@ -108,13 +117,13 @@ impl Credentials {
         *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = self.current_stamps();
     }
 
-    /// Re-reads the files if any changed since the last look (or always, with
-    /// `force`). Blocking; call it off the async workers.
-    pub fn reload(&self, force: bool) {
+    /// Re-reads the files, when `reread` says so. Blocking; call it off the async
+    /// workers.
+    pub fn reload(&self, reread: Reread) {
         let now = self.current_stamps();
         {
             let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-            if !force && *stamps == now {
+            if reread == Reread::IfChanged && *stamps == now {
                 return;
             }
             *stamps = now;

@@ -901,12 +901,15 @@ impl Status {
         }
     }
 
-    fn busy(&self, busy: bool) {
-        let ms = match busy {
-            true => self.epoch.elapsed().as_millis() as u64 + 1,
-            false => 0,
-        };
+    /// The committer took a batch (`busy_for` counts from now).
+    fn batch_started(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
         self.busy_since_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The committer finished its batch.
+    fn batch_done(&self) {
+        self.busy_since_ms.store(0, Ordering::SeqCst);
     }
 
     fn failed(&self, part: crate::health::Part, error: &io::Error) {
@@ -1134,9 +1137,9 @@ impl CommitLoop {
                     Err(_) => break,
                 }
             }
-            self.status.busy(true);
+            self.status.batch_started();
             self.commit(batch);
-            self.status.busy(false);
+            self.status.batch_done();
         }
     }
 

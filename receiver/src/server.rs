@@ -272,7 +272,9 @@ async fn reload_loop(state: Arc<AppState>, stop: CancellationToken) {
         let state = state.clone();
         let _ = tokio::task::spawn_blocking(move || match hung_up {
             true => crate::reload::on_hangup(&state),
-            false => state.credentials.reload(false),
+            false => state
+                .credentials
+                .reload(crate::credentials::Reread::IfChanged),
         })
         .await;
     }
