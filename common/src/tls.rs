@@ -27,8 +27,11 @@ pub enum TlsError {
     NoCertificates { path: PathBuf },
     #[error("{}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)", path.display())]
     NoKey { path: PathBuf },
-    #[error("{}: malformed PEM: {message}", path.display())]
-    Pem { path: PathBuf, message: String },
+    #[error("{}: malformed PEM: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
     #[error("certificate cannot be parsed: {0}")]
     Parse(String),
     #[error("{0}")]
@@ -56,9 +59,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
+        .map_err(|source| TlsError::Pem {
             path: path.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificates {
@@ -78,9 +81,9 @@ pub fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsE
         rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
             path: path.to_owned(),
         },
-        other => TlsError::Pem {
+        source => TlsError::Pem {
             path: path.to_owned(),
-            message: other.to_string(),
+            source,
         },
     })
 }
