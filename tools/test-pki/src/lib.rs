@@ -138,3 +138,80 @@ fn ca_params(cn: &str, from: Duration, until: Duration) -> CertificateParams {
     params.not_after = now + until;
     params
 }
+
+#[cfg(test)]
+mod tests {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::pem::parse_x509_pem;
+
+    use super::*;
+
+    fn names(pem: &str) -> (String, Vec<String>, bool, i64, i64) {
+        let (_, pem) = parse_x509_pem(pem.as_bytes()).unwrap();
+        let cert = pem.parse_x509().unwrap();
+        let cn = cert
+            .subject()
+            .iter_common_name()
+            .next()
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let sans = match cert.subject_alternative_name().unwrap() {
+            Some(ext) => ext
+                .value
+                .general_names
+                .iter()
+                .map(|name| match name {
+                    GeneralName::DNSName(dns) => (*dns).to_owned(),
+                    GeneralName::IPAddress(ip) => format!("ip:{ip:?}"),
+                    other => format!("{other:?}"),
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        let validity = cert.validity();
+        (
+            cn,
+            sans,
+            cert.is_ca(),
+            validity.not_before.timestamp(),
+            validity.not_after.timestamp(),
+        )
+    }
+
+    #[test]
+    fn client_certificates_name_their_host_and_keep_the_validity_asked_for() {
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let root = Ca::new("root CA");
+        let issuing = root.intermediate("issuing", -Duration::days(2), Duration::days(9));
+        let leaf = issuing.client("lab1", -Duration::days(30), -Duration::days(3));
+        let (cn, sans, is_ca, not_before, not_after) = names(&leaf.cert);
+        assert_eq!(
+            (cn.as_str(), sans, is_ca),
+            ("lab1", vec!["lab1".into()], false)
+        );
+        assert!(
+            (not_before - (now - 30 * 86_400)).abs() <= 2,
+            "{not_before}"
+        );
+        assert!((not_after - (now - 3 * 86_400)).abs() <= 2, "{not_after}");
+        let (cn, _, is_ca, _, not_after) = names(&issuing.pem);
+        assert_eq!((cn.as_str(), is_ca), ("issuing", true));
+        assert!((not_after - (now + 9 * 86_400)).abs() <= 2, "{not_after}");
+        assert!(leaf.key.contains("PRIVATE KEY"), "{}", leaf.key);
+    }
+
+    #[test]
+    fn a_server_certificate_serves_localhost_and_the_loopback_address() {
+        let server = Ca::new("test CA").server();
+        let (cn, sans, is_ca, _, _) = names(&server.cert);
+        assert_eq!(cn, "localhost");
+        assert!(!is_ca);
+        assert_eq!(sans[0], "localhost");
+        assert!(
+            sans[1].starts_with("ip:") && sans[1].contains("127"),
+            "{sans:?}"
+        );
+    }
+}
