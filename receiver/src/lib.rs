@@ -28,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use episode_common::config::ConfigError;
 use episode_common::{EpisodeId, Event, HostId};
 
 use crate::admission::Limits;
@@ -263,8 +264,8 @@ fn unwritable(dir: &std::path::Path) -> Option<String> {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// Exit 78: the message names the file and key.
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     /// Another instance holds the index's lock (exit 1).
     #[error("another episode-receiver is using {}", .0.display())]
     Locked(PathBuf),
@@ -318,9 +319,7 @@ pub fn open(
 ) -> Result<(Arc<AppState>, StartReport), StartError> {
     // The lock comes first: a second instance must not touch a live one's state
     // (empty its incoming_root, cut its index, append rows).
-    config
-        .prepare_index_dir(config_path)
-        .map_err(|e| StartError::Config(e.to_string()))?;
+    config.prepare_index_dir(config_path)?;
     let instance_lock = index::lock(&config.index_path).map_err(|source| match source.kind() {
         std::io::ErrorKind::WouldBlock => StartError::Locked(config.index_path.clone()),
         _ => StartError::Io {
@@ -329,11 +328,8 @@ pub fn open(
             source,
         },
     })?;
-    config
-        .prepare_dirs(config_path)
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    let credentials = Credentials::load(&config)
-        .map_err(|e| StartError::Config(format!("config {}: {e}", config_path.display())))?;
+    config.prepare_dirs(config_path)?;
+    let credentials = Credentials::load(&config).map_err(|e| ConfigError::new(config_path, e))?;
     let runtime =
         |what: &'static str, path: &std::path::Path, source: std::io::Error| StartError::Io {
             what,
@@ -453,19 +449,18 @@ pub fn open(
         None => None,
         Some(path) => {
             let token = std::fs::read_to_string(path).map_err(|e| {
-                StartError::Config(format!(
-                    "config {}: ops_token_file: cannot read {}: {e}",
-                    config_path.display(),
-                    path.display()
-                ))
+                ConfigError::new(
+                    config_path,
+                    format_args!("ops_token_file: cannot read {}: {e}", path.display()),
+                )
             })?;
             let token = token.trim().to_owned();
             if token.is_empty() {
-                return Err(StartError::Config(format!(
-                    "config {}: ops_token_file: {} is empty",
-                    config_path.display(),
-                    path.display()
-                )));
+                return Err(ConfigError::new(
+                    config_path,
+                    format_args!("ops_token_file: {} is empty", path.display()),
+                )
+                .into());
             }
             Some(token)
         }
