@@ -27,8 +27,11 @@ pub enum TlsError {
     NoCertificates { path: PathBuf },
     #[error("{}: no PEM private key found (PKCS#8, PKCS#1 or SEC1)", path.display())]
     NoKey { path: PathBuf },
-    #[error("{}: malformed PEM: {message}", path.display())]
-    Pem { path: PathBuf, message: String },
+    #[error("{}: malformed PEM: {source}", path.display())]
+    Pem {
+        path: PathBuf,
+        source: rustls::pki_types::pem::Error,
+    },
     #[error("certificate cannot be parsed: {0}")]
     Parse(String),
     #[error("{0}")]
@@ -56,9 +59,9 @@ pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError>
 pub fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
+        .map_err(|source| TlsError::Pem {
             path: path.to_owned(),
-            message: e.to_string(),
+            source,
         })?;
     if certs.is_empty() {
         return Err(TlsError::NoCertificates {
@@ -78,9 +81,9 @@ pub fn parse_key(path: &Path, pem: &[u8]) -> Result<PrivateKeyDer<'static>, TlsE
         rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
             path: path.to_owned(),
         },
-        other => TlsError::Pem {
+        source => TlsError::Pem {
             path: path.to_owned(),
-            message: other.to_string(),
+            source,
         },
     })
 }
@@ -333,9 +336,7 @@ pub fn explain_tls_failure(err: &(dyn StdError + 'static)) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rcgen::{
-        BasicConstraints, CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    };
+    use episode_test_pki::{Ca, LeafSpec, Purpose};
 
     struct Pki {
         ca_pem: String,
@@ -349,26 +350,24 @@ mod tests {
     }
 
     fn pki_named(ca_name: &str) -> Pki {
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, ca_name);
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca_params, ca_key);
-        let leaf_key = KeyPair::generate().unwrap();
-        let mut leaf_params = CertificateParams::new(vec!["lab1.example".into()]).unwrap();
-        leaf_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "lab1");
-        leaf_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
+        let ca = Ca::new(ca_name);
+        let leaf = ca.leaf(LeafSpec {
+            names: vec!["lab1.example".into()],
+            cn: "lab1",
+            purpose: Purpose::Client,
+            from: -time::Duration::days(1),
+            until: time::Duration::days(365),
+        });
+        let other = Ca::new("unrelated").client(
+            "lab1",
+            -time::Duration::days(1),
+            time::Duration::days(365),
+        );
         Pki {
-            ca_pem: ca.pem(),
-            leaf_pem: leaf.pem(),
-            leaf_key_pem: leaf_key.serialize_pem(),
-            other_key_pem: KeyPair::generate().unwrap().serialize_pem(),
+            ca_pem: ca.pem,
+            leaf_pem: leaf.cert,
+            leaf_key_pem: leaf.key,
+            other_key_pem: other.key,
         }
     }
 

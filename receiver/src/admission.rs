@@ -8,12 +8,13 @@
 
 use std::time::Duration;
 
-use episode_common::problem::{Problem, Slug};
+use episode_common::problem::Slug;
 use episode_common::wire::{self, header, parse_started_at};
 use episode_common::{ByteSize, Dur, EpisodeId, HostId, Sha256};
 use http::HeaderMap;
 use time::OffsetDateTime;
 
+use crate::error::Refusal;
 use crate::index::Entry;
 
 /// Who is calling, as the TLS layer established it. Absent without mTLS.
@@ -26,7 +27,7 @@ pub struct PeerIdentity {
 }
 
 /// Step 1a: the bearer token, compared in constant time.
-pub fn authenticate(authorization: Option<&str>, token: Option<&str>) -> Result<(), Problem> {
+pub fn authenticate(authorization: Option<&str>, token: Option<&str>) -> Result<(), Refusal> {
     let Some(expected) = token else {
         return Ok(());
     };
@@ -35,10 +36,10 @@ pub fn authenticate(authorization: Option<&str>, token: Option<&str>) -> Result<
         scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
     });
     match presented {
-        None => Err(Problem::new(Slug::Unauthorized, "this receiver requires `Authorization: Bearer <token>`")
+        None => Err(Refusal::new(Slug::Unauthorized, "this receiver requires `Authorization: Bearer <token>`")
             .remediation("set receiver.bearer_token_file in the shipper config to a file holding the receiver's token")),
         Some(given) if constant_time_eq(given, expected) => Ok(()),
-        Some(_) => Err(Problem::new(Slug::Unauthorized, "the bearer token does not match")
+        Some(_) => Err(Refusal::new(Slug::Unauthorized, "the bearer token does not match")
             .remediation("make the shipper's receiver.bearer_token_file hold the receiver's current token")),
     }
 }
@@ -60,14 +61,14 @@ pub fn bind_identity(
     peer: Option<&PeerIdentity>,
     path_host: Option<&str>,
     x_host_id: Option<&str>,
-) -> Result<(), Problem> {
+) -> Result<(), Refusal> {
     let named = path_host.into_iter().chain(x_host_id);
     if let Some(peer) = peer {
         for host in named {
             // Exact: the store is case-sensitive, so `LAB1` is another host than
             // `lab1` (its own directory, its own upload slots), whatever DNS says.
             if !peer.names.iter().any(|n| n == host) {
-                return Err(Problem::new(
+                return Err(Refusal::new(
                     Slug::ForbiddenIdentity,
                     format!("client certificate identities {:?} do not include host {host:?}", peer.names),
                 )
@@ -79,7 +80,7 @@ pub fn bind_identity(
     } else if let (Some(path_host), Some(x_host_id)) = (path_host, x_host_id)
         && path_host != x_host_id
     {
-        return Err(Problem::new(
+        return Err(Refusal::new(
             Slug::ForbiddenIdentity,
             format!("X-Host-Id {x_host_id:?} does not match the host {path_host:?} in the path"),
         ));
@@ -89,10 +90,10 @@ pub fn bind_identity(
 
 /// Step 1b, first: a request names its host in `X-Host-Id` at most once; with two
 /// fields, which one speaks for the caller would be a guess (400 `invalid-id`).
-pub fn one_host_id_header(n_fields: usize) -> Result<(), Problem> {
+pub fn one_host_id_header(n_fields: usize) -> Result<(), Refusal> {
     match n_fields {
         0 | 1 => Ok(()),
-        n => Err(Problem::new(
+        n => Err(Refusal::new(
             Slug::InvalidId,
             format!("X-Host-Id appears {n} times; send it once"),
         )),
@@ -100,25 +101,25 @@ pub fn one_host_id_header(n_fields: usize) -> Result<(), Problem> {
 }
 
 /// Step 1c: ids, before any filesystem call.
-pub fn parse_ids(host_id: &str, episode_id: &str) -> Result<(HostId, EpisodeId), Problem> {
-    let host = HostId::new(host_id).map_err(|e| Problem::new(Slug::InvalidId, e.to_string()))?;
+pub fn parse_ids(host_id: &str, episode_id: &str) -> Result<(HostId, EpisodeId), Refusal> {
+    let host = HostId::new(host_id).map_err(|e| Refusal::new(Slug::InvalidId, e.to_string()))?;
     let episode =
-        EpisodeId::new(episode_id).map_err(|e| Problem::new(Slug::InvalidId, e.to_string()))?;
+        EpisodeId::new(episode_id).map_err(|e| Refusal::new(Slug::InvalidId, e.to_string()))?;
     Ok((host, episode))
 }
 
 /// A `/v1/*` path no route matched (after authentication): under `/v1/episodes`
 /// anything but exactly `{host_id}/{episode_id}` is an invalid id (400), anything
 /// else is not found (404).
-pub fn unrouted_v1(path: &str) -> Problem {
+pub fn unrouted_v1(path: &str) -> Refusal {
     let rest = path.strip_prefix("/v1").unwrap_or(path);
     if rest == "/episodes" || rest.starts_with("/episodes/") {
-        return Problem::new(
+        return Refusal::new(
             Slug::InvalidId,
             "an episode path is /v1/episodes/{host_id}/{episode_id}, each id one path segment",
         );
     }
-    Problem::new(Slug::NotFound, "no such route")
+    Refusal::new(Slug::NotFound, "no such route")
 }
 
 /// A PUT's headers, validated.
@@ -132,7 +133,7 @@ pub struct PutHeaders {
 }
 
 /// All field lines of a list-valued digest header, joined as HTTP combines them.
-fn joined(headers: &HeaderMap, name: &str) -> Result<Option<String>, Problem> {
+fn joined(headers: &HeaderMap, name: &str) -> Result<Option<String>, Refusal> {
     let mut values = Vec::new();
     for v in headers.get_all(name) {
         let v = v
@@ -146,7 +147,7 @@ fn joined(headers: &HeaderMap, name: &str) -> Result<Option<String>, Problem> {
 
 /// A header's value, trimmed; one that is not visible ASCII is answered with
 /// `slug`, the problem of that header being absent or malformed.
-fn text<'a>(headers: &'a HeaderMap, name: &str, slug: Slug) -> Result<Option<&'a str>, Problem> {
+fn text<'a>(headers: &'a HeaderMap, name: &str, slug: Slug) -> Result<Option<&'a str>, Refusal> {
     match headers.get(name) {
         None => Ok(None),
         Some(v) => v
@@ -156,8 +157,23 @@ fn text<'a>(headers: &'a HeaderMap, name: &str, slug: Slug) -> Result<Option<&'a
     }
 }
 
-fn not_ascii(slug: Slug, name: &str) -> Problem {
-    Problem::new(slug, format!("{name} is not visible ASCII"))
+fn not_ascii(slug: Slug, name: &str) -> Refusal {
+    Refusal::new(slug, format!("{name} is not visible ASCII"))
+}
+
+/// Whether a PUT must carry `X-Code-Commit` (the `require_code_commit` key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeCommit {
+    Required,
+    Optional,
+}
+
+/// What `X-Episode-Started-At` is for: with an acceptance window it is required
+/// and checked; without one it is only recorded (a malformed one is dropped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartedAt {
+    Checked,
+    Recorded,
 }
 
 /// Step 1d: `Content-Length` (411), the digest (400), `X-Code-Commit` (400),
@@ -165,16 +181,17 @@ fn not_ascii(slug: Slug, name: &str) -> Problem {
 pub fn parse_put_headers(
     headers: &HeaderMap,
     episode_id: &EpisodeId,
-    require_code_commit: bool,
-    window_set: bool,
-) -> Result<PutHeaders, Problem> {
+    code_commit_rule: CodeCommit,
+    started_at_rule: StartedAt,
+) -> Result<PutHeaders, Refusal> {
+    let window_set = started_at_rule == StartedAt::Checked;
     let content_length = match text(
         headers,
         http::header::CONTENT_LENGTH.as_str(),
         Slug::LengthRequired,
     )? {
         None => {
-            return Err(Problem::new(
+            return Err(Refusal::new(
                 Slug::LengthRequired,
                 "send the archive with a Content-Length header",
             )
@@ -183,7 +200,7 @@ pub fn parse_put_headers(
             ));
         }
         Some(v) => v.parse::<u64>().map_err(|_| {
-            Problem::new(
+            Refusal::new(
                 Slug::LengthRequired,
                 format!("Content-Length {v:?} is not a number"),
             )
@@ -195,7 +212,7 @@ pub fn parse_put_headers(
     let content = joined(headers, header::CONTENT_DIGEST)?;
     let legacy = text(headers, header::X_CONTENT_SHA256, Slug::BadDigestHeader)?;
     let bad_digest = |name: &str, e: episode_common::digest::DigestError| {
-        Problem::new(Slug::BadDigestHeader, format!("{name}: {e}"))
+        Refusal::new(Slug::BadDigestHeader, format!("{name}: {e}"))
             .remediation("send `Repr-Digest: sha-256=:<base64 of the 32-byte sha256 of the body>:`")
     };
     let parsed_repr = repr
@@ -206,7 +223,7 @@ pub fn parse_put_headers(
         .transpose()?;
     let sha256 = match (parsed_repr, parsed_content) {
         (Some(r), Some(c)) if r != c => {
-            return Err(Problem::new(
+            return Err(Refusal::new(
                 Slug::BadDigestHeader,
                 "Repr-Digest and Content-Digest disagree",
             ));
@@ -215,7 +232,7 @@ pub fn parse_put_headers(
         (None, None) => match legacy {
             Some(hex) => Sha256::from_hex(hex).map_err(|e| bad_digest("X-Content-SHA256", e))?,
             None => {
-                return Err(Problem::new(Slug::MissingDigest, "the PUT carries no Repr-Digest")
+                return Err(Refusal::new(Slug::MissingDigest, "the PUT carries no Repr-Digest")
                     .remediation("send `Repr-Digest: sha-256=:<base64 of the 32-byte sha256 of the body>:`"));
             }
         },
@@ -227,14 +244,14 @@ pub fn parse_put_headers(
     let code_commit =
         text(headers, header::X_CODE_COMMIT, Slug::MissingCodeCommit)?.map(str::to_owned);
     match &code_commit {
-        None if require_code_commit => {
-            return Err(Problem::new(Slug::MissingCodeCommit, "the PUT carries no X-Code-Commit").remediation(
+        None if code_commit_rule == CodeCommit::Required => {
+            return Err(Refusal::new(Slug::MissingCodeCommit, "the PUT carries no X-Code-Commit").remediation(
                 "record code_commit in the episode's meta.json (the commit of the recorder), then requeue it: \
                  episode-shipper requeue --status 400",
             ));
         }
         Some(c) if c.len() > 128 || !c.bytes().all(|b| b.is_ascii_graphic()) => {
-            return Err(Problem::new(
+            return Err(Refusal::new(
                 Slug::MissingCodeCommit,
                 "X-Code-Commit is not a commit id: it must be at most 128 visible ASCII characters",
             )
@@ -255,7 +272,7 @@ pub fn parse_put_headers(
         Ok(Some(v)) => match parse_started_at(v) {
             Ok(t) => Some(t),
             Err(e) if window_set => {
-                return Err(Problem::new(
+                return Err(Refusal::new(
                     Slug::MissingStartedAt,
                     format!("X-Episode-Started-At {v:?} could not be parsed ({e}); send RFC 3339 or Unix seconds"),
                 )
@@ -268,7 +285,7 @@ pub fn parse_put_headers(
         Err(_) => None,
     };
     if window_set && started_at.is_none() {
-        return Err(Problem::new(
+        return Err(Refusal::new(
             Slug::MissingStartedAt,
             "this receiver has an acceptance window, and the PUT carries no X-Episode-Started-At \
              (and the episode id is not a ULID)",
@@ -291,7 +308,7 @@ pub fn parse_put_headers(
         // an archive as a real form, so that default counts as no declaration.
         let curl_default = media == "application/x-www-form-urlencoded";
         if !curl_default && !wire::ARCHIVE_CONTENT_TYPES.contains(&media.as_str()) {
-            return Err(Problem::new(
+            return Err(Refusal::new(
                 Slug::UnsupportedMediaType,
                 format!(
                     "Content-Type {ct:?} is not one of {:?}",
@@ -325,7 +342,7 @@ pub fn admit(
     limits: &Limits,
     now: OffsetDateTime,
     free_bytes: u64,
-) -> Result<(), Problem> {
+) -> Result<(), Refusal> {
     if let (Some((max_age, max_future)), Some(started)) = (limits.window, put.started_at) {
         let requeue = "check the clock on the recording host (timedatectl); once it is right, \
                        requeue: episode-shipper requeue --status 412";
@@ -337,7 +354,7 @@ pub fn admit(
             .ok()
             .and_then(|d| now.checked_add(d));
         if earliest.is_some_and(|earliest| started < earliest) {
-            return Err(Problem::new(
+            return Err(Refusal::new(
                 Slug::OutOfWindow,
                 format!(
                     "episode started at {}, {} before the receiver's clock ({}); the window accepts up to {max_age}",
@@ -349,7 +366,7 @@ pub fn admit(
             .remediation(requeue));
         }
         if latest.is_some_and(|latest| started > latest) {
-            return Err(Problem::new(
+            return Err(Refusal::new(
                 Slug::OutOfWindow,
                 format!(
                     "episode started at {}, {} after the receiver's clock ({}); the window accepts up to {max_future}",
@@ -363,7 +380,7 @@ pub fn admit(
     }
     let max = limits.max_episode_bytes.get();
     if put.content_length > max {
-        return Err(Problem::new(
+        return Err(Refusal::new(
             Slug::TooLarge,
             format!(
                 "the archive is {} bytes; this receiver accepts at most {max} ({})",
@@ -378,7 +395,7 @@ pub fn admit(
         .content_length
         .saturating_add(limits.free_space_reserve.get());
     if free_bytes < needed {
-        return Err(Problem::new(
+        return Err(Refusal::new(
             Slug::InsufficientStorage,
             format!(
                 "{} free, and this upload needs {} plus the {} reserve",
@@ -410,7 +427,7 @@ pub enum Dedupe {
     /// The same archive (or the same tar content) is stored: 200.
     AlreadyPresent(Entry),
     /// Something else is stored: 409.
-    Conflict(Problem),
+    Conflict(Refusal),
 }
 
 pub fn dedupe(sha256: Sha256, tar_sha256: Option<Sha256>, stored: Option<Entry>) -> Dedupe {
@@ -421,7 +438,7 @@ pub fn dedupe(sha256: Sha256, tar_sha256: Option<Sha256>, stored: Option<Entry>)
     if entry.sha256 == sha256 || same_content {
         return Dedupe::AlreadyPresent(entry);
     }
-    let problem = Problem::new(
+    let problem = Refusal::new(
         Slug::Conflict,
         format!("a different archive (sha256 {}) is already stored under this key", entry.sha256),
     )
@@ -456,8 +473,8 @@ mod tests {
         h
     }
 
-    fn slug_of<T: std::fmt::Debug>(r: Result<T, Problem>) -> String {
-        r.unwrap_err().slug
+    fn slug_of<T: std::fmt::Debug>(r: Result<T, Refusal>) -> String {
+        r.unwrap_err().slug.as_str().to_owned()
     }
 
     #[test]
@@ -573,7 +590,11 @@ mod tests {
             "/v1/episodes/lab1/../../etc/passwd",
         ] {
             let p = unrouted_v1(path);
-            assert_eq!((p.slug.as_str(), p.status), ("invalid-id", 400), "{path}");
+            assert_eq!(
+                (p.slug.as_str(), p.slug.status()),
+                ("invalid-id", 400),
+                "{path}"
+            );
         }
         for path in [
             "/v1",
@@ -583,7 +604,11 @@ mod tests {
             "/v1/health/x",
         ] {
             let p = unrouted_v1(path);
-            assert_eq!((p.slug.as_str(), p.status), ("not-found", 404), "{path}");
+            assert_eq!(
+                (p.slug.as_str(), p.slug.status()),
+                ("not-found", 404),
+                "{path}"
+            );
         }
     }
 
@@ -600,8 +625,9 @@ mod tests {
         for &(name, want) in cases {
             let mut h = good_headers();
             h.insert(name, HeaderValue::from_bytes(b"caf\xe9").unwrap());
-            let problem = parse_put_headers(&h, &ep(), true, true).unwrap_err();
-            assert_eq!(problem.slug, want, "{name}");
+            let problem =
+                parse_put_headers(&h, &ep(), CodeCommit::Required, StartedAt::Checked).unwrap_err();
+            assert_eq!(problem.slug.as_str(), want, "{name}");
             assert!(
                 problem.detail.contains("not visible ASCII"),
                 "{name}: {}",
@@ -615,7 +641,7 @@ mod tests {
             HeaderValue::from_bytes(b"caf\xe9").unwrap(),
         );
         assert_eq!(
-            parse_put_headers(&h, &ep(), true, false)
+            parse_put_headers(&h, &ep(), CodeCommit::Required, StartedAt::Recorded)
                 .unwrap()
                 .started_at,
             None
@@ -623,7 +649,8 @@ mod tests {
         // An unparseable start time says so.
         let mut h = good_headers();
         h.insert("x-episode-started-at", HeaderValue::from_static("tuesday"));
-        let problem = parse_put_headers(&h, &ep(), true, true).unwrap_err();
+        let problem =
+            parse_put_headers(&h, &ep(), CodeCommit::Required, StartedAt::Checked).unwrap_err();
         assert!(
             problem.detail.contains("could not be parsed"),
             "{}",
@@ -657,7 +684,12 @@ mod tests {
                 None => h.remove(name),
             };
             assert_eq!(
-                slug_of(parse_put_headers(&h, &ep(), true, true)),
+                slug_of(parse_put_headers(
+                    &h,
+                    &ep(),
+                    CodeCommit::Required,
+                    StartedAt::Checked
+                )),
                 want,
                 "{name}={value:?}"
             );
@@ -668,14 +700,24 @@ mod tests {
         h.remove("repr-digest");
         h.insert("content-type", HeaderValue::from_static("text/plain"));
         assert_eq!(
-            slug_of(parse_put_headers(&h, &ep(), true, true)),
+            slug_of(parse_put_headers(
+                &h,
+                &ep(),
+                CodeCommit::Required,
+                StartedAt::Checked
+            )),
             "length-required"
         );
         let mut h = good_headers();
         h.remove("repr-digest");
         h.remove("x-code-commit");
         assert_eq!(
-            slug_of(parse_put_headers(&h, &ep(), true, true)),
+            slug_of(parse_put_headers(
+                &h,
+                &ep(),
+                CodeCommit::Required,
+                StartedAt::Checked
+            )),
             "missing-digest"
         );
     }
@@ -691,7 +733,7 @@ mod tests {
             "content-type",
             HeaderValue::from_static("application/x-www-form-urlencoded"),
         );
-        let put = parse_put_headers(&h, &ep(), false, false).unwrap();
+        let put = parse_put_headers(&h, &ep(), CodeCommit::Optional, StartedAt::Recorded).unwrap();
         assert_eq!(put.sha256, Sha256::of(b"data"));
         assert_eq!((put.code_commit, put.started_at), (None, None));
         // Legacy hex digest of the cron-script peer.
@@ -702,7 +744,9 @@ mod tests {
             HeaderValue::from_str(&Sha256::of(b"data").to_hex()).unwrap(),
         );
         assert_eq!(
-            parse_put_headers(&h, &ep(), true, true).unwrap().sha256,
+            parse_put_headers(&h, &ep(), CodeCommit::Required, StartedAt::Checked)
+                .unwrap()
+                .sha256,
             Sha256::of(b"data")
         );
         // A ULID id stands in for a missing start time.
@@ -710,7 +754,7 @@ mod tests {
         h.remove("x-episode-started-at");
         let ulid = EpisodeId::new("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap();
         assert!(
-            parse_put_headers(&h, &ulid, true, true)
+            parse_put_headers(&h, &ulid, CodeCommit::Required, StartedAt::Checked)
                 .unwrap()
                 .started_at
                 .is_some()
@@ -719,7 +763,7 @@ mod tests {
         let mut h = good_headers();
         h.insert("x-episode-started-at", HeaderValue::from_static("tuesday"));
         assert_eq!(
-            parse_put_headers(&h, &ep(), true, false)
+            parse_put_headers(&h, &ep(), CodeCommit::Required, StartedAt::Recorded)
                 .unwrap()
                 .started_at,
             None
@@ -731,7 +775,12 @@ mod tests {
             HeaderValue::from_str(&Sha256::of(b"other").to_field()).unwrap(),
         );
         assert_eq!(
-            slug_of(parse_put_headers(&h, &ep(), true, true)),
+            slug_of(parse_put_headers(
+                &h,
+                &ep(),
+                CodeCommit::Required,
+                StartedAt::Checked
+            )),
             "bad-digest-header"
         );
     }

@@ -1,13 +1,6 @@
-//! `episode-receiver check`: the config, and the store against the index, read-only.
-//!
-//! Owns the report: what start-up would repair by itself (archives without a row, a
-//! torn last index line, leftover temp files), what is only information (a later
-//! row for a key restored after a lost archive: the last row is used) and what
-//! needs a person (rows whose archive is gone, unreadable index lines, rows of one
-//! key that disagree, anything in the store that is not a regular file, an archive
-//! whose size — or with `--all` sha256 — differs from its row). Applies the same
-//! config rules as `run` (exit 78), the same-filesystem and writability checks
-//! included, with stat only. Writes nothing anywhere and takes no lock.
+//! `episode-receiver check`: the config (the same rules as `run`, exit 78) and the
+//! store against the index, read-only: what start-up repairs, what is information,
+//! what needs a person. Writes nothing and takes no lock.
 
 use std::io::Write;
 
@@ -25,11 +18,11 @@ pub enum Verdict {
 }
 
 /// Prints the report to `out`. `Err` is a config error (exit 78), with the key named.
-/// With `digests`, every archive is read and its sha256 compared with its row's.
+/// `depth` says whether archives are only sized or also hashed (`--all`).
 pub fn run(
     config: &Config,
     config_path: &std::path::Path,
-    digests: bool,
+    depth: reconcile::Depth,
     out: &mut impl Write,
 ) -> Result<Verdict, String> {
     let w = |out: &mut dyn Write, line: String| {
@@ -131,8 +124,7 @@ pub fn run(
                     ),
                 );
             }
-            for (host_id, episode_id, mismatch) in
-                reconcile::audit(&idx, &config.store_root, digests)
+            for (host_id, episode_id, mismatch) in reconcile::audit(&idx, &config.store_root, depth)
             {
                 problems += 1;
                 let what = match mismatch {
@@ -146,7 +138,7 @@ pub fn run(
                 };
                 w(out, format!("  PROBLEM {host_id}/{episode_id}: {what}"));
             }
-            if !digests {
+            if depth == reconcile::Depth::Sizes {
                 w(
                     out,
                     "  sizes compared; `check --all` also compares every archive's sha256"

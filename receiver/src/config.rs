@@ -1,11 +1,6 @@
-//! The receiver's configuration file (receiver.md, "Config").
-//!
-//! Owns the schema (unknown keys are errors), the defaults, and the checks that can
-//! be made without serving: the paths writable and the same-filesystem rule for
-//! `incoming_root` and `store_root` (`check_paths`, shared by `check` and `run`;
-//! `run` also proves it with a probe rename), and that the TLS and token files are
-//! readable. Every error names
-//! the file and the key at fault; `main` turns them into exit code 78.
+//! The receiver's configuration file (receiver.md, "Config"): schema (unknown keys
+//! are errors), defaults, and the checks possible without serving (`check_paths`);
+//! every error names the file and key, which `main` makes exit 78.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,11 +1,6 @@
-//! The receiver's live credentials: the TLS server config and the bearer token.
-//!
-//! Owns loading them from the files the config names and re-reading those files when
-//! they change on disk (size, mtime or inode), or on demand (SIGHUP). A new file that
-//! does not load keeps the last good credentials in place and says why in the log,
-//! so a half-written renewal never takes the receiver down. A reloaded config may
-//! name other files (`adopt`). New connections and requests see the new
-//! credentials; established connections keep theirs.
+//! The receiver's live credentials (TLS server config, bearer token), read again
+//! when their files change or on SIGHUP; a file that does not load keeps the last
+//! good credentials in force and says why in the log.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
@@ -35,6 +30,15 @@ pub struct Credentials {
     server_config: RwLock<Option<Arc<ServerConfig>>>,
     token: RwLock<Option<Arc<str>>>,
     stamps: Mutex<Vec<Option<FileStamp>>>,
+}
+
+/// When `Credentials::reload` reads the files again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reread {
+    /// Only if one changed (size, mtime or inode) since the last look.
+    IfChanged,
+    /// Always (SIGHUP).
+    Always,
 }
 
 impl Credentials {
@@ -113,13 +117,13 @@ impl Credentials {
         *self.stamps.lock().unwrap_or_else(|e| e.into_inner()) = self.current_stamps();
     }
 
-    /// Re-reads the files if any changed since the last look (or always, with
-    /// `force`). Blocking; call it off the async workers.
-    pub fn reload(&self, force: bool) {
+    /// Re-reads the files, when `reread` says so. Blocking; call it off the async
+    /// workers.
+    pub fn reload(&self, reread: Reread) {
         let now = self.current_stamps();
         {
             let mut stamps = self.stamps.lock().unwrap_or_else(|e| e.into_inner());
-            if !force && *stamps == now {
+            if reread == Reread::IfChanged && *stamps == now {
                 return;
             }
             *stamps = now;

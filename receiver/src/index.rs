@@ -1,21 +1,6 @@
-//! The JSONL index and the single writer that publishes archives into the store.
-//!
-//! Owns the in-memory map of stored episodes (so idempotency checks never touch the
-//! disk), loading it from `index_path` (a torn last line is tolerated), and the
-//! committer thread: the only code that moves an upload into the store and appends
-//! index rows. Serializing publishes through one thread is what makes two racing
-//! PUTs of one key safe: the second sees the first in the map (or, within one
-//! batch, in the batch, and is answered only once the batch is durable). Each batch
-//! is one group commit: a `syncfs` barrier for the data of small bodies (written
-//! unsynced into unnamed spools), then links (or renames) into place without
-//! replacing, then one barrier for the names and all rows (a `syncfs` through a
-//! handle opened once, or an fsync per touched directory beside the index's), then
-//! the map is updated and everyone answered. An archive found without a row gets
-//! its row rebuilt by the caller on a blocking thread and adopted by a later batch.
-//! Also owns the single-instance lock (an `flock` on the index file).
-//!
-//! Invariant: a key is in the map, and any 2xx is sent for it, only after its
-//! archive is in place and its directory entry and row are durable.
+//! The JSONL index, its in-memory map, and the committer thread: the single writer
+//! that publishes archives into the store in group-committed batches (and the
+//! single-instance lock). A key is in the map only once its archive and row are durable.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -917,12 +902,15 @@ impl Status {
         }
     }
 
-    fn busy(&self, busy: bool) {
-        let ms = match busy {
-            true => self.epoch.elapsed().as_millis() as u64 + 1,
-            false => 0,
-        };
+    /// The committer took a batch (`busy_for` counts from now).
+    fn batch_started(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64 + 1;
         self.busy_since_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// The committer finished its batch.
+    fn batch_done(&self) {
+        self.busy_since_ms.store(0, Ordering::SeqCst);
     }
 
     fn failed(&self, part: crate::health::Part, error: &io::Error) {
@@ -1150,9 +1138,9 @@ impl CommitLoop {
                     Err(_) => break,
                 }
             }
-            self.status.busy(true);
+            self.status.batch_started();
             self.commit(batch);
-            self.status.busy(false);
+            self.status.batch_done();
         }
     }
 

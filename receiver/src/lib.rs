@@ -1,14 +1,6 @@
-//! episode-receiver: the central collector of episode archives.
-//!
-//! `open` prepares everything that must be true before serving (the single-instance
-//! lock on the index, directories, the index loaded and reconciled with the store,
-//! `incoming_root` emptied, the index writer running) and returns the shared `AppState`; `app` is the HTTP router over
-//! it; `server` runs listeners and the drain. The order of decisions for a request
-//! lives in `admission` (pure), durability in `index` (the single publisher).
-//!
-//! Invariant: an archive is visible under `store_root` only after it was fsynced in
-//! `incoming_root`, and a 201 is sent only after its directory and index row are
-//! durable as well.
+//! episode-receiver: `open` (the lock, directories, the index loaded and reconciled,
+//! `incoming_root` emptied, the committer running) returns the shared `AppState`;
+//! `app` is the router over it, `server` runs the listeners and the drain.
 
 pub mod admission;
 pub mod check;
@@ -16,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod credentials;
+pub mod error;
 pub mod fleet;
 pub mod fleet_page;
 pub mod health;
@@ -35,6 +28,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use episode_common::config::ConfigError;
 use episode_common::{EpisodeId, Event, HostId};
 
 use crate::admission::Limits;
@@ -84,6 +78,10 @@ pub struct AppState {
 pub struct Live {
     pub config: Config,
     pub limits: Limits,
+    /// Whether a PUT must name its code commit (`require_code_commit`).
+    pub code_commit: admission::CodeCommit,
+    /// Whether a PUT's start time is checked (a `[window]` is set) or only recorded.
+    pub started_at: admission::StartedAt,
 }
 
 impl Live {
@@ -93,7 +91,20 @@ impl Live {
             free_space_reserve: config.free_space_reserve,
             window: config.window.map(|w| (w.max_age, w.max_future)),
         };
-        Self { config, limits }
+        let code_commit = match config.require_code_commit {
+            true => admission::CodeCommit::Required,
+            false => admission::CodeCommit::Optional,
+        };
+        let started_at = match limits.window {
+            Some(_) => admission::StartedAt::Checked,
+            None => admission::StartedAt::Recorded,
+        };
+        Self {
+            config,
+            limits,
+            code_commit,
+            started_at,
+        }
     }
 }
 
@@ -253,10 +264,33 @@ fn unwritable(dir: &std::path::Path) -> Option<String> {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     /// Exit 78: the message names the file and key.
-    #[error("{0}")]
-    Config(String),
-    #[error("{0}")]
-    Runtime(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Another instance holds the index's lock (exit 1).
+    #[error("another episode-receiver is using {}", .0.display())]
+    Locked(PathBuf),
+    /// Preparing the store or index failed at `what` on `path` (exit 1).
+    #[error("{what} {}", path.display())]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    /// The message and its causes, `: `-separated (what `main` prints).
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(e) = cause {
+            text.push_str(": ");
+            text.push_str(&e.to_string());
+            cause = e.source();
+        }
+        text
+    }
 }
 
 /// What start-up found and repaired, for the log.
@@ -285,24 +319,23 @@ pub fn open(
 ) -> Result<(Arc<AppState>, StartReport), StartError> {
     // The lock comes first: a second instance must not touch a live one's state
     // (empty its incoming_root, cut its index, append rows).
-    config
-        .prepare_index_dir(config_path)
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    let instance_lock = index::lock(&config.index_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::WouldBlock => StartError::Runtime(format!(
-            "another episode-receiver is using {}",
-            config.index_path.display()
-        )),
-        _ => StartError::Runtime(format!("opening {}: {e}", config.index_path.display())),
+    config.prepare_index_dir(config_path)?;
+    let instance_lock = index::lock(&config.index_path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::WouldBlock => StartError::Locked(config.index_path.clone()),
+        _ => StartError::Io {
+            what: "opening",
+            path: config.index_path.clone(),
+            source,
+        },
     })?;
-    config
-        .prepare_dirs(config_path)
-        .map_err(|e| StartError::Config(e.to_string()))?;
-    let credentials = Credentials::load(&config)
-        .map_err(|e| StartError::Config(format!("config {}: {e}", config_path.display())))?;
-    let runtime = |what: &str, path: &std::path::Path, e: std::io::Error| {
-        StartError::Runtime(format!("{what} {}: {e}", path.display()))
-    };
+    config.prepare_dirs(config_path)?;
+    let credentials = Credentials::load(&config).map_err(|e| ConfigError::new(config_path, e))?;
+    let runtime =
+        |what: &'static str, path: &std::path::Path, source: std::io::Error| StartError::Io {
+            what,
+            path: path.to_owned(),
+            source,
+        };
     let incoming_removed = reconcile::empty_incoming(&config.incoming_root)
         .map_err(|e| runtime("emptying", &config.incoming_root, e))?;
     let mut report = StartReport {
@@ -416,19 +449,18 @@ pub fn open(
         None => None,
         Some(path) => {
             let token = std::fs::read_to_string(path).map_err(|e| {
-                StartError::Config(format!(
-                    "config {}: ops_token_file: cannot read {}: {e}",
-                    config_path.display(),
-                    path.display()
-                ))
+                ConfigError::new(
+                    config_path,
+                    format_args!("ops_token_file: cannot read {}: {e}", path.display()),
+                )
             })?;
             let token = token.trim().to_owned();
             if token.is_empty() {
-                return Err(StartError::Config(format!(
-                    "config {}: ops_token_file: {} is empty",
-                    config_path.display(),
-                    path.display()
-                )));
+                return Err(ConfigError::new(
+                    config_path,
+                    format_args!("ops_token_file: {} is empty", path.display()),
+                )
+                .into());
             }
             Some(token)
         }

@@ -52,7 +52,11 @@ fn main() -> ExitCode {
                 config.listen = listen;
             }
             let mut text = Vec::new();
-            let verdict = check::run(&config, &cli.config, all, &mut text);
+            let depth = match all {
+                true => episode_receiver::reconcile::Depth::Digests,
+                false => episode_receiver::reconcile::Depth::Sizes,
+            };
+            let verdict = check::run(&config, &cli.config, depth, &mut text);
             let text = String::from_utf8_lossy(&text);
             let (ok, error, code) = match &verdict {
                 Ok(check::Verdict::Ok) => (true, None, ExitCode::SUCCESS),
@@ -159,12 +163,12 @@ async fn serve(config: Config, config_path: PathBuf, listen: SocketAddr) -> Exit
         tokio::task::spawn_blocking(move || episode_receiver::open(config, &config_path)).await;
     let (state, report) = match opened {
         Ok(Ok(v)) => v,
-        Ok(Err(StartError::Config(e))) => {
-            eprintln!("episode-receiver: {e}");
+        Ok(Err(e @ StartError::Config(_))) => {
+            eprintln!("episode-receiver: {}", e.chain());
             return exit(EXIT_CONFIG);
         }
-        Ok(Err(StartError::Runtime(e))) => {
-            eprintln!("episode-receiver: {e}");
+        Ok(Err(e)) => {
+            eprintln!("episode-receiver: {}", e.chain());
             return exit(EXIT_FAILURE);
         }
         Err(e) => {

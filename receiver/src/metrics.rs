@@ -1,10 +1,6 @@
-//! The receiver's Prometheus metrics (observability.md, "Receiver metrics").
-//!
-//! Owns one `prometheus-client` registry: counters and histograms updated by the
-//! routes and the accept loop, gauges set from a `Scrape` (values read by the
-//! caller at scrape time), and the standard `process_*` metrics read from
-//! `/proc/self`. `render` writes the Prometheus text format; it reads `/proc`, so
-//! call it off the async workers.
+//! The receiver's Prometheus metrics (observability.md): one registry updated by
+//! the routes and the accept loop, gauges from a `Scrape`, `process_*` from
+//! `/proc/self` (so `render` runs off the async workers).
 
 use std::sync::Mutex;
 

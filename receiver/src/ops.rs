@@ -11,12 +11,13 @@ use axum::extract::{Request, State};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use episode_common::{Problem, Slug};
+use episode_common::Slug;
 use http::{HeaderValue, StatusCode};
 
 use crate::AppState;
+use crate::error::Refusal;
 use crate::metrics::Scrape;
-use crate::routes::{livez, not_found, problem_response, readiness};
+use crate::routes::{livez, not_found, readiness};
 
 /// The ops listener's routes.
 pub fn app(state: Arc<AppState>) -> Router {
@@ -40,10 +41,11 @@ async fn ops_token(State(state): State<Arc<AppState>>, req: Request, next: Next)
             .get(http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok());
         if crate::admission::authenticate(given, Some(token)).is_err() {
-            return problem_response(Problem::new(
+            return Refusal::new(
                 Slug::Unauthorized,
                 "the ops listener requires `Authorization: Bearer <token>`, the token in ops_token_file",
-            ));
+            )
+            .into_response();
         }
     }
     next.run(req).await

@@ -1,13 +1,6 @@
-//! Start-up reconciliation of the store with the index, and the empty-incoming rule.
-//!
-//! Owns: finding archives without an index row (a crash between the rename and the
-//! index append) and rebuilding their row from the archive itself (sha256, tar
-//! digest, and `code_commit`/`started_at` from the `meta.json` inside), finding rows
-//! without an archive (reported loudly, never "fixed" by deleting the row), anything
-//! in the store that is not a regular file (reported, never opened: archives are
-//! opened with `O_NOFOLLOW | O_NONBLOCK` and checked with `fstat`), and emptying
-//! `incoming_root`. Blocking; runs before the receiver serves. `check` calls the
-//! same scan read-only, and `audit` for sizes and digests.
+//! Start-up reconciliation of the store with the index (rows rebuilt for archives
+//! without one, rows without an archive reported, never deleted), emptying
+//! `incoming_root`, and `audit` of sizes and digests. Blocking.
 
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -281,13 +274,18 @@ pub enum Mismatch {
     Unreadable(String),
 }
 
-/// Compares every indexed archive that is in the store with its row: sizes always
-/// (a stat each), sha256 too with `digests` (reads every byte). Sorted by key.
-pub fn audit(
-    index: &Index,
-    store_root: &Path,
-    digests: bool,
-) -> Vec<(HostId, EpisodeId, Mismatch)> {
+/// How much of each archive an `audit` compares with its row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The size (a stat each).
+    Sizes,
+    /// The size and the sha256 (reads every byte): `check --all`.
+    Digests,
+}
+
+/// Compares every indexed archive that is in the store with its row, as deep as
+/// `depth` says. Sorted by key.
+pub fn audit(index: &Index, store_root: &Path, depth: Depth) -> Vec<(HostId, EpisodeId, Mismatch)> {
     let mut found = Vec::new();
     let mut keys = index.keys();
     keys.sort();
@@ -305,7 +303,7 @@ pub fn audit(
                 row: entry.bytes,
                 archive: size,
             })
-        } else if digests {
+        } else if depth == Depth::Digests {
             match hash_archive(&path) {
                 Ok((sha256, _)) if sha256 != entry.sha256 => Some(Mismatch::Digest {
                     row: entry.sha256,

@@ -6,8 +6,10 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use episode_common::problem::{PROBLEM_CONTENT_TYPE, Problem, Slug};
+use episode_common::problem::{PROBLEM_CONTENT_TYPE, Slug};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::Refusal;
 
 /// An IO stream whose writes of hyper's automatic 4xx answers get a problem body.
 /// hyper (1.x) answers a request it cannot parse itself, before any handler runs,
@@ -30,14 +32,14 @@ impl<T> ProblemIo<T> {
 }
 
 /// The problem hyper's automatic answer with `status` stands for.
-fn problem_for(status: u16) -> Problem {
+fn problem_for(status: u16) -> Refusal {
     match status {
-        431 => Problem::new(
+        431 => Refusal::new(
             Slug::HeadersTooLarge,
             "the request has too many header fields or too large a header section",
         ),
-        414 => Problem::new(Slug::UriTooLong, "the request target is too long"),
-        _ => Problem::new(
+        414 => Refusal::new(Slug::UriTooLong, "the request target is too long"),
+        _ => Refusal::new(
             Slug::BadRequest,
             "the request cannot be parsed as HTTP/1.1 (e.g. two different or a negative Content-Length, or a malformed header)",
         ),
@@ -57,7 +59,7 @@ pub fn rewrite(head: &[u8]) -> Option<Vec<u8>> {
         return None;
     }
     let at = head.windows(EMPTY.len()).position(|w| w == EMPTY)?;
-    let body = serde_json::to_vec(&problem_for(status)).ok()?;
+    let body = problem_for(status).to_json();
     let mut out = Vec::with_capacity(head.len() + body.len() + 64);
     out.extend_from_slice(&head[..at]);
     out.extend_from_slice(

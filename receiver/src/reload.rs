@@ -5,7 +5,7 @@
 
 use crate::AppState;
 use crate::config::Config;
-use crate::credentials::Credentials;
+use crate::credentials::{Credentials, Reread};
 
 /// The keys a reload may not change, each with its value as text.
 fn fixed(config: &Config) -> [(&'static str, String); 9] {
@@ -125,7 +125,7 @@ pub fn on_hangup(state: &AppState) {
         Ok(c) => c,
         Err(e) => {
             refused(&key_of(&e.message), &e.to_string());
-            state.credentials.reload(true);
+            state.credentials.reload(Reread::Always);
             return;
         }
     };
@@ -135,14 +135,14 @@ pub fn on_hangup(state: &AppState) {
             key,
             &format!("{key} cannot change while the receiver runs; restart it"),
         );
-        state.credentials.reload(true);
+        state.credentials.reload(Reread::Always);
         return;
     }
     let credentials = match Credentials::load(&new) {
         Ok(c) => c,
         Err(e) => {
             refused(&key_of(&e), &e);
-            state.credentials.reload(true);
+            state.credentials.reload(Reread::Always);
             return;
         }
     };

@@ -1,12 +1,6 @@
-//! HTTP routes: `/livez`, `/v1/health`, `PUT`/`HEAD /v1/episodes/{host}/{episode}`,
-//! `/metrics` (here only without `metrics_listen`), and problem+json for everything
-//! else (any other `/v1/*` path authenticated first); and `readiness`, the one
-//! verdict `/v1/health`, `/readyz` and `episode_receiver_ready` report.
-//!
-//! Owns turning requests into calls of the pure `admission` steps in protocol order
-//! and their answers into responses; it never decides on raw status codes itself.
-//! An answer given before the body is read (an "early answer") discards up to 1 MiB
-//! of body so a small client keeps its connection, and closes it otherwise.
+//! The main listener's routes: `/livez`, `/v1/health`, PUT/HEAD of an episode,
+//! `/metrics` without `metrics_listen`; each calls the `admission` steps in protocol
+//! order and answers what they decide (an `ApiError` becomes problem+json in `error`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{FromRequestParts as _, Path, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, put};
-use episode_common::problem::{PROBLEM_CONTENT_TYPE, Problem, Slug};
+use episode_common::problem::Slug;
 use episode_common::wire::{self, HealthBody, IndexRow, Stored, StoredBody, header};
 use episode_common::{EpisodeId, Event, HostId};
 use http::{HeaderMap, HeaderValue, StatusCode, request::Parts};
@@ -24,13 +18,15 @@ use http_body_util::BodyExt as _;
 use time::OffsetDateTime;
 
 use crate::admission::{self, Dedupe, PeerIdentity, PutHeaders};
+use crate::error::{ApiError, Refusal};
 use crate::index::{Entry, Published, Upload};
 use crate::slots::Slot;
 use crate::upload::{self, ReceiveError};
 use crate::{AppState, VERSION};
 
-/// The most body an early answer reads and discards to keep the connection.
-const EARLY_DRAIN_LIMIT: u64 = 1 << 20;
+/// The most body an answer decided before the body reads and discards to keep
+/// the connection.
+const BEFORE_BODY_DISCARD_LIMIT: u64 = 1 << 20;
 
 /// The main listener's routes. `/metrics` is among them only without
 /// `metrics_listen` (then it is served there, by `ops::app`, instead).
@@ -53,66 +49,14 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// A problem as an HTTP response, with the headers its status calls for.
-pub fn problem_response(problem: Problem) -> Response {
-    let status = StatusCode::from_u16(problem.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response =
-        (status, serde_json::to_string(&problem).unwrap_or_default()).into_response();
-    if let Some(slug) = problem.known_slug() {
-        response
-            .extensions_mut()
-            .insert(crate::metrics::ProblemType(slug.as_str()));
-    }
-    let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
-    );
-    let retry_after = match problem.known_slug() {
-        Some(Slug::Unauthorized) => {
-            headers.insert(
-                http::header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer"),
-            );
-            None
-        }
-        Some(Slug::TooManyUploads) => Some("1"),
-        Some(Slug::Unavailable) => Some("5"),
-        Some(Slug::InsufficientStorage) => Some("60"),
-        _ => None,
-    };
-    if let Some(seconds) = retry_after {
-        headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static(seconds));
-    }
-    response
-}
-
-/// A 500 whose cause is logged once here and never shown to the client.
-fn internal(what: &str, error: impl std::fmt::Display) -> Problem {
-    tracing::error!(event = %Event::StorageFailed, error = %error, "{what}");
-    Problem::new(
-        Slug::Internal,
-        "the receiver failed to store the upload; it is safe to retry",
-    )
-}
-
-fn io_problem(what: &str, error: &std::io::Error) -> Problem {
-    if episode_common::fsx::is_no_space(error) {
-        tracing::warn!(event = %Event::DiskFull, error = %error, "{what}");
-        return Problem::new(Slug::InsufficientStorage, "the receiver's disk is full")
-            .remediation("free space on the receiver's store");
-    }
-    internal(what, error)
-}
-
 pub(crate) async fn livez() -> &'static str {
     "ok"
 }
 
 pub(crate) async fn not_found(req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    early(
-        problem_response(Problem::new(Slug::NotFound, "no such route")),
+    answer_before_body(
+        Refusal::new(Slug::NotFound, "no such route").into_response(),
         body,
         &parts.headers,
     )
@@ -132,19 +76,19 @@ async fn v1_unknown(State(state): State<Arc<AppState>>, req: Request) -> Respons
         Err(p) => p,
         Ok(()) => admission::unrouted_v1(parts.uri.path()),
     };
-    early(problem_response(problem), body, &parts.headers)
+    answer_before_body(problem.into_response(), body, &parts.headers)
 }
 
 async fn method_not_allowed(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let problem = match authenticate(&state, &parts.headers) {
         Err(p) if parts.uri.path().starts_with("/v1/") => p,
-        _ => Problem::new(
+        _ => Refusal::new(
             Slug::MethodNotAllowed,
             "this route does not take that method",
         ),
     };
-    early(problem_response(problem), body, &parts.headers)
+    answer_before_body(problem.into_response(), body, &parts.headers)
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -156,11 +100,11 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// `X-Host-Id` at most once (a second one is never silently ignored).
-fn one_x_host_id(headers: &HeaderMap) -> Result<(), Problem> {
+fn one_x_host_id(headers: &HeaderMap) -> Result<(), Refusal> {
     admission::one_host_id_header(headers.get_all(header::X_HOST_ID).iter().count())
 }
 
-fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
+fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<(), Refusal> {
     let token = state.credentials.token();
     admission::authenticate(
         header_str(headers, http::header::AUTHORIZATION.as_str()),
@@ -189,7 +133,7 @@ async fn health_inner(
         .and_then(|()| one_x_host_id(headers))
         .and_then(|()| admission::bind_identity(peer, None, x_host_id))
     {
-        return problem_response(p);
+        return p.into_response();
     }
     let reason = readiness(state).await.reason;
     let body = HealthBody {
@@ -232,7 +176,7 @@ pub async fn readiness(state: &Arc<AppState>) -> Readiness {
 
 async fn metrics_authenticated(State(state): State<Arc<AppState>>, headers: HeaderMap) -> Response {
     if let Err(p) = authenticate(&state, &headers) {
-        return problem_response(p);
+        return p.into_response();
     }
     crate::ops::metrics(State(state)).await
 }
@@ -241,7 +185,7 @@ async fn metrics_authenticated(State(state): State<Arc<AppState>>, headers: Head
 async fn episode_target(
     state: &AppState,
     parts: &mut Parts,
-) -> Result<(HostId, EpisodeId), Problem> {
+) -> Result<(HostId, EpisodeId), Refusal> {
     authenticate(state, &parts.headers)?;
     let path = Path::<(String, String)>::from_request_parts(parts, &())
         .await
@@ -252,7 +196,7 @@ async fn episode_target(
     admission::bind_identity(peer, path.as_ref().map(|p| p.0.0.as_str()), x_host_id)?;
     match path {
         Some(Path((host_id, episode_id))) => admission::parse_ids(&host_id, &episode_id),
-        None => Err(Problem::new(
+        None => Err(Refusal::new(
             Slug::InvalidId,
             "the path is not valid UTF-8 after percent-decoding",
         )),
@@ -262,12 +206,13 @@ async fn episode_target(
 async fn head_episode(State(state): State<Arc<AppState>>, req: Request) -> Response {
     let (mut parts, _body) = req.into_parts();
     let response = match episode_target(&state, &mut parts).await {
-        Err(p) => problem_response(p),
+        Err(p) => p.into_response(),
         Ok((host_id, episode_id)) => match lookup(&state, &host_id, &episode_id).await {
-            None => problem_response(Problem::new(
+            None => Refusal::new(
                 Slug::NotFound,
                 format!("{host_id}/{episode_id} is not stored"),
-            )),
+            )
+            .into_response(),
             Some(entry) => {
                 let mut response = StatusCode::OK.into_response();
                 let headers = response.headers_mut();
@@ -355,13 +300,18 @@ async fn put_episode(State(state): State<Arc<AppState>>, req: Request) -> Respon
     let started = Instant::now();
     let (mut parts, body) = req.into_parts();
     let response = match decide_put(&state, &mut parts).await {
-        Err(problem) => {
-            log_answer(&parts, problem.status, Some(&problem.slug), started);
-            early(problem_response(problem), body, &parts.headers)
+        Err(error) => {
+            let response = error.into_response();
+            let problem_type = response
+                .extensions()
+                .get::<crate::metrics::ProblemType>()
+                .map(|p| p.0);
+            log_answer(&parts, response.status().as_u16(), problem_type, started);
+            answer_before_body(response, body, &parts.headers)
         }
         Ok(Decision::AlreadyPresent(host_id, episode_id, entry)) => {
             log_answer(&parts, 200, None, started);
-            early(
+            answer_before_body(
                 stored_response(StatusCode::OK, &host_id, &episode_id, &entry),
                 body,
                 &parts.headers,
@@ -409,25 +359,26 @@ fn log_answer(parts: &Parts, status_code: u16, problem_type: Option<&str>, start
     }
 }
 
-async fn decide_put(state: &Arc<AppState>, parts: &mut Parts) -> Result<Decision, Problem> {
+async fn decide_put(state: &Arc<AppState>, parts: &mut Parts) -> Result<Decision, ApiError> {
     if state.is_draining() {
-        return Err(Problem::new(
+        return Err(Refusal::new(
             Slug::Unavailable,
             "the receiver is shutting down; retry shortly",
-        ));
+        )
+        .into());
     }
     let (host_id, episode_id) = episode_target(state, parts).await?;
     let live = state.live();
     let put = admission::parse_put_headers(
         &parts.headers,
         &episode_id,
-        live.config.require_code_commit,
-        live.limits.window.is_some(),
+        live.code_commit,
+        live.started_at,
     )?;
-    let free = state
-        .free_bytes()
-        .await
-        .map_err(|e| internal("free space check", e))?;
+    let free = state.free_bytes().await.map_err(|e| ApiError::Internal {
+        what: "free space check",
+        source: e.into(),
+    })?;
     let free_after_claims = free.saturating_sub(state.slots.claimed_bytes());
     admission::admit(
         &put,
@@ -455,14 +406,14 @@ async fn decide_put(state: &Arc<AppState>, parts: &mut Parts) -> Result<Decision
             }))
         }
         Dedupe::AlreadyPresent(entry) => Ok(Decision::AlreadyPresent(host_id, episode_id, entry)),
-        Dedupe::Conflict(problem) => Err(problem),
+        Dedupe::Conflict(problem) => Err(problem.into()),
     }
 }
 
 /// Sends an answer decided before the body was read: a small body is read and
 /// discarded in the background so the connection can be reused; a large one (or
 /// one the client is waiting on `100-continue` to send) closes the connection.
-fn early(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
+fn answer_before_body(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
     let length = header_str(headers, http::header::CONTENT_LENGTH.as_str())
         .and_then(|v| v.parse::<u64>().ok());
     let expects_continue = header_str(headers, http::header::EXPECT.as_str())
@@ -471,7 +422,7 @@ fn early(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
         Some(0) => {}
         // No Content-Length and not chunked: there is no body (a GET, a HEAD).
         None if !headers.contains_key(http::header::TRANSFER_ENCODING) => {}
-        Some(n) if n <= EARLY_DRAIN_LIMIT && !expects_continue => {
+        Some(n) if n <= BEFORE_BODY_DISCARD_LIMIT && !expects_continue => {
             tokio::spawn(async move {
                 let drain = async {
                     let mut body = body;
@@ -493,10 +444,11 @@ fn early(mut response: Response, body: Body, headers: &HeaderMap) -> Response {
 fn receive_failed(error: ReceiveError, host_id: &HostId, episode_id: &EpisodeId) -> Response {
     match error {
         ReceiveError::Idle(d) => {
-            let mut response = problem_response(Problem::new(
+            let mut response = Refusal::new(
                 Slug::BodyTimeout,
                 format!("no body bytes arrived for {}", episode_common::Dur(d)),
-            ));
+            )
+            .into_response();
             response
                 .headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
@@ -504,16 +456,22 @@ fn receive_failed(error: ReceiveError, host_id: &HostId, episode_id: &EpisodeId)
         }
         ReceiveError::Client(e) => {
             tracing::info!(event = %Event::UploadAbandoned, host_id = %host_id, episode_id = %episode_id, error = %e, "client stopped sending");
-            problem_response(Problem::new(
+            Refusal::new(
                 Slug::LengthMismatch,
                 "the body ended before Content-Length bytes",
-            ))
+            )
+            .into_response()
         }
-        ReceiveError::TooLong(n) => problem_response(Problem::new(
+        ReceiveError::TooLong(n) => Refusal::new(
             Slug::LengthMismatch,
             format!("the body is longer than {n} bytes"),
-        )),
-        ReceiveError::Io(e) => problem_response(io_problem("writing an upload", &e)),
+        )
+        .into_response(),
+        ReceiveError::Io(source) => ApiError::Storage {
+            what: "writing an upload",
+            source,
+        }
+        .into_response(),
     }
 }
 
@@ -565,25 +523,25 @@ async fn receive_and_publish(
         }
     };
     if received.bytes != put.content_length {
-        return problem_response(Problem::new(
+        return Refusal::new(
             Slug::LengthMismatch,
             format!(
                 "received {} bytes, Content-Length said {}",
                 received.bytes, put.content_length
             ),
-        ));
+        )
+        .into_response();
     }
     if received.sha256 != put.sha256 {
-        return problem_response(
-            Problem::new(
-                Slug::DigestMismatch,
-                format!(
-                    "the body's sha256 is {}, Repr-Digest said {}",
-                    received.sha256, put.sha256
-                ),
-            )
-            .remediation("the archive changed or was damaged in transit; pack it again and retry"),
-        );
+        return Refusal::new(
+            Slug::DigestMismatch,
+            format!(
+                "the body's sha256 is {}, Repr-Digest said {}",
+                received.sha256, put.sha256
+            ),
+        )
+        .remediation("the archive changed or was damaged in transit; pack it again and retry")
+        .into_response();
     }
     let row = IndexRow {
         host_id: host_id.clone(),
@@ -608,10 +566,18 @@ async fn receive_and_publish(
                 Dedupe::AlreadyPresent(entry) => {
                     stored_response(StatusCode::OK, &host_id, &episode_id, &entry)
                 }
-                Dedupe::Conflict(problem) => problem_response(problem),
-                Dedupe::New => problem_response(internal("publish", "an existing entry vanished")),
+                Dedupe::Conflict(problem) => problem.into_response(),
+                Dedupe::New => ApiError::Internal {
+                    what: "publish",
+                    source: "an existing entry vanished".into(),
+                }
+                .into_response(),
             }
         }
-        Err(e) => problem_response(io_problem("publishing an upload", &e)),
+        Err(source) => ApiError::Storage {
+            what: "publishing an upload",
+            source,
+        }
+        .into_response(),
     }
 }

@@ -1,13 +1,6 @@
-//! Listeners, TLS handshakes, connections and the graceful drain.
-//!
-//! Owns the accept loops (the main listener and the optional plain metrics one),
-//! each TLS handshake (bounded in time, its failure logged with the peer's address
-//! and the reason, which axum-server would drop), binding the verified client
-//! certificate's identity to every request on the connection, HTTP/1.1 with a
-//! header-read timeout (each connection registered with `connections`, which may
-//! close it while idle under pressure), the credential reload loop, and the SIGTERM sequence:
-//! STOPPING=1, new uploads get 503, in-flight uploads get `shutdown_grace`, then
-//! connections are closed. Decides nothing about requests.
+//! Listeners, TLS handshakes (bounded, failures logged with the peer), identity
+//! binding, HTTP/1.1 connections, the credential reload loop and the SIGTERM drain.
+//! Decides nothing about requests.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -279,7 +272,9 @@ async fn reload_loop(state: Arc<AppState>, stop: CancellationToken) {
         let state = state.clone();
         let _ = tokio::task::spawn_blocking(move || match hung_up {
             true => crate::reload::on_hangup(&state),
-            false => state.credentials.reload(false),
+            false => state
+                .credentials
+                .reload(crate::credentials::Reread::IfChanged),
         })
         .await;
     }

@@ -1,17 +1,15 @@
-//! Upload slots: how many bodies are being received, in total and per host, and how
-//! many bytes they have claimed.
-//!
-//! Owns admission to step 4 of a PUT. A slot is a guard: dropping it (on success,
-//! error or a dropped handler) frees the slot and its byte claim, so a failing upload
-//! can never leak capacity. The byte claim lets the free-space check count uploads
-//! already in flight.
+//! Upload slots, in total and per host, and the bytes they claim (step 4 of a PUT).
+//! A slot is a guard: dropping it frees the slot and its claim, so a failing upload
+//! never leaks capacity.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use episode_common::HostId;
-use episode_common::problem::{Problem, Slug};
+use episode_common::problem::Slug;
+
+use crate::error::Refusal;
 
 #[derive(Debug, Default)]
 struct Counts {
@@ -50,10 +48,10 @@ impl Slots {
     }
 
     /// Takes a slot for `host_id` claiming `bytes`, or answers 429.
-    pub fn try_acquire(self: &Arc<Self>, host_id: &HostId, bytes: u64) -> Result<Slot, Problem> {
+    pub fn try_acquire(self: &Arc<Self>, host_id: &HostId, bytes: u64) -> Result<Slot, Refusal> {
         let mut counts = self.counts();
         if counts.total >= self.max_total.load(Ordering::Relaxed) {
-            return Err(Problem::new(
+            return Err(Refusal::new(
                 Slug::TooManyUploads,
                 format!(
                     "{} uploads in progress, the most this receiver takes at once",
@@ -63,7 +61,7 @@ impl Slots {
         }
         let host_count = counts.per_host.get(host_id).copied().unwrap_or(0);
         if host_count >= self.max_uploads_per_host() {
-            return Err(Problem::new(
+            return Err(Refusal::new(
                 Slug::TooManyUploads,
                 format!(
                     "{host_count} uploads from {host_id} in progress, the most this receiver takes from one host"
@@ -129,12 +127,16 @@ mod tests {
         let a1 = slots.try_acquire(&a, 10).unwrap();
         let _a2 = slots.try_acquire(&a, 20).unwrap();
         assert_eq!(
-            slots.try_acquire(&a, 1).unwrap_err().status,
+            slots.try_acquire(&a, 1).unwrap_err().slug.status(),
             429,
             "per host"
         );
         let _b1 = slots.try_acquire(&b, 5).unwrap();
-        assert_eq!(slots.try_acquire(&c, 1).unwrap_err().status, 429, "total");
+        assert_eq!(
+            slots.try_acquire(&c, 1).unwrap_err().slug.status(),
+            429,
+            "total"
+        );
         assert_eq!((slots.in_flight(), slots.claimed_bytes()), (3, 35));
         drop(a1);
         assert_eq!((slots.in_flight(), slots.claimed_bytes()), (2, 25));

@@ -1,13 +1,6 @@
-//! Receiving one request body into a spool file in `incoming_root`.
-//!
-//! Owns the spool's life: an unnamed file (`O_TMPFILE`, named only when the
-//! committer links it into the store) or, where the filesystem cannot make one, a
-//! named temp file created exclusively and removed by a drop guard on every path
-//! that does not publish it (a client that disconnects, a handler future that is
-//! dropped). Large bodies are written and hashed on a blocking thread fed through a
-//! small bounded channel, so memory per upload stays at a few frames whatever the
-//! size, and fdatasynced; small ones are read into memory here and spooled by the
-//! committer, unsynced (its first barrier makes a batch of them durable).
+//! Receiving one request body into a spool in `incoming_root`: a small one in memory
+//! (spooled by the committer), a large one streamed and hashed on a blocking thread
+//! into an unnamed or a named temp file, removed by a guard unless published.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write as _};
@@ -150,11 +143,11 @@ pub fn probe_unnamed(incoming_root: &Path, store_root: &Path) -> bool {
 pub enum ReceiveError {
     #[error("no body bytes for {0:?}")]
     Idle(Duration),
-    #[error("client stopped sending: {0}")]
-    Client(String),
+    #[error("client stopped sending")]
+    Client(#[source] axum::Error),
     #[error("body is longer than Content-Length ({0} bytes)")]
     TooLong(u64),
-    #[error("writing the upload: {0}")]
+    #[error("writing the upload")]
     Io(#[from] io::Error),
 }
 
@@ -189,7 +182,7 @@ pub async fn receive(
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => break Err(ReceiveError::Idle(idle)),
             Ok(None) => break Ok(()),
-            Ok(Some(Err(e))) => break Err(ReceiveError::Client(e.to_string())),
+            Ok(Some(Err(e))) => break Err(ReceiveError::Client(e)),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {
@@ -229,7 +222,7 @@ pub async fn receive_small(
         let frame = match tokio::time::timeout(idle, body.frame()).await {
             Err(_) => return Err(ReceiveError::Idle(idle)),
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(ReceiveError::Client(e.to_string())),
+            Ok(Some(Err(e))) => return Err(ReceiveError::Client(e)),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(chunk) = frame.into_data() else {

@@ -1,4 +1,4 @@
-//! A throw-away PKI for one test environment, made with rcgen.
+//! The PKI of one test environment (`episode_test_pki`'s CAs), as PEM files.
 //!
 //! Owns the test CA, the receiver's server certificate ("localhost" and 127.0.0.1),
 //! the lab hosts' client certificates (CN and DNS SAN = host), an unrelated "rogue"
@@ -9,65 +9,35 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use time::OffsetDateTime;
 
-/// A certificate authority that can issue server and client certificates.
+/// A certificate authority (`episode_test_pki::Ca`) whose certificates are written
+/// as PEM files into its directory.
 pub struct Ca {
     /// The CA certificate (PEM), what a client or receiver trusts.
     pub cert: PathBuf,
     dir: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
+    ca: episode_test_pki::Ca,
 }
 
 impl Ca {
     /// A new self-signed CA named `name`, written to `<dir>/<name>-ca.pem`.
     pub fn new(dir: &Path, name: &str) -> Self {
         std::fs::create_dir_all(dir).expect("create pki dir");
-        let key = KeyPair::generate().expect("CA key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} test CA"));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::days(1);
-        params.not_after = now + time::Duration::days(3650);
-        let cert = params.self_signed(&key).expect("self-sign CA");
+        let ca = episode_test_pki::Ca::new(&format!("{name} test CA"));
         let cert_path = dir.join(format!("{name}-ca.pem"));
-        write(&cert_path, &cert.pem());
+        write(&cert_path, &ca.pem);
         Self {
             cert: cert_path,
             dir: dir.to_owned(),
-            issuer: Issuer::new(params, key),
+            ca,
         }
     }
 
     /// A server certificate for "localhost" and 127.0.0.1 (ServerAuth), written as
     /// `<dir>/<file_stem>.pem` and `<dir>/<file_stem>.key`.
     pub fn issue_server(&self, file_stem: &str) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("server params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::days(1);
-        params.not_after = now + time::Duration::days(365);
-        self.sign(params, file_stem)
+        self.write_leaf(self.ca.server(), file_stem)
     }
 
     /// A client certificate for `host` (CN = host, DNS SAN = host, ClientAuth) valid
@@ -79,22 +49,16 @@ impl Ca {
         not_before: OffsetDateTime,
         not_after: OffsetDateTime,
     ) -> (PathBuf, PathBuf) {
-        let mut params = CertificateParams::new(vec![host.to_owned()]).expect("client params");
-        params.distinguished_name.push(DnType::CommonName, host);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.not_before = not_before;
-        params.not_after = not_after;
-        self.sign(params, file_stem)
+        let now = OffsetDateTime::now_utc();
+        let leaf = self.ca.client(host, not_before - now, not_after - now);
+        self.write_leaf(leaf, file_stem)
     }
 
-    fn sign(&self, params: CertificateParams, file_stem: &str) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().expect("leaf key");
-        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf");
+    fn write_leaf(&self, leaf: episode_test_pki::Leaf, file_stem: &str) -> (PathBuf, PathBuf) {
         let cert_path = self.dir.join(format!("{file_stem}.pem"));
         let key_path = self.dir.join(format!("{file_stem}.key"));
-        write(&cert_path, &cert.pem());
-        write(&key_path, &key.serialize_pem());
+        write(&cert_path, &leaf.cert);
+        write(&key_path, &leaf.key);
         (cert_path, key_path)
     }
 }

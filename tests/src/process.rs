@@ -81,6 +81,12 @@ impl Proc {
     /// `label` under the env's log directory.
     pub fn spawn(cmd: &mut Command, env: &TestEnv, label: &str) -> Self {
         let (stdout_path, stderr_path) = env.log_paths(label);
+        Self::spawn_logged(cmd, stdout_path, stderr_path)
+    }
+
+    /// Spawns `cmd` with stdin closed and stdout/stderr in the given files (for a
+    /// test without a `TestEnv`).
+    pub fn spawn_logged(cmd: &mut Command, stdout_path: PathBuf, stderr_path: PathBuf) -> Self {
         let command_line = describe(cmd);
         let stdout = std::fs::File::create(&stdout_path).expect("create stdout file");
         let stderr = std::fs::File::create(&stderr_path).expect("create stderr file");

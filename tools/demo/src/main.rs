@@ -17,9 +17,6 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use episode_common::ByteSize;
 use episode_common::logging::{self, LogFormat};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
 
 #[derive(Parser)]
 #[command(
@@ -81,34 +78,9 @@ struct Pki {
 
 fn make_pki(dir: &Path) -> Result<Pki> {
     std::fs::create_dir_all(dir)?;
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "episode-demo CA");
-    let ca = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf = |names: Vec<String>,
-                cn: &str,
-                usage: ExtendedKeyUsagePurpose|
-     -> Result<(String, String)> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![usage];
-        Ok((params.signed_by(&key, &issuer)?.pem(), key.serialize_pem()))
-    };
-    let (server_pem, server_key) = leaf(
-        vec!["localhost".into(), "127.0.0.1".into()],
-        "localhost",
-        ExtendedKeyUsagePurpose::ServerAuth,
-    )?;
-    let (client_pem, client_key) = leaf(
-        vec!["lab1".into()],
-        "lab1",
-        ExtendedKeyUsagePurpose::ClientAuth,
-    )?;
+    let ca = episode_test_pki::Ca::new("episode-demo CA");
+    let server = ca.server();
+    let client = ca.client("lab1", -time::Duration::days(1), time::Duration::days(365));
     let pki = Pki {
         ca: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),
@@ -117,11 +89,11 @@ fn make_pki(dir: &Path) -> Result<Pki> {
         client_key: dir.join("lab1.key"),
     };
     for (path, text) in [
-        (&pki.ca, ca.pem()),
-        (&pki.server_cert, server_pem),
-        (&pki.server_key, server_key),
-        (&pki.client_cert, client_pem),
-        (&pki.client_key, client_key),
+        (&pki.ca, ca.pem),
+        (&pki.server_cert, server.cert),
+        (&pki.server_key, server.key),
+        (&pki.client_cert, client.cert),
+        (&pki.client_key, client.key),
     ] {
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
     }

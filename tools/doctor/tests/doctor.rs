@@ -429,7 +429,7 @@ struct Tls {
 /// to `until` (relative to now).
 fn with_client_cert(from: time::Duration, until: time::Duration) -> Tls {
     let env = Env::new(DEAD_URL);
-    let ca = Ca::new("test");
+    let ca = Ca::new("test CA");
     let leaf = ca.client("lab1", from, until);
     let ca_path = write(&env.path("ca.pem"), &ca.pem);
     let cert = write(&env.path("client.pem"), &leaf.cert);
@@ -511,7 +511,7 @@ fn an_expired_certificate_is_red_and_still_chains() {
 #[test]
 fn a_key_of_another_certificate_is_red() {
     let t = with_client_cert(-time::Duration::days(1), time::Duration::days(365));
-    let other = Ca::new("x").client("lab1", -time::Duration::days(1), time::Duration::days(9));
+    let other = Ca::new("x CA").client("lab1", -time::Duration::days(1), time::Duration::days(9));
     write(&t.env.path("client.key"), &other.key);
     let run = t.env.doctor_json(&[]);
     assert_eq!(run.level("certificates"), "red", "{}", run.show());
@@ -525,7 +525,7 @@ fn a_key_of_another_certificate_is_red() {
 #[test]
 fn a_certificate_from_another_ca_is_yellow() {
     let t = with_client_cert(-time::Duration::days(1), time::Duration::days(365));
-    write(&t.env.path("ca.pem"), &Ca::new("other").pem);
+    write(&t.env.path("ca.pem"), &Ca::new("other CA").pem);
     let run = t.env.doctor_json(&[]);
     assert_eq!(run.level("certificates"), "yellow", "{}", run.show());
     assert!(
@@ -599,7 +599,7 @@ fn a_healthy_host_is_green_and_exits_0() {
 #[test]
 fn a_certificate_naming_another_host_gets_403_with_its_identities() {
     let env = Env::new(DEAD_URL);
-    let ca = Ca::new("test");
+    let ca = Ca::new("test CA");
     let server = ca.server();
     let ca_path = write(&env.path("ca.pem"), &ca.pem);
     let server_cert = write(&env.path("server.pem"), &server.cert);
@@ -1092,7 +1092,7 @@ fn an_unreadable_journal_file_is_a_yellow_row_naming_it() {
 #[test]
 fn an_expired_intermediate_is_red_naming_it() {
     let env = Env::new(DEAD_URL);
-    let root = Ca::new("root");
+    let root = Ca::new("root CA");
     let days = time::Duration::days;
     let issuing = root.intermediate("issuing 2026", -days(400), -days(3));
     let leaf = issuing.client("lab1", -days(30), days(300));
@@ -1133,7 +1133,7 @@ fn over_http_an_expired_certificate_is_only_yellow() {
     let receiver = Receiver::start("");
     let env = Env::new(&receiver.url);
     env.fake_systemctl_running();
-    let ca = Ca::new("test");
+    let ca = Ca::new("test CA");
     let leaf = ca.client("lab1", -time::Duration::days(30), -time::Duration::days(3));
     let ca_path = write(&env.path("ca.pem"), &ca.pem);
     let cert = write(&env.path("client.pem"), &leaf.cert);

@@ -1,10 +1,10 @@
-//! `pki`: a throwaway PKI for benchmarks, made with rcgen (ECDSA P-256).
+//! `pki`: a throwaway PKI for benchmarks (`episode_test_pki`'s, ECDSA P-256), written as files.
 //!
 //! Writes into one directory: `ca.pem`/`ca.key` (a self-signed CA), `server.pem`/
 //! `server.key` (SANs `localhost` and `127.0.0.1`, for a receiver on loopback), and
 //! per client `<name>.pem`/`<name>.key` whose subject CN and DNS SAN are `<name>`,
 //! which is the host identity the receiver binds requests to. Keys are written
-//! mode 0600. For benchmarks and tests only: no revocation, 30-day validity.
+//! mode 0600. For benchmarks and tests only: no revocation, 30-day validity (the server's: a year).
 
 use std::fs;
 use std::io::Write as _;
@@ -12,10 +12,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+use episode_test_pki::Ca;
 
 /// Paths of a written PKI.
 #[derive(Debug, Clone)]
@@ -53,67 +50,25 @@ fn write(path: &Path, text: &str, mode: u32) -> Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-fn validity(params: &mut CertificateParams) {
-    let now = std::time::SystemTime::now();
-    params.not_before = (now - std::time::Duration::from_secs(3600)).into();
-    params.not_after = (now + std::time::Duration::from_secs(30 * 86_400)).into();
-}
-
 /// Writes a CA, a loopback server certificate and one client certificate per name.
 pub fn write_pki(dir: &Path, clients: &[String]) -> Result<Pki> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let pki = Pki {
         dir: dir.to_owned(),
     };
-    let ca_key = KeyPair::generate().context("generating the CA key")?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "episode-loadgen bench CA");
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    validity(&mut ca_params);
-    let ca = ca_params.self_signed(&ca_key).context("signing the CA")?;
-    write(&pki.ca(), &ca.pem(), 0o644)?;
-    write(&dir.join("ca.key"), &ca_key.serialize_pem(), 0o600)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-
-    let leaf = |names: Vec<String>,
-                cn: &str,
-                purpose: ExtendedKeyUsagePurpose|
-     -> Result<(String, String)> {
-        let key = KeyPair::generate().context("generating a key")?;
-        let mut params = CertificateParams::new(names)?;
-        params.distinguished_name.push(DnType::CommonName, cn);
-        params.extended_key_usages = vec![purpose];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        validity(&mut params);
-        let cert = params
-            .signed_by(&key, &issuer)
-            .with_context(|| format!("signing the certificate of {cn}"))?;
-        Ok((cert.pem(), key.serialize_pem()))
-    };
-    let (cert, key) = leaf(
-        vec!["localhost".into(), "127.0.0.1".into()],
-        "localhost",
-        ExtendedKeyUsagePurpose::ServerAuth,
-    )?;
-    write(&pki.server_cert(), &cert, 0o644)?;
-    write(&pki.server_key(), &key, 0o600)?;
+    let validity = (-time::Duration::hours(1), time::Duration::days(30));
+    let ca = Ca::with_validity("episode-loadgen bench CA", validity.0, validity.1);
+    write(&pki.ca(), &ca.pem, 0o644)?;
+    write(&dir.join("ca.key"), &ca.key_pem(), 0o600)?;
+    let server = ca.server();
+    write(&pki.server_cert(), &server.cert, 0o644)?;
+    write(&pki.server_key(), &server.key, 0o600)?;
     for name in clients {
         episode_common::HostId::new(name)
             .with_context(|| format!("client name {name:?} is not a valid host id"))?;
-        let (cert, key) = leaf(
-            vec![name.clone()],
-            name,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        )?;
-        write(&pki.client_cert(name), &cert, 0o644)?;
-        write(&pki.client_key(name), &key, 0o600)?;
+        let client = ca.client(name, validity.0, validity.1);
+        write(&pki.client_cert(name), &client.cert, 0o644)?;
+        write(&pki.client_key(name), &client.key, 0o600)?;
     }
     Ok(pki)
 }

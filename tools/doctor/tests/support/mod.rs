@@ -1,8 +1,8 @@
 //! Test support: a unique temp tree per test with a shipper config, a data root,
-//! a PATH directory for fake `journalctl`/`systemctl` scripts, an rcgen PKI (with
-//! intermediates), an in-process receiver on 127.0.0.1:0, running the real
-//! `episode-doctor` (also under a pseudo-terminal), and running one real shipper
-//! pass in a child process to capture the shipper's own log lines.
+//! a PATH directory for fake `journalctl`/`systemctl` scripts, the shared test PKI,
+//! an in-process receiver on 127.0.0.1:0, the real `episode-doctor` run as the e2e
+//! harness's `Proc` (also under a pseudo-terminal), and one real shipper pass in a
+//! child process to capture the shipper's own log lines.
 
 #![allow(dead_code)]
 
@@ -10,12 +10,10 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
+pub use episode_e2e::process::{Proc, die_with_parent};
+pub use episode_test_pki::Ca;
 use serde_json::Value;
 use time::OffsetDateTime;
 
@@ -30,6 +28,8 @@ pub struct Env {
     pub data: PathBuf,
     /// An empty journal file, used unless a test passes its own.
     pub empty_journal: PathBuf,
+    /// Doctor runs so far (each gets its own output files).
+    n_runs: std::sync::atomic::AtomicUsize,
 }
 
 /// What one run of the doctor gave.
@@ -116,6 +116,7 @@ impl Env {
             bin,
             data,
             empty_journal,
+            n_runs: std::sync::atomic::AtomicUsize::new(0),
         };
         env.write_config(url, "");
         env
@@ -166,26 +167,30 @@ impl Env {
     }
 
     pub fn doctor_env(&self, args: &[&str], vars: &[(&str, &str)]) -> Run {
-        let exe = env!("CARGO_BIN_EXE_episode-doctor");
-        let mut cmd = Command::new(exe);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_episode-doctor"));
         cmd.env_clear().env("PATH", &self.bin).args(args);
-        die_with_parent(&mut cmd);
         for (k, v) in vars {
             cmd.env(k, v);
         }
-        let command = format!("PATH={} {exe} {}", self.bin.display(), args.join(" "));
-        let start = Instant::now();
-        let out = cmd.output().expect("run episode-doctor");
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "{command} took {:?}",
-            start.elapsed()
+        let n = self
+            .n_runs
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut doctor = Proc::spawn_logged(
+            &mut cmd,
+            self.path(&format!("doctor-{n}.stdout")),
+            self.path(&format!("doctor-{n}.stderr")),
         );
+        let Some(status) = doctor.wait_exit(Duration::from_secs(10)) else {
+            panic!(
+                "episode-doctor did not exit within 10 s\n{}",
+                doctor.report()
+            );
+        };
         Run {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            command,
+            code: status.code().unwrap_or(-1),
+            stdout: doctor.stdout(),
+            stderr: doctor.stderr(),
+            command: doctor.command_line().to_owned(),
         }
     }
 
@@ -252,34 +257,6 @@ impl Env {
 pub fn micros_ago(ago: Duration) -> String {
     let now = OffsetDateTime::now_utc() - ago;
     (now.unix_timestamp_nanos() / 1000).to_string()
-}
-
-/// Makes the child of `cmd` get SIGKILL when the spawning thread (the test's)
-/// ends, so an interrupted test run leaves no process behind: `PR_SET_PDEATHSIG`
-/// between fork and exec.
-pub fn die_with_parent(cmd: &mut Command) -> &mut Command {
-    use std::os::unix::process::CommandExt as _;
-    let parent = std::process::id() as libc::pid_t;
-    // SAFETY: runs in the forked child before exec; prctl(2), getppid(2) and
-    // _exit(2) are async-signal-safe and nothing is allocated.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
-            Ok(())
-        })
-    }
 }
 
 /// A native journal line of a `ship_result` event, `ago` in the past.
@@ -349,102 +326,6 @@ pub fn text_line(message: &str, ago: Duration) -> String {
 }
 
 pub const MINUTE: Duration = Duration::from_secs(60);
-
-/// A throw-away CA that issues server and client certificates.
-pub struct Ca {
-    pub pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, as PEM.
-pub struct Leaf {
-    pub cert: String,
-    pub key: String,
-}
-
-impl Ca {
-    pub fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, format!("{name} CA"));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::days(1);
-        params.not_after = now + time::Duration::days(3650);
-        let cert = params.self_signed(&key).unwrap();
-        Self {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// An intermediate CA named `name`, issued by this one, valid `from`..`until`.
-    pub fn intermediate(&self, name: &str, from: time::Duration, until: time::Duration) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now + from;
-        params.not_after = now + until;
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A client certificate for `host` (CN and DNS SAN), valid `from`..`until` from now.
-    pub fn client(&self, host: &str, from: time::Duration, until: time::Duration) -> Leaf {
-        let mut params = CertificateParams::new(vec![host.to_owned()]).unwrap();
-        params.distinguished_name.push(DnType::CommonName, host);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now + from;
-        params.not_after = now + until;
-        self.sign(params)
-    }
-
-    /// A server certificate for 127.0.0.1 and localhost.
-    pub fn server(&self) -> Leaf {
-        let mut params =
-            CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "localhost");
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        let now = OffsetDateTime::now_utc();
-        params.not_before = now - time::Duration::days(1);
-        params.not_after = now + time::Duration::days(365);
-        self.sign(params)
-    }
-
-    fn sign(&self, params: CertificateParams) -> Leaf {
-        let key = KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        Leaf {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-}
 
 pub fn write(path: &Path, text: &str) -> PathBuf {
     std::fs::write(path, text).unwrap();
