@@ -211,9 +211,12 @@ impl FileStamp {
 
 /// The sha256 and length of a whole file, read on the calling thread.
 pub fn hash_file(path: &Path) -> io::Result<(crate::Sha256, u64)> {
+    hash_reader(File::open(path)?)
+}
+
+/// The sha256 and length of everything `file` yields, read on the calling thread.
+pub fn hash_reader(mut file: impl io::Read) -> io::Result<(crate::Sha256, u64)> {
     use sha2::Digest as _;
-    use std::io::Read as _;
-    let mut file = File::open(path)?;
     let mut hasher = sha2::Sha256::new();
     let mut buf = vec![0u8; 256 << 10];
     let mut len = 0u64;

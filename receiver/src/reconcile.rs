@@ -248,19 +248,7 @@ fn not_regular(path: &Path, what: &str) -> io::Error {
 
 /// The sha256 and size of an archive, read through `open_archive`.
 pub fn hash_archive(path: &Path) -> io::Result<(Sha256, u64)> {
-    let mut file = open_archive(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
-    let mut len = 0u64;
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((Sha256(hasher.finalize().into()), len))
+    episode_common::fsx::hash_reader(open_archive(path)?)
 }
 
 /// One way a row and its archive disagree (`check`).
