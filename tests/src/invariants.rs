@@ -77,13 +77,30 @@ pub struct Placement {
 /// directory is in exactly one of episodes/, shipped/, quarantine/, nothing else is
 /// there, and nothing was quarantined (every original is a valid episode).
 pub fn assert_consistent(host: &Host, originals: &Originals) -> Placement {
+    consistent(host, originals).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The same while a shipper runs: the three listings are not one snapshot, so a
+/// retire between them shows its episode in two places or none. Looks again for
+/// up to 2 s; a real violation persists and fails with what the last look saw.
+pub fn assert_consistent_while_shipping(host: &Host, originals: &Originals) -> Placement {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match consistent(host, originals) {
+            Ok(placement) => return placement,
+            Err(e) if std::time::Instant::now() >= deadline => panic!("{e}"),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+        }
+    }
+}
+
+fn consistent(host: &Host, originals: &Originals) -> Result<Placement, String> {
     let pending = host.list(&host.episodes());
     let shipped = host.list(&host.shipped());
     let quarantined = host.list(&host.quarantine());
-    assert!(
-        quarantined.is_empty(),
-        "wrongly quarantined: {quarantined:?}"
-    );
+    if !quarantined.is_empty() {
+        return Err(format!("wrongly quarantined: {quarantined:?}"));
+    }
     let mut seen: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (place, names) in [("episodes", &pending), ("shipped", &shipped)] {
         for name in names {
@@ -92,21 +109,26 @@ pub fn assert_consistent(host: &Host, originals: &Originals) -> Placement {
     }
     let ids = originals.ids();
     let unknown: Vec<&&str> = seen.keys().filter(|n| !ids.contains(**n)).collect();
-    assert!(
-        unknown.is_empty(),
-        "directories that are no original episode (a duplicate kept under another name?): {unknown:?}"
-    );
+    if !unknown.is_empty() {
+        return Err(format!(
+            "directories that are no original episode (a duplicate kept under another name?): {unknown:?}"
+        ));
+    }
     for id in &ids {
         match seen.get(id.as_str()).map(Vec::as_slice) {
             Some([_]) => {}
-            None => panic!("episode {id} is lost: in none of episodes/, shipped/, quarantine/"),
-            Some(places) => panic!("episode {id} is in several places: {places:?}"),
+            None => {
+                return Err(format!(
+                    "episode {id} is lost: in none of episodes/, shipped/, quarantine/"
+                ));
+            }
+            Some(places) => return Err(format!("episode {id} is in several places: {places:?}")),
         }
     }
-    Placement {
+    Ok(Placement {
         pending: pending.len(),
         shipped: shipped.len(),
-    }
+    })
 }
 
 /// Kills the receiver and starts it again on the same config (a new port), so its

@@ -49,7 +49,10 @@ pub use episodes::{
     write_mixed_episodes,
 };
 pub use faults::{BlackHole, FaultProxy, Mode};
-pub use invariants::{Originals, assert_all_stored_once, assert_consistent, restart_receiver};
+pub use invariants::{
+    Originals, assert_all_stored_once, assert_consistent, assert_consistent_while_shipping,
+    restart_receiver,
+};
 pub use notify::NotifySocket;
 pub use process::{Proc, bin, die_with_parent};
 pub use raw::{RawConn, RawResponse, connect, plain_connect, put_headers, tls_connect};

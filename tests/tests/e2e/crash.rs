@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use episode_common::Event;
 use episode_e2e::{
     FaultProxy, Host, Mode, Originals, Proc, Receiver, Reply, StubServer, TestEnv,
-    assert_all_stored_once, assert_consistent, episodes, logs, noise, seed, wait_until,
-    write_episode,
+    assert_all_stored_once, assert_consistent, assert_consistent_while_shipping, episodes, logs,
+    noise, seed, wait_until, write_episode,
 };
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
@@ -347,7 +347,7 @@ fn receiver_killed_mid_upload(name: &str, n_episodes: usize, n_kills: usize) {
         receiver.process.kill();
         kills += 1;
         assert!(!shipper.has_exited(), "{}", shipper.report());
-        assert_consistent(&host, &originals);
+        assert_consistent_while_shipping(&host, &originals);
         // Down for a while: the shipper meets refused connections and backs off.
         std::thread::sleep(Duration::from_millis(rng.random_range(0..=300)));
         restart_behind(&env, &mut receiver, &proxy);
