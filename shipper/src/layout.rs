@@ -239,17 +239,19 @@ pub fn is_hidden(name: &OsStr) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn root() -> (tempfile::TempDir, DataRoot) {
+    /// A fresh data root with its directories (shared by the outbox's tests).
+    pub(crate) fn root() -> (tempfile::TempDir, DataRoot) {
         let dir = tempfile::tempdir().unwrap();
         let root = DataRoot::new(dir.path());
         root.ensure().unwrap();
         (dir, root)
     }
 
-    fn episode(root: &DataRoot, id: &str, done: bool) {
+    /// An episode directory with a meta.json, finished when `done`.
+    pub(crate) fn episode(root: &DataRoot, id: &str, done: bool) {
         let dir = root.episodes.join(id);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("meta.json"), "{}").unwrap();

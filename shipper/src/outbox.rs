@@ -224,24 +224,8 @@ pub fn archive_sha256(root: &DataRoot, episode_id: &EpisodeId) -> Option<Sha256>
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::layout::{DONE_MARKER, entries};
-
-    fn root() -> (tempfile::TempDir, DataRoot) {
-        let dir = tempfile::tempdir().unwrap();
-        let root = DataRoot::new(dir.path());
-        root.ensure().unwrap();
-        (dir, root)
-    }
-
-    fn episode(root: &DataRoot, id: &str, done: bool) {
-        let dir = root.episodes.join(id);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("meta.json"), "{}").unwrap();
-        if done {
-            std::fs::write(dir.join(DONE_MARKER), "").unwrap();
-        }
-    }
+    use crate::layout::entries;
+    use crate::layout::tests::{episode, root};
 
     #[test]
     fn sweeps_orphans_and_partials_but_keeps_live_archives() {
